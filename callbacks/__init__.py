@@ -1,0 +1,5 @@
+"""Lightning callbacks of odin-pl."""
+
+from callbacks.odin_eval import ODINEvalCallback
+
+__all__ = ["ODINEvalCallback"]

@@ -1,0 +1,89 @@
+"""``ODINEvalCallback``: OOD detection metrics of the MSP baseline and ODIN after each validation epoch."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datamodules.ood import OODDataModule
+from odin_pl.metrics import OODMetrics
+from odin_pl.protocol import MSP
+from odin_pl.scoring import check_epsilon, check_temperature, score_settings
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Indices rank, rank + world, ... : every sample on exactly one process, no padding."""
+    return list(range(rank, n, world_size))
+
+
+class ODINEvalCallback(Callback):
+    """Scores the validation set and each OOD set with MSP and ODIN at a fixed (T, epsilon); logs
+    ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`.
+
+    Works inside ``fit`` (validation under no_grad) and ``validate`` (inference mode). Under DDP every process
+    scores its own shard of each set (no sample twice) and the metrics are computed on the gathered scores.
+    ``ood``: OOD set names (see ``datamodules.ood``) or OODDataModules; they are converted to the trained
+    model's image spec.
+    """
+
+    def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
+                 epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
+                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0) -> None:
+        check_temperature(temperature)
+        check_epsilon(epsilon)
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.ood = [o if isinstance(o, OODDataModule) else
+                    OODDataModule(o, data_root=data_root, batch_size=batch_size, seed=seed, num_images=num_images)
+                    for o in ood]
+        if not self.ood:
+            raise ValueError("ODINEvalCallback needs at least one OOD set")
+        self.settings = {"msp": MSP, "odin": (float(temperature), float(epsilon))}
+        self.batch_size = batch_size
+        self.every_n_epochs = every_n_epochs
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        spec = getattr(datamodule, "image_spec", None) or getattr(pl_module, "image_spec", None)
+        if spec is None:
+            raise ValueError("ODINEvalCallback needs the in-distribution image spec: use a DataModule with an "
+                             "`image_spec` property or a model that has one")
+        for ood in self.ood:
+            ood.bind(spec, getattr(datamodule, "data_root", None))
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: Dataset,
+               metrics: dict[str, OODMetrics], is_in: bool) -> None:
+        indices = shard_indices(len(dataset), trainer.global_rank, trainer.world_size)
+        loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False)
+        spec = pl_module.image_spec
+        index_iter = iter(torch.tensor(indices, dtype=torch.long).split(self.batch_size))
+        for images, _ in loader:
+            images = images.to(pl_module.device, dtype=next(pl_module.parameters()).dtype)
+            scores = score_settings(pl_module, images, list(self.settings.values()), spec.std if spec else None)
+            batch_indices = next(index_iter).to(pl_module.device)
+            for row, method in enumerate(self.settings):
+                for key, metric in metrics.items():
+                    if key.endswith(f"/{method}"):
+                        metric.update(scores[row], is_in, batch_indices)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if trainer.sanity_checking or (fitting and (trainer.current_epoch + 1) % self.every_n_epochs):
+            return
+        val = trainer.val_dataloaders
+        val_dataset = (val[0] if isinstance(val, (list, tuple)) else val).dataset
+        metrics = {f"{ood.name}/{method}": OODMetrics().to(pl_module.device)
+                   for ood in self.ood for method in self.settings}
+        self._score(trainer, pl_module, val_dataset, metrics, is_in=True)
+        for ood in self.ood:
+            ood.setup()
+            subset = {k: m for k, m in metrics.items() if k.startswith(f"{ood.name}/")}
+            self._score(trainer, pl_module, ood.dataset, subset, is_in=False)
+        logged = {f"ood/{key}/{name}": value for key, metric in metrics.items()
+                  for name, value in metric.compute().items()}
+        pl_module.log_dict(logged, sync_dist=False)

@@ -1,0 +1,14 @@
+"""LightningDataModules: in-distribution data sets and OOD sets."""
+
+from datamodules.base import ImageDataModule, resolve_data_root
+from datamodules.cifar import CIFAR10DataModule, CIFAR80DataModule, CIFAR100DataModule, cifar80_split
+from datamodules.digits import DigitsDataModule
+from datamodules.download import DatasetNotFoundError
+from datamodules.image_folder import ImageFolderDataModule
+from datamodules.mnist import MNISTDataModule
+from datamodules.ood import OODDataModule, available_ood_sets, build_ood_dataset, register_ood
+
+__all__ = ["DigitsDataModule", "ImageDataModule", "OODDataModule", "available_ood_sets", "build_ood_dataset",
+           "register_ood", "resolve_data_root"]
+__all__ += ["CIFAR10DataModule", "CIFAR100DataModule", "CIFAR80DataModule", "DatasetNotFoundError",
+            "ImageFolderDataModule", "MNISTDataModule", "cifar80_split"]

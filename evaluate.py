@@ -1,0 +1,161 @@
+"""Evaluate a checkpoint with the paper's protocol: ``python evaluate.py --ckpt PATH``.
+
+Per OOD set it tunes (T, epsilon) on held-out images over the paper's grid and reports MSP (baseline) and ODIN
+on the remaining ones (``--tune_on NAME|noise``: tune once and transfer; ``--temperature T --epsilon E``: no
+tuning). Writes table.md, results.json, results.csv and per-image scores to --output_dir and logs to W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from jsonargparse import auto_cli
+from torch.utils.data import ConcatDataset
+
+from datamodules.ood import NoiseDataset, build_ood_dataset
+from odin_pl import __version__
+from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.loggers import default_logger, describe_logger
+from odin_pl.protocol import ProtocolResult, run_protocol
+from odin_pl.report import markdown_table, write_results
+from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
+
+NOISE_TUNING_IMAGES = 500  # per noise kind, for --tune_on noise
+NOISE_TUNING_SEED_OFFSET = 1  # noise tuning images use a seed apart from the noise test sets
+
+
+def default_output_dir(ckpt: Path) -> Path:
+    parent = ckpt.resolve().parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "evaluation"
+
+
+def _split_names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def evaluate(
+    ckpt: str,
+    output_dir: str | None = None,
+    ood: str | None = None,
+    data_root: str | None = None,
+    temperature: float | None = None,
+    epsilon: float | None = None,
+    tune_on: str | None = None,
+    temperatures: str | None = None,
+    epsilons: str | None = None,
+    n_tune: int = PAPER_TUNING_SIZE,
+    seed: int = 0,
+    num_ood_images: int | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str = "auto",
+    logger: bool = True,
+) -> ProtocolResult:
+    """Run the OOD evaluation protocol on a checkpoint.
+
+    Args:
+        ckpt: checkpoint written by train.py.
+        output_dir: where results go (default: the run folder's ``evaluation/``).
+        ood: comma-separated OOD set names (default: the paper's suite for the checkpoint's data set).
+        data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
+        temperature: with ``epsilon``: fixed parameters, no tuning.
+        epsilon: perturbation magnitude for the fixed mode.
+        tune_on: tune once on this OOD set (or ``noise``: 500 Gaussian + 500 Uniform images) and transfer.
+        temperatures: comma-separated tuning grid of T (default: the paper's 1, 2, 5, ..., 1000).
+        epsilons: comma-separated tuning grid of epsilon (default: 21 values from 0 to 0.004).
+        n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
+        seed: seed of the tuning/test splits.
+        num_ood_images: use only this many images of each OOD set (default: all).
+        batch_size: images per scoring batch.
+        num_workers: DataLoader workers.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        logger: log to W&B (offline without network) or CSV.
+    """
+    if (temperature is None) != (epsilon is None):
+        raise ValueError("fixed parameters need both --temperature and --epsilon (or neither, to tune)")
+    if temperature is not None and tune_on is not None:
+        raise ValueError("--tune_on tunes the parameters; it cannot be combined with fixed --temperature/--epsilon")
+    ckpt_path = Path(ckpt)
+    checkpoint = read_checkpoint(ckpt_path)
+    model = load_model(checkpoint, ckpt_path)
+    datamodule = build_datamodule(checkpoint, data_root=data_root)
+    spec = model.image_spec
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model.to(device)
+    datamodule.setup("test")
+
+    names = _split_names(ood) or list(datamodule.default_ood_sets)
+    ood_sets, skipped = {}, []
+    for name in names:
+        try:
+            ood_sets[name] = build_ood_dataset(name, spec, datamodule.data_root, seed, num_ood_images)
+        except FileNotFoundError as err:
+            if ood:  # asked for by name: the user must fix it
+                raise
+            skipped.append(name)
+            print(f"Skipping OOD set {name!r}: not available ({err})")
+    if not ood_sets:
+        raise ValueError(f"none of the OOD sets {names} is available; see the messages above")
+
+    tuning_only = {}
+    if tune_on == "noise":
+        noise_seed = seed + NOISE_TUNING_SEED_OFFSET
+        tuning_only["noise"] = ConcatDataset([NoiseDataset(kind, spec, NOISE_TUNING_IMAGES, noise_seed)
+                                              for kind in ("gaussian", "uniform")])
+    mode = "fixed" if temperature is not None else "transfer" if tune_on else "paper"
+    grid = Grid(parse_floats(temperatures, "--temperatures") if temperatures else PAPER_TEMPERATURES,
+                parse_floats(epsilons, "--epsilons") if epsilons else PAPER_EPSILONS)
+
+    out = Path(output_dir) if output_dir else default_output_dir(ckpt_path)
+    scores_dir = out / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_scores(name: str, split: str, settings, scores: torch.Tensor) -> None:
+        torch.save({"settings": list(settings), "scores": scores}, scores_dir / f"{name}__{split}.pt")
+
+    result = run_protocol(model, datamodule.test_set, ood_sets, input_std=spec.std, mode=mode, grid=grid,
+                          tune_on=tune_on, tuning_only_datasets=tuning_only, temperature=temperature,
+                          epsilon=epsilon, n_tune=n_tune, seed=seed, batch_size=batch_size,
+                          num_workers=num_workers, device=device, on_scores=save_scores)
+
+    title = f"{spec.dataset or 'in-distribution'}, {checkpoint['hyper_parameters']['backbone']} ({mode} mode)"
+    table = markdown_table(result.records, title)
+    meta = {"checkpoint": str(ckpt_path), "version": __version__, "mode": mode, "tune_on": tune_on,
+            "seed": seed, "image_spec": spec.to_dict(), "skipped_ood_sets": skipped, "notes": result.notes,
+            "grid": {"temperatures": grid.temperatures, "epsilons": grid.epsilons},
+            "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon, "tuning_fpr_at_95_tpr":
+                              s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid, "grid_edge": s.edge_note}
+                       for name, s in result.selections.items()},
+            "splits": result.splits}
+    paths = write_results(out, result.records, meta, table)
+    print(table)
+    for note in result.notes:
+        print(f"Note: {note}")
+    print(f"Results: {', '.join(str(p) for p in paths)}")
+    if logger:
+        _log(out, result, title, meta)
+    return result
+
+
+def _log(out: Path, result: ProtocolResult, title: str, meta: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_logger = default_logger(out, name="evaluate")
+    metrics = {f"ood/{r['ood']}/{r['method']}/{k}": v for r in result.records for k, v in r.items()
+               if isinstance(v, float)}
+    run_logger.log_hyperparams({"title": title, "mode": meta["mode"], "seed": meta["seed"],
+                                "tune_on": json.dumps(meta["tune_on"])})
+    run_logger.log_metrics(metrics)
+    if hasattr(run_logger, "log_table"):
+        columns = [k for k in result.records[0] if k not in ("grid_edge",)]
+        run_logger.log_table("results", columns=columns, data=[[r.get(c) for c in columns] for r in result.records])
+    run_logger.finalize("success")
+    if note := describe_logger(run_logger):
+        print(note)
+
+
+if __name__ == "__main__":
+    auto_cli(evaluate, as_positional=False)

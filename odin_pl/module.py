@@ -1,0 +1,147 @@
+"""``ImageClassifier``: a thin LightningModule around any timm-registered backbone."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal, Sequence
+
+import lightning.pytorch as pl
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import odin_pl.models  # noqa: F401  (registers the project's models with timm)
+from odin_pl.spec import ImageSpec
+
+
+def create_backbone(name: str, num_classes: int, spec: ImageSpec, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, num_classes, in_chans=spec.channels)``, plus ``img_size=spec.size`` for
+    entrypoints that name an ``img_size`` argument (the MLPs, which must know their input size)."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone {name!r}: use a model registered in timm (timm.list_models()) or by "
+                         "odin_pl.models (hendrycks_mlp, densenet_bc_100, wrn_28_10, wrn_40_4)")
+    if "img_size" in inspect.signature(timm.models.model_entrypoint(name)).parameters:
+        kwargs.setdefault("img_size", spec.size)
+    return timm.create_model(name, num_classes=num_classes, in_chans=spec.channels, **kwargs)
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy training of a backbone chosen by name; the checkpoint records the image spec.
+
+    The backbone is built in ``__init__`` when ``image_spec`` is given (as when loading a checkpoint), else in
+    ``configure_model`` from the trainer's DataModule. Learning-rate ``lr_milestones`` are fractions of
+    ``max_epochs`` at which the rate is multiplied by ``lr_gamma`` (the paper: 0.5 and 0.75, gamma 0.1).
+    ``weight_decay_scope="hidden_weights"`` puts the L2 penalty on hidden-layer weights only (the MNIST MLP
+    recipe); with Adam or SGD, weight_decay w adds the gradient of (w / 2) * sum(theta^2).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "hendrycks_mlp",
+        num_classes: int | None = None,
+        image_spec: dict | None = None,
+        backbone_kwargs: dict | None = None,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        weight_decay_scope: Literal["all", "hidden_weights"] = "all",
+        lr_milestones: Sequence[float] = (0.5, 0.75),
+        lr_gamma: float = 0.1,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if any(not 0 < m < 1 for m in lr_milestones):
+            raise ValueError(f"lr_milestones are fractions of training in (0, 1), got {list(lr_milestones)}")
+        self.save_hyperparameters()
+        self.net: nn.Module | None = None
+        if image_spec is not None:
+            self._build(ImageSpec.from_dict(image_spec))
+
+    @property
+    def image_spec(self) -> ImageSpec | None:
+        spec = self.hparams.get("image_spec")
+        return ImageSpec.from_dict(spec) if spec is not None else None
+
+    def _build(self, spec: ImageSpec) -> None:
+        num_classes = self.hparams.num_classes or spec.num_classes
+        if not num_classes:
+            raise ValueError("num_classes is unknown: set model.num_classes or give the data set class names")
+        self.hparams.update(image_spec=spec.to_dict(), num_classes=num_classes)
+        self.net = create_backbone(self.hparams.backbone, num_classes, spec, **(self.hparams.backbone_kwargs or {}))
+        if self.hparams.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self.net.compile()
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        spec = getattr(getattr(self._trainer, "datamodule", None), "image_spec", None)
+        if spec is None:
+            raise ValueError("ImageClassifier needs an image spec: pass image_spec=... or train with a DataModule "
+                             "that has an `image_spec` property")
+        self._build(spec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _parameter_groups(self) -> list[dict]:
+        decay = self.hparams.weight_decay
+        if self.hparams.weight_decay_scope == "all":
+            return [{"params": list(self.net.parameters()), "weight_decay": decay}]
+        if not hasattr(self.net, "hidden_weights"):
+            raise ValueError(f"weight_decay_scope='hidden_weights' needs a backbone with hidden_weights() "
+                             f"(the MLPs); {self.hparams.backbone} has none")
+        hidden = {id(p) for p in self.net.hidden_weights()}
+        return [{"params": [p for p in self.net.parameters() if id(p) in hidden], "weight_decay": decay},
+                {"params": [p for p in self.net.parameters() if id(p) not in hidden], "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = self._parameter_groups()
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        elif hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=hp.lr)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'")
+        max_epochs = self.trainer.max_epochs
+        if not hp.lr_milestones:
+            return {"optimizer": optimizer}
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError("lr_milestones are fractions of trainer.max_epochs: set max_epochs or lr_milestones: []")
+        milestones = sorted({max(1, round(m * max_epochs)) for m in hp.lr_milestones})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which DataModule class built the data, so evaluate.py can rebuild it."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            cls = type(datamodule)
+            checkpoint["odin_pl"] = {"datamodule_class": f"{cls.__module__}.{cls.__qualname__}"}

@@ -1,0 +1,181 @@
+"""The evaluation protocol of the paper (section 4.4) over data sets: split, tune (T, epsilon), report.
+
+Modes:
+* ``paper``    - per OOD set, tune on its held-out tuning split (and the shared in-distribution one);
+* ``transfer`` - tune once on ``tune_on`` (an OOD set's tuning split, or a set given only for tuning, such as
+  synthetic noise) and report every set with that (T, epsilon) (paper, appendix H);
+* ``fixed``    - use the given (T, epsilon), no tuning.
+Every mode reports on the same seeded test splits, and MSP (T=1, epsilon=0) is reported beside ODIN on them.
+Scoring passes are shared: the in-distribution tuning split is scored over the grid once for all OOD sets, and
+its test split once for the union of chosen settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from odin_pl.metrics import ood_metrics
+from odin_pl.scoring import StdLike, check_epsilon, check_model_in_eval, check_temperature, score_settings
+from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters, split_indices, tuning_size
+
+Setting = tuple[float, float]
+MSP: Setting = (1.0, 0.0)
+ScoresHook = Callable[[str, str, Sequence[Setting], Tensor], None]
+
+
+def score_dataset(
+    model: nn.Module, dataset: Dataset, settings: Sequence[Setting], *, input_std: StdLike = None,
+    batch_size: int = 256, num_workers: int = 0, device: str | torch.device | None = None,
+    forward_batch_size: int | None = None, desc: str | None = None,
+) -> Tensor:
+    """Scores [len(settings), len(dataset)] (on the CPU) of every image of a data set yielding (image, label)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    for images, _ in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+        images = images.to(device=device, dtype=dtype, non_blocking=True)
+        chunks.append(score_settings(model, images, settings, input_std, forward_batch_size).cpu())
+    if not chunks:
+        raise ValueError(f"{desc or 'the data set'} is empty: nothing to score")
+    return torch.cat(chunks, dim=1)
+
+
+@dataclass
+class SetSplit:
+    """The seeded tuning / test split of one data set."""
+
+    n: int
+    seed: int
+    tune: Tensor
+    test: Tensor
+
+    @classmethod
+    def make(cls, n: int, seed: int, n_tune: int) -> "SetSplit":
+        tune, test = split_indices(n, tuning_size(n, n_tune), seed)
+        return cls(n, seed, tune, test)
+
+    @property
+    def halved(self) -> bool:
+        return len(self.tune) < PAPER_TUNING_SIZE
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "seed": self.seed, "n_tune": len(self.tune), "n_test": len(self.test),
+                "tune_indices": self.tune.tolist()}
+
+
+@dataclass
+class ProtocolResult:
+    """One record per OOD set and method, the selections, the splits and notes for the user."""
+
+    records: list[dict] = field(default_factory=list)
+    selections: dict[str, Selection] = field(default_factory=dict)
+    splits: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_seed(seed: int, name: str) -> int:
+    """A per-set seed that is stable across runs and Python processes."""
+    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
+def run_protocol(
+    model: nn.Module,
+    in_dataset: Dataset,
+    ood_datasets: Mapping[str, Dataset],
+    *,
+    input_std: StdLike = None,
+    mode: Literal["paper", "transfer", "fixed"] = "paper",
+    grid: Grid = Grid(),
+    tune_on: str | None = None,
+    tuning_only_datasets: Mapping[str, Dataset] | None = None,
+    temperature: float | None = None,
+    epsilon: float | None = None,
+    n_tune: int = PAPER_TUNING_SIZE,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_scores: ScoresHook | None = None,
+) -> ProtocolResult:
+    """Run the protocol; ``on_scores(set, split, settings, scores)`` sees every score tensor as it is computed."""
+    check_model_in_eval(model)
+    if not ood_datasets:
+        raise ValueError("no OOD set to evaluate: give at least one")
+    tuning_only = dict(tuning_only_datasets or {})
+    for name, dataset in [("in-distribution set", in_dataset), *ood_datasets.items(), *tuning_only.items()]:
+        if len(dataset) == 0:
+            raise ValueError(f"{name!r} is empty: nothing to evaluate (check its folder or image count)")
+    if mode == "fixed":
+        if temperature is None or epsilon is None:
+            raise ValueError("mode 'fixed' needs both temperature and epsilon")
+        check_temperature(temperature)
+        check_epsilon(epsilon)
+    elif mode == "transfer":
+        if tune_on not in ood_datasets and tune_on not in tuning_only:
+            known = sorted([*ood_datasets, *tuning_only])
+            raise ValueError(f"tune_on={tune_on!r} is not one of the evaluated sets {known}")
+    elif mode != "paper":
+        raise ValueError(f"unknown mode {mode!r}; use 'paper', 'transfer' or 'fixed'")
+
+    result = ProtocolResult()
+
+    def score(name: str, split: str, dataset: Dataset, settings: Sequence[Setting]) -> Tensor:
+        scores = score_dataset(model, dataset, settings, input_std=input_std, batch_size=batch_size,
+                               num_workers=num_workers, device=device,
+                               desc=f"{name}/{split} ({len(settings)} settings)" if progress else None)
+        if on_scores is not None:
+            on_scores(name, split, settings, scores)
+        return scores
+
+    in_split = SetSplit.make(len(in_dataset), _split_seed(seed, "in"), n_tune)
+    splits = {name: SetSplit.make(len(ds), _split_seed(seed, name), n_tune) for name, ds in ood_datasets.items()}
+    result.splits = {"in_distribution": in_split.to_dict(), **{n: s.to_dict() for n, s in splits.items()}}
+    for name, split in [("in_distribution", in_split), *splits.items()]:
+        if split.halved:
+            result.notes.append(f"{name} has only {split.n} images: half of it ({len(split.tune)}) is used for "
+                                f"tuning instead of {PAPER_TUNING_SIZE}")
+
+    # 1. Tuning: (T, epsilon) per OOD set (paper), one for all (transfer), or given (fixed).
+    chosen: dict[str, Setting] = {}
+    if mode == "fixed":
+        chosen = {name: (float(temperature), float(epsilon)) for name in ood_datasets}
+    else:
+        in_tune = score("in_distribution", "tune", Subset(in_dataset, in_split.tune.tolist()), grid.settings)
+        tuning_names = list(ood_datasets) if mode == "paper" else [tune_on]
+        for name in tuning_names:
+            if name in tuning_only:
+                out_tune = score(name, "tune", tuning_only[name], grid.settings)
+            else:
+                out_tune = score(name, "tune", Subset(ood_datasets[name], splits[name].tune.tolist()),
+                                 grid.settings)
+            result.selections[name] = select_parameters(grid, in_tune, out_tune)
+        for name in ood_datasets:
+            selection = result.selections[name if mode == "paper" else tune_on]
+            chosen[name] = (selection.temperature, selection.epsilon)
+
+    # 2. Test splits: the in-distribution one once for every setting needed, then each OOD set.
+    in_settings = list(dict.fromkeys([MSP, *chosen.values()]))
+    in_test_scores = score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()), in_settings)
+    in_test = dict(zip(in_settings, in_test_scores))
+    for name, dataset in ood_datasets.items():
+        settings = list(dict.fromkeys([MSP, chosen[name]]))
+        out_test = dict(zip(settings, score(name, "test", Subset(dataset, splits[name].test.tolist()), settings)))
+        tuned_on = None if mode == "fixed" else (name if mode == "paper" else tune_on)
+        for method, setting in (("msp", MSP), ("odin", chosen[name])):
+            record = {"ood": name, "method": method, **ood_metrics(in_test[setting], out_test[setting]),
+                      "temperature": setting[0], "epsilon": setting[1],
+                      "n_in": len(in_split.test), "n_out": len(splits[name].test),
+                      "tuned_on": tuned_on if method == "odin" else None}
+            if method == "odin" and tuned_on is not None:
+                selection = result.selections[tuned_on]
+                record.update(tuning_fpr_at_95_tpr=selection.tuning_fpr, grid_edge=selection.edge_note)
+            result.records.append(record)
+    return result

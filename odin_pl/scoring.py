@@ -1,0 +1,180 @@
+"""ODIN scoring: temperature scaling plus input perturbation (Liang, Li, Srikant, ICLR 2018, section 3).
+
+For logits f(x) of a batch x that is already normalized with per-channel (mean, std):
+
+    y_hat   = argmax_i f_i(x)
+    g       = d/dx  sum_b CE(f(x_b) / T, y_hat_b)              (= -grad_x log S_y_hat(x; T))
+    s       = +1 where g >= 0 else -1, divided channel-wise by std when it is known
+    x_tilde = x - epsilon * s
+    score   = max_i softmax(f(x_tilde) / T)_i                   (higher = more in-distribution)
+
+epsilon = 0 needs no gradient; T = 1, epsilon = 0 is the MSP baseline of Hendrycks & Gimpel (2017).
+The functions work under ``torch.inference_mode()`` and ``torch.no_grad()`` (Lightning's validate and test
+loops) and never write ``.grad`` on parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+StdLike = Sequence[float] | Tensor | None
+
+
+def check_temperature(temperature: float) -> None:
+    if not (float(temperature) > 0 and torch.isfinite(torch.tensor(float(temperature)))):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
+                         "(the paper's grid is 1, 2, 5, ..., 1000; T = 1 is no scaling)")
+
+
+def check_epsilon(epsilon: float) -> None:
+    if not (float(epsilon) >= 0 and torch.isfinite(torch.tensor(float(epsilon)))):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r} "
+                         "(the perturbation size in [0, 1] pixel units; 0 turns perturbation off)")
+
+
+def check_model_in_eval(model: nn.Module) -> None:
+    if model.training:
+        raise ValueError("the model is in training mode: call model.eval() before scoring "
+                         "(ODIN scores the deployed network; dropout and batch-norm updates would change them)")
+
+
+def check_images(x: Tensor, model: nn.Module | None = None) -> None:
+    """Raise a ValueError that names the problem when x is not a finite [B, C, H, W] batch the model accepts."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"expected a batch of images of shape [B, C, H, W], got shape {tuple(x.shape)}; "
+                         "add a batch dimension with x.unsqueeze(0) for a single image")
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating-point images (normalized), got dtype {x.dtype}")
+    bad = (~torch.isfinite(x)).sum().item()
+    if bad:
+        raise ValueError(f"the input contains {bad} NaN or Inf values; check the data pipeline "
+                         "(normalization with a zero std, corrupt images)")
+    spec = getattr(model, "image_spec", None)
+    if spec is not None:
+        expected = (spec.channels, spec.size, spec.size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"the model expects images of shape [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                             f"(its image spec), got {tuple(x.shape)}; convert the images to the spec first")
+
+
+def _std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
+    if input_std is None:
+        return None
+    std = torch.as_tensor(input_std, dtype=x.dtype, device=x.device).flatten()
+    if std.numel() != x.shape[1]:
+        raise ValueError(f"input_std has {std.numel()} values but the images have {x.shape[1]} channels; "
+                         "give one std per channel")
+    if not bool((std > 0).all()):
+        raise ValueError(f"input_std must be positive, got {std.tolist()}")
+    return std.view(1, -1, 1, 1)
+
+
+def max_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """S(x; T) = max_i softmax(f(x) / T)_i for each row of logits."""
+    return torch.softmax(logits / temperature, dim=1).amax(dim=1)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    try:
+        return model(x)
+    except RuntimeError as err:
+        raise ValueError(f"the model failed on input of shape {tuple(x.shape)} (wrong channel count or image "
+                         f"size?): {err}") from err
+
+
+def logits_and_steps(
+    model: nn.Module, x: Tensor, temperatures: Sequence[float], input_std: StdLike = None
+) -> tuple[Tensor, list[Tensor]]:
+    """One forward pass, then one input gradient per temperature.
+
+    Returns the clean logits f(x) and, for each T, the step s_T = sign+(d CE(f(x)/T, y_hat) / dx) / std
+    (sign+ maps 0 to +1), so that x_tilde = x - epsilon * s_T for any epsilon. The forward graph is shared by
+    all temperatures; only the input gets a gradient.
+    """
+    std = _std_view(input_std, x)
+    with torch.inference_mode(False), torch.enable_grad():
+        x_leaf = x.clone().requires_grad_(True)
+        logits = _forward(model, x_leaf)
+        y_hat = logits.argmax(dim=1)
+        steps = []
+        for i, temperature in enumerate(temperatures):
+            loss = F.cross_entropy(logits / temperature, y_hat, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_leaf, retain_graph=i < len(temperatures) - 1)
+            step = torch.where(grad >= 0, 1.0, -1.0).to(x.dtype)
+            steps.append(step / std if std is not None else step)
+        return logits.detach(), steps
+
+
+@torch.no_grad()
+def perturbed_scores(
+    model: nn.Module, x: Tensor, step: Tensor, temperature: float, epsilons: Sequence[float],
+    forward_batch_size: int | None = None,
+) -> Tensor:
+    """S(x - epsilon * step; T) for every epsilon, as a tensor [len(epsilons), B].
+
+    The perturbed copies of several epsilons are stacked into forward batches of up to
+    ``forward_batch_size`` images (default: the batch size) to keep the device busy.
+    """
+    batch = x.shape[0]
+    per_chunk = max(1, (forward_batch_size or batch) // max(batch, 1))
+    eps = torch.as_tensor(list(epsilons), dtype=x.dtype, device=x.device)
+    out = []
+    for start in range(0, len(eps), per_chunk):
+        chunk = eps[start:start + per_chunk].view(-1, 1, 1, 1, 1)
+        x_tilde = (x.unsqueeze(0) - chunk * step.unsqueeze(0)).flatten(0, 1)
+        out.append(max_softmax(_forward(model, x_tilde), temperature).view(len(chunk), batch))
+    return torch.cat(out) if out else x.new_zeros(0, batch)
+
+
+def score_settings(
+    model: nn.Module, x: Tensor, settings: Sequence[tuple[float, float]], input_std: StdLike = None,
+    forward_batch_size: int | None = None,
+) -> Tensor:
+    """Scores of the batch x for several (T, epsilon) settings at once, as a tensor [len(settings), B].
+
+    Work is shared: one forward pass gives the clean logits (all settings with epsilon = 0) and the graph
+    for one input gradient per distinct T with some epsilon > 0; each such gradient serves all its epsilons.
+    """
+    for temperature, epsilon in settings:
+        check_temperature(temperature)
+        check_epsilon(epsilon)
+    check_model_in_eval(model)
+    check_images(x, model)
+    grad_temperatures = list(dict.fromkeys(float(t) for t, e in settings if e > 0))
+    if grad_temperatures:
+        logits, steps = logits_and_steps(model, x, grad_temperatures, input_std)
+    else:
+        _std_view(input_std, x)
+        with torch.no_grad():
+            logits, steps = _forward(model, x), []
+    out = x.new_empty(len(settings), x.shape[0])
+    for row, (temperature, epsilon) in enumerate(settings):
+        if epsilon == 0:
+            out[row] = max_softmax(logits, temperature)
+    for temperature, step in zip(grad_temperatures, steps):
+        rows = [i for i, (t, e) in enumerate(settings) if float(t) == temperature and e > 0]
+        out[rows] = perturbed_scores(model, x, step, temperature, [settings[i][1] for i in rows],
+                                     forward_batch_size)
+    return out
+
+
+def odin_score(
+    model: nn.Module, x: Tensor, temperature: float = 1000.0, epsilon: float = 0.0014,
+    input_std: StdLike = None,
+) -> Tensor:
+    """ODIN score S(x_tilde; T) of each image in the normalized batch x (shape [B]); higher = in-distribution.
+
+    ``input_std``: the per-channel std used to normalize x, so that epsilon is a step in [0, 1] pixel units.
+    """
+    return score_settings(model, x, [(temperature, epsilon)], input_std)[0]
+
+
+def msp_score(model: nn.Module, x: Tensor) -> Tensor:
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017): ODIN with T = 1 and epsilon = 0."""
+    return odin_score(model, x, temperature=1.0, epsilon=0.0)

@@ -1,0 +1,25 @@
+"""Shared test setup: offline, CPU-only, no W&B; helpers to skip tests that need real data or a GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("ODIN_PL_DATA", str(Path(__file__).resolve().parent / "_no_data_here"))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def shared_dataset(relative: str) -> Path:
+    """Path of a folder of ../shared/datasets, or skip the test when it is absent."""
+    path = SHARED_DATASETS / relative
+    if not path.exists():
+        pytest.skip(f"{path} is not available on this machine")
+    return path
