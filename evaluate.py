@@ -7,6 +7,7 @@ tuning). Writes table.md, results.json, results.csv and per-image scores to --ou
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import ConcatDataset
 
 from datamodules.ood import NoiseDataset, build_ood_dataset
 from odin_pl import __version__
+from odin_pl.distributed import free_port, init_process_group, world
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.loggers import default_logger, describe_logger
 from odin_pl.protocol import ProtocolResult, run_protocol
@@ -52,8 +54,10 @@ def evaluate(
     batch_size: int = 256,
     num_workers: int = 0,
     device: str = "auto",
+    devices: int = 1,
+    float64: bool = False,
     logger: bool = True,
-) -> ProtocolResult:
+) -> ProtocolResult | None:
     """Run the OOD evaluation protocol on a checkpoint.
 
     Args:
@@ -72,19 +76,32 @@ def evaluate(
         batch_size: images per scoring batch.
         num_workers: DataLoader workers.
         device: ``auto``, ``cpu`` or ``cuda``.
+        devices: number of processes (one GPU each when there are enough GPUs, else CPU processes); each scores
+            its own shard of every set, no image twice, and the metrics equal a single process's.
+        float64: score in double precision (slower; for exact comparisons).
         logger: log to W&B (offline without network) or CSV.
+
+    Returns the result in a single process; with ``devices > 1`` the results are in the output files.
     """
     if (temperature is None) != (epsilon is None):
         raise ValueError("fixed parameters need both --temperature and --epsilon (or neither, to tune)")
     if temperature is not None and tune_on is not None:
         raise ValueError("--tune_on tunes the parameters; it cannot be combined with fixed --temperature/--epsilon")
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
     ckpt_path = Path(ckpt)
     checkpoint = read_checkpoint(ckpt_path)
+    if devices > 1 and world()[1] == 1:
+        options = {k: v for k, v in locals().items() if k in inspect.signature(evaluate).parameters}
+        torch.multiprocessing.spawn(_process, args=(devices, free_port(), options), nprocs=devices)
+        return None
+    rank, _ = world()
     model = load_model(checkpoint, ckpt_path)
     datamodule = build_datamodule(checkpoint, data_root=data_root)
     spec = model.image_spec
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model.to(device)
+    if device == "auto":
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    model.to(device=device, dtype=torch.float64 if float64 else None)
     datamodule.setup("test")
 
     names = _split_names(ood) or list(datamodule.default_ood_sets)
@@ -96,7 +113,8 @@ def evaluate(
             if ood:  # asked for by name: the user must fix it
                 raise
             skipped.append(name)
-            print(f"Skipping OOD set {name!r}: not available ({err})")
+            if rank == 0:
+                print(f"Skipping OOD set {name!r}: not available ({err})")
     if not ood_sets:
         raise ValueError(f"none of the OOD sets {names} is available; see the messages above")
 
@@ -114,12 +132,15 @@ def evaluate(
     scores_dir.mkdir(parents=True, exist_ok=True)
 
     def save_scores(name: str, split: str, settings, scores: torch.Tensor) -> None:
-        torch.save({"settings": list(settings), "scores": scores}, scores_dir / f"{name}__{split}.pt")
+        if rank == 0:
+            torch.save({"settings": list(settings), "scores": scores}, scores_dir / f"{name}__{split}.pt")
 
     result = run_protocol(model, datamodule.test_set, ood_sets, input_std=spec.std, mode=mode, grid=grid,
                           tune_on=tune_on, tuning_only_datasets=tuning_only, temperature=temperature,
                           epsilon=epsilon, n_tune=n_tune, seed=seed, batch_size=batch_size,
-                          num_workers=num_workers, device=device, on_scores=save_scores)
+                          num_workers=num_workers, device=device, on_scores=save_scores, progress=rank == 0)
+    if rank > 0:
+        return result
 
     title = f"{spec.dataset or 'in-distribution'}, {checkpoint['hyper_parameters']['backbone']} ({mode} mode)"
     table = markdown_table(result.records, title)
@@ -155,6 +176,15 @@ def _log(out: Path, result: ProtocolResult, title: str, meta: dict) -> None:
     run_logger.finalize("success")
     if note := describe_logger(run_logger):
         print(note)
+
+
+def _process(rank: int, world_size: int, port: int, options: dict) -> None:
+    """One of ``devices`` evaluation processes."""
+    init_process_group(rank, world_size, port)
+    try:
+        evaluate(**options)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

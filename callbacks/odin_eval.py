@@ -11,14 +11,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.ood import OODDataModule
+from odin_pl.distributed import shard_indices
 from odin_pl.metrics import OODMetrics
 from odin_pl.protocol import MSP
 from odin_pl.scoring import check_epsilon, check_temperature, score_settings
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
-    """Indices rank, rank + world, ... : every sample on exactly one process, no padding."""
-    return list(range(rank, n, world_size))
 
 
 class ODINEvalCallback(Callback):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ImageDataModule, seeded_permutation
 from datamodules.download import RemoteDataset, Resource, require_files
-from datamodules.image_folder import ArrayImageDataset, ImageFolderDataModule, spec_transform
+from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, ImageFolderSplits, spec_transform
 from odin_pl.spec import ImageSpec
 
 # Per-channel mean / std of the 50,000 training images' [0, 1] pixels (the values used throughout the literature).
@@ -57,6 +57,7 @@ CIFAR100 = _format("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", "
 
 
 def _unpickle(path: Path) -> dict:
+    # The CIFAR release is pickled, as torchvision reads it: load only files you trust (download checks md5s).
     with open(path, "rb") as f:
         return pickle.load(f, encoding="latin1")
 
@@ -169,9 +170,10 @@ class CIFAR10DataModule(_CIFARDataModule):
                  val_split: float = 0.0, seed: int = 0) -> None:
         super().__init__(data_root=data_root, download=download, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers, val_split=val_split, seed=seed)
-        self.folder = None if image_folder is None else ImageFolderDataModule(
-            data_root=str(self.data_root / Path(image_folder).expanduser()), mean=self.mean, std=self.std,
-            image_size=32, channels=3, name=self.dataset)
+        self.folder: ImageFolderSplits | None = None
+        if image_folder is not None:
+            folder = self.data_root / Path(image_folder).expanduser()
+            self.folder = ImageFolderSplits(folder / "train", folder / "test")
 
     def prepare_data(self) -> None:
         if self.folder is None:
@@ -180,7 +182,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     def class_names(self) -> tuple[str, ...]:
         if self.folder is None:
             return super().class_names()
-        names = self.folder.image_spec.class_names
+        names = self.folder.class_names
         if len(names) != 10:
             raise ValueError(f"{self.folder.folders[True]} has {len(names)} class folders {list(names)}; "
                              f"CIFAR-10 needs its 10 classes")
@@ -189,8 +191,8 @@ class CIFAR10DataModule(_CIFARDataModule):
     def load_split(self, train: bool, augment: bool) -> Dataset:
         if self.folder is None:
             return super().load_split(train, augment)
-        self.class_names()  # raises unless there are exactly 10 class folders
-        return self.folder.load_split(train, augment)
+        transform = spec_transform(self.image_spec, augment)  # checks the 10 class folders first
+        return ImageFolderDataset(self.folder.samples(train), transform)
 
 
 class CIFAR100DataModule(_CIFARDataModule):

@@ -114,7 +114,8 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Extract a .tar.gz / .tgz / .tar / .zip archive into ``dest``, refusing members that would escape it.
 
     Absolute paths, ``..`` components, and symbolic or hard links pointing outside ``dest`` (also through links
-    extracted earlier) raise :class:`UnsafeArchiveError`; so do device files and FIFOs.
+    extracted earlier) raise :class:`UnsafeArchiveError`; so do device files and FIFOs. Members are checked and
+    extracted in order, so the members before a refused one stay extracted (inside ``dest``).
     """
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -127,7 +128,7 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 archive.extract(info, root)
     elif name.endswith((".tar.gz", ".tgz", ".tar")):
         with tarfile.open(path) as archive:
-            # Python's own "data" filter (where it exists) is a second line of defence behind the checks above.
+            # Python's own "data" filter (where it exists) is a second line of defence behind _check_member.
             options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             for member in archive:
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):

@@ -144,6 +144,30 @@ def image_statistics(paths: Sequence[Path], size: int, channels: int) -> tuple[t
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+class ImageFolderSplits:
+    """The training and test folders of an ImageFolder layout, each scanned once (:func:`scan_image_folder`).
+
+    Labels index the training classes; test class folders must be among them.
+    """
+
+    def __init__(self, train_folder: Path, test_folder: Path) -> None:
+        self.folders = {True: train_folder, False: test_folder}
+        self._classes: tuple[str, ...] = ()
+        self._samples: dict[bool, list[Sample]] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        self.samples(True)
+        return self._classes
+
+    def samples(self, train: bool) -> list[Sample]:
+        """The ``(path, label)`` samples of the training or test folder."""
+        if train not in self._samples:
+            classes, self._samples[train] = scan_image_folder(self.folders[train], None if train else self.class_names)
+            self._classes = self._classes or classes
+        return self._samples[train]
+
+
 class ImageFolderDataModule(ImageDataModule):
     """Any ImageFolder layout: ``<data_root>/<train_dir>/<class>/*`` and ``<data_root>/<test_dir>/<class>/*``.
 
@@ -168,35 +192,25 @@ class ImageFolderDataModule(ImageDataModule):
         if stats_images <= 0:
             raise ValueError(f"stats_images must be positive, got {stats_images}")
         self.save_hyperparameters()
-        self.folders = {True: self.data_root / train_dir, False: self.data_root / test_dir}
+        self.splits = ImageFolderSplits(self.data_root / train_dir, self.data_root / test_dir)
         self.image_size, self.channels, self.augment = image_size, channels, augment
         self.stats_images = stats_images
-        self.dataset_name = name or self.folders[True].resolve().parent.name
+        self.dataset_name = name or (self.data_root / train_dir).resolve().parent.name
         self._stats = None if mean is None else (tuple(mean), tuple(std))
-        self._classes: tuple[str, ...] = ()
-        self._samples: dict[bool, list[Sample]] = {}
         self._spec: ImageSpec | None = None
-
-    def samples(self, train: bool) -> list[Sample]:
-        """The ``(path, label)`` samples of the training or test folder (scanned once)."""
-        if train not in self._samples:
-            if not train:
-                self.samples(True)  # the test labels follow the training classes
-            classes, self._samples[train] = scan_image_folder(self.folders[train], self._classes or None)
-            self._classes = self._classes or classes
-        return self._samples[train]
 
     @property
     def image_spec(self) -> ImageSpec:
         if self._spec is None:
-            train = self.samples(True)
+            train = self.splits.samples(True)
             if self._stats is None:
                 order = seeded_permutation(len(train), self.seed)[: self.stats_images].tolist()
                 self._stats = image_statistics([train[i][0] for i in order], self.image_size, self.channels)
                 self.hparams.update(mean=list(self._stats[0]), std=list(self._stats[1]))
             self._spec = ImageSpec(size=self.image_size, channels=self.channels, mean=self._stats[0],
-                                   std=self._stats[1], class_names=self._classes, dataset=self.dataset_name)
+                                   std=self._stats[1], class_names=self.splits.class_names, dataset=self.dataset_name)
         return self._spec
 
     def load_split(self, train: bool, augment: bool) -> Dataset:
-        return ImageFolderDataset(self.samples(train), spec_transform(self.image_spec, augment and self.augment))
+        return ImageFolderDataset(self.splits.samples(train),
+                                  spec_transform(self.image_spec, augment and self.augment))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from odin_pl.distributed import gather_shards, shard_indices, world
 from odin_pl.metrics import ood_metrics
 from odin_pl.scoring import StdLike, check_epsilon, check_model_in_eval, check_temperature, score_settings
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters, split_indices, tuning_size
@@ -34,17 +35,23 @@ def score_dataset(
     batch_size: int = 256, num_workers: int = 0, device: str | torch.device | None = None,
     forward_batch_size: int | None = None, desc: str | None = None,
 ) -> Tensor:
-    """Scores [len(settings), len(dataset)] (on the CPU) of every image of a data set yielding (image, label)."""
+    """Scores [len(settings), len(dataset)] (on the CPU) of every image of a data set yielding (image, label).
+
+    In a process group, each process scores its own shard and all get the gathered scores in dataset order.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    rank, world_size = world()
+    shard = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
-    for images, _ in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+    for images, _ in tqdm(loader, desc=desc, disable=desc is None or rank > 0, leave=False):
         images = images.to(device=device, dtype=dtype, non_blocking=True)
         chunks.append(score_settings(model, images, settings, input_std, forward_batch_size).cpu())
-    if not chunks:
+    if len(dataset) == 0:
         raise ValueError(f"{desc or 'the data set'} is empty: nothing to score")
-    return torch.cat(chunks, dim=1)
+    local = torch.cat(chunks, dim=1) if chunks else torch.empty(len(settings), 0, dtype=dtype)
+    return gather_shards(local, len(dataset))
 
 
 @dataclass

@@ -243,6 +243,19 @@ def test_oodmetrics_accumulates_to_functional(name):
     _dict_close(got, reference_metrics(s_in, s_out))
 
 
+def test_oodmetrics_keeps_float64_precision():
+    """Scores that differ only below float32 resolution (e.g. ODIN at T = 1000 in float64) must stay distinct."""
+    s_in = 0.2 + 1e-11 * np.arange(0, 60, 1.0)
+    s_out = 0.2 + 1e-11 * np.arange(-30.5, 10, 1.0)
+    metric = OODMetrics()
+    for scores, is_in, _ in _mixed_batches(s_in, s_out, batch=9):
+        metric.update(scores, is_in)
+    want = reference_metrics(s_in, s_out)
+    assert want["auroc"] > 0.9  # would be 0.5 if the scores were rounded to float32
+    _dict_close(metric.compute(), want)
+    _dict_close(ood_metrics(s_in, s_out), want)
+
+
 def test_oodmetrics_scalar_target_per_batch():
     s_in, s_out = _case("ties_round_2_probs")
     metric = OODMetrics()

@@ -169,3 +169,18 @@ def test_protocol_rejects_an_empty_ood_set() -> None:
     empty = TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0))
     with pytest.raises(ValueError, match="'empty' is empty"):
         run_protocol(model.eval(), datamodule.test_set, {"empty": empty})
+
+
+def test_evaluate_on_two_processes_equals_one(quickstart_ckpt: str, tmp_path) -> None:
+    """Sharded scoring over 2 gloo processes (float64) gives exactly the single-process results."""
+    options = dict(ood="gaussian,photos", num_ood_images=90, temperatures="1,1000", epsilons="0,0.002",
+                   float64=True, logger=False)
+    evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "one"), **options)
+    assert evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "two"), devices=2, **options) is None
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert one["records"] == two["records"] and one["tuning"] == two["tuning"]
+    # Per-image scores agree to float64 rounding (a batch of other size may sum in another order).
+    for name in ("in_distribution__test", "gaussian__tune", "photos__test"):
+        torch.testing.assert_close(torch.load(tmp_path / "one" / "scores" / f"{name}.pt")["scores"],
+                                   torch.load(tmp_path / "two" / "scores" / f"{name}.pt")["scores"],
+                                   rtol=0, atol=1e-12)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from odin_pl import msp_score, odin_score
-from odin_pl.scoring import logits_and_steps, perturbed_scores
+from odin_pl.scoring import logits_and_steps, perturbed_scores, score_settings
 
 STD = (0.2, 0.5, 1.3)
 SETTINGS = [(1.0, 0.0), (1000.0, 0.0014), (10.0, 0.004), (2.0, 0.0), (1.0, 0.002), (1000.0, 0.0)]
@@ -152,6 +152,25 @@ def test_perturbed_scores_several_epsilons_and_chunks(model, x):
             torch.testing.assert_close(row, reference_odin(model, x, 10.0, e), atol=ATOL64, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["plain", "inference_mode"])
+def test_score_settings_matches_reference_per_setting(model, x, mode):
+    """The shared-work path (one forward, one gradient per T) gives every setting's own ODIN score."""
+    settings = [(1000.0, 0.0014), (1.0, 0.0), (10.0, 0.004), (1000.0, 0.0), (10.0, 0.0), (10.0, 0.001),
+                (2.0, 0.0), (1000.0, 0.004)]
+    model64, x64 = copy.deepcopy(model).double(), x.double()
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.enable_grad
+    with ctx():
+        got64 = score_settings(model64, x64, settings, STD, forward_batch_size=12)
+        got32 = score_settings(model, x, settings, STD)
+    assert got64.shape == (len(settings), 6)
+    for row64, row32, (t, e) in zip(got64, got32, settings):
+        want = reference_odin(model, x, t, e)
+        torch.testing.assert_close(row64, want, atol=ATOL64, rtol=0)
+        torch.testing.assert_close(row32.double(), want, atol=ATOL32, rtol=0)
+        torch.testing.assert_close(row32, odin_score(model, x, t, e, STD), atol=0, rtol=0)
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
 @pytest.mark.parametrize("temperature, epsilon", [(1000.0, 0.0014), (10.0, 0.004), (2.0, 0.0)])
 def test_odin_under_inference_mode_and_no_grad(model, x, mode, temperature, epsilon):
@@ -262,6 +281,14 @@ def test_no_side_effects(mode):
     assert not model.training and not any(m.training for m in model.modules())
     assert torch.equal(x, x_before) and x.grad is None and not x.requires_grad
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN stats untouched
+
+
+def test_input_that_requires_grad(model, x):
+    """An input that is itself part of a graph is scored like a plain one and collects no .grad."""
+    x_req = x.clone().requires_grad_(True)
+    got = odin_score(model, x_req, temperature=10.0, epsilon=0.004, input_std=STD)
+    torch.testing.assert_close(got, odin_score(model, x, 10.0, 0.004, STD), atol=0, rtol=0)
+    assert x_req.grad is None and all(p.grad is None for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,504 @@
+"""The in-distribution DataModules and the download helpers on tiny files in the real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import shared_dataset
+from datamodules import (CIFAR10DataModule, CIFAR80DataModule, CIFAR100DataModule, DatasetNotFoundError,
+                         ImageFolderDataModule, MNISTDataModule, cifar80_split)
+from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, cifar100_test_images_of_classes
+from datamodules.download import (ChecksumError, RemoteDataset, Resource, UnsafeArchiveError, check_md5,
+                                  download_url, extract_archive, require_files)
+from datamodules.mnist import read_idx
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+# ----------------------------------------------------------------------------- writers of the real formats
+
+def _pickle(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def _cifar_batch(labels: list[int], rng: np.random.Generator, label_key: str) -> dict:
+    """A CIFAR batch: [N, 3072] uint8 rows (R, G, B planes); the red pixel (0, 0) holds the label."""
+    data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    data[:, 0] = labels
+    return {"data": data, label_key: list(labels), "filenames": [f"{i}.png" for i in range(len(labels))]}
+
+
+def write_cifar10(root: Path) -> None:
+    """cifar-10-batches-py with 5 training batches of one image per class and a test batch of two per class."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    for i in range(1, 6):
+        _pickle(folder / f"data_batch_{i}", _cifar_batch(list(range(10)), rng, "labels"))
+    _pickle(folder / "test_batch", _cifar_batch(list(range(10)) * 2, rng, "labels"))
+    _pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072})
+
+
+def write_cifar100(root: Path) -> None:
+    """cifar-100-python with two training images and one test image per fine label."""
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-100-python"
+    for name, labels in (("train", list(range(100)) * 2), ("test", list(range(100)))):
+        batch = _cifar_batch(labels, rng, "fine_labels")
+        batch["coarse_labels"] = [label // 5 for label in labels]
+        _pickle(folder / name, batch)
+    _pickle(folder / "meta", {"fine_label_names": [f"fine{i:02d}" for i in range(100)],
+                              "coarse_label_names": [f"coarse{i:02d}" for i in range(20)]})
+
+
+def _idx(array: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \
+        array.astype(np.uint8).tobytes()
+
+
+def write_mnist(root: Path, gz: bool) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """MNIST/raw idx files (gzipped or not) with 12 training and 6 test images."""
+    rng = np.random.default_rng(2)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    data = {}
+    for train, prefix, n in ((True, "train", 12), (False, "t10k", 6)):
+        images, labels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                with gzip.open(raw / f"{name}.gz", "wb") as f:
+                    f.write(_idx(array))
+            else:
+                (raw / name).write_bytes(_idx(array))
+        data[train] = images, labels
+    return data
+
+
+def _pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Undo the normalization: back to [0, 1] pixels."""
+    return x * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+
+
+def _is_crop_flip(augmented: torch.Tensor, original: torch.Tensor, pad: int = 4) -> bool:
+    """Whether ``augmented`` is a crop of the zero-padded ``original``, possibly flipped horizontally."""
+    size = original.shape[-1]
+    padded = F.pad(original, (pad,) * 4)
+    crops = [padded[:, dy:dy + size, dx:dx + size] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return any(torch.allclose(augmented, c, atol=1e-5) or torch.allclose(augmented, c.flip(-1), atol=1e-5)
+               for c in crops)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def test_cifar10_pickles_shapes_labels_normalization_and_train_only_augmentation(tmp_path):
+    write_cifar10(tmp_path)
+    dm = CIFAR10DataModule(data_root=str(tmp_path), batch_size=4)
+    dm.setup("fit")
+    spec = dm.image_spec
+    assert (spec.size, spec.channels, spec.dataset) == (32, 3, "cifar10")
+    assert list(spec.class_names) == CIFAR10_NAMES
+    assert (spec.mean, spec.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    assert CIFAR10DataModule.default_ood_sets == ("tin_crop", "tin_resize", "lsun_crop", "lsun_resize", "isun",
+                                                  "gaussian", "uniform")
+    assert (len(dm.train_set), len(dm.test_set)) == (50, 20)
+    assert dm.val_set is dm.test_set  # the paper's setting: monitor on the test set
+
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes())
+    for i in (0, 13):
+        x, y = dm.test_set[i]
+        assert y == raw["labels"][i] and isinstance(y, int)
+        expected = torch.from_numpy(raw["data"][i].reshape(3, 32, 32).astype(np.float32)) / 255
+        assert torch.allclose(_pixels(x, spec.mean, spec.std), expected, atol=1e-5)
+        assert torch.equal(x, dm.test_set[i][0])  # no augmentation on the test set
+
+    torch.manual_seed(0)
+    original = _pixels(dm.load_split(train=True, augment=False)[3][0], spec.mean, spec.std)
+    draws = [_pixels(dm.train_set[3][0], spec.mean, spec.std) for _ in range(8)]
+    assert all(_is_crop_flip(d, original) for d in draws)
+    assert any(not torch.allclose(d, original) for d in draws)
+
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_cifar10_val_split_is_seeded_and_unaugmented(tmp_path):
+    write_cifar10(tmp_path)
+    dm = CIFAR10DataModule(data_root=str(tmp_path), val_split=0.2, seed=3)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (40, 10)
+    assert torch.equal(dm.val_set[0][0], dm.val_set[0][0])
+    assert not set(dm.train_set.indices) & set(dm.val_set.indices)
+
+
+def test_cifar10_class_folder_layout(tmp_path):
+    rng = np.random.default_rng(4)
+    for split, per_class in (("train", 2), ("test", 1)):
+        for name in reversed(CIFAR10_NAMES):
+            folder = tmp_path / "cifar10-jpeg" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    dm = CIFAR10DataModule(data_root=str(tmp_path), image_folder="cifar10-jpeg")
+    dm.setup("fit")
+    spec = dm.image_spec
+    assert list(spec.class_names) == CIFAR10_NAMES and spec.dataset == "cifar10" and spec.mean == CIFAR10_MEAN
+    assert (len(dm.train_set), len(dm.test_set)) == (20, 10)
+    assert [dm.test_set[i][1] for i in range(10)] == list(range(10))
+    path = tmp_path / "cifar10-jpeg" / "test" / "bird" / "0000.png"
+    expected = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32)).permute(2, 0, 1) / 255
+    assert torch.allclose(_pixels(dm.test_set[2][0], spec.mean, spec.std), expected, atol=1e-5)
+    torch.manual_seed(1)
+    original = _pixels(dm.load_split(train=True, augment=False)[0][0], spec.mean, spec.std)
+    assert all(_is_crop_flip(_pixels(dm.train_set[0][0], spec.mean, spec.std), original) for _ in range(4))
+
+    (tmp_path / "cifar10-jpeg" / "train" / "bird").rename(tmp_path / "cifar10-jpeg" / "train" / "zebra")
+    (tmp_path / "cifar10-jpeg" / "train" / "extra").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "cifar10-jpeg" / "train" / "extra" / "0.png")
+    with pytest.raises(ValueError, match="11 class folders"):
+        CIFAR10DataModule(data_root=str(tmp_path), image_folder="cifar10-jpeg").setup("fit")
+
+
+def test_cifar100_pickles(tmp_path):
+    write_cifar100(tmp_path)
+    dm = CIFAR100DataModule(data_root=str(tmp_path))
+    dm.setup("test")
+    spec = dm.image_spec
+    assert spec.dataset == "cifar100" and spec.num_classes == 100 and spec.class_names[7] == "fine07"
+    assert spec.mean == CIFAR100_MEAN
+    assert len(dm.test_set) == 100 and dm.train_set is None
+    x, y = dm.test_set[42]
+    assert y == 42 and round(float(_pixels(x, spec.mean, spec.std)[0, 0, 0]) * 255) == 42
+
+
+def test_cifar80_split_is_seeded_disjoint_and_covers_all_classes():
+    in_classes, out_classes = cifar80_split()
+    assert (in_classes, out_classes) == cifar80_split(0)
+    assert len(in_classes) == 80 and len(out_classes) == 20
+    assert in_classes == sorted(in_classes) and out_classes == sorted(out_classes)
+    assert not set(in_classes) & set(out_classes) and set(in_classes) | set(out_classes) == set(range(100))
+    # The documented default split: a change here changes every CIFAR-80 result.
+    assert out_classes == [19, 37, 40, 42, 44, 53, 56, 63, 69, 71, 74, 76, 80, 81, 82, 85, 90, 91, 93, 95]
+    assert cifar80_split(1) != cifar80_split(0)
+
+
+def test_cifar80_remaps_labels_and_exposes_cifar20(tmp_path):
+    write_cifar100(tmp_path)
+    dm = CIFAR80DataModule(data_root=str(tmp_path), split_seed=5)
+    dm.setup("fit")
+    in_classes, out_classes = cifar80_split(5)
+    assert (dm.in_classes, dm.out_classes) == (in_classes, out_classes)
+    spec = dm.image_spec
+    assert spec.dataset == "cifar80" and spec.class_names == tuple(f"fine{c:02d}" for c in in_classes)
+    assert CIFAR80DataModule.default_ood_sets[-1] == "cifar20"
+    assert (len(dm.train_set), len(dm.test_set)) == (160, 80)
+    labels = [dm.test_set[i][1] for i in range(80)]
+    assert sorted(labels) == list(range(80))
+    for i in range(80):
+        x, y = dm.test_set[i]
+        assert in_classes[y] == round(float(_pixels(x, spec.mean, spec.std)[0, 0, 0]) * 255)
+
+    cifar20 = cifar100_test_images_of_classes(tmp_path, out_classes)
+    assert cifar20.shape == (20, 32, 32, 3) and cifar20.dtype == np.uint8
+    assert sorted(cifar20[:, 0, 0, 0].tolist()) == out_classes
+
+    with pytest.raises(ValueError, match="80 distinct"):
+        CIFAR80DataModule(data_root=str(tmp_path), in_classes=list(range(79)))
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_files(tmp_path, gz):
+    data = write_mnist(tmp_path, gz)
+    dm = MNISTDataModule(data_root=str(tmp_path), batch_size=5)
+    dm.setup("fit")
+    spec = dm.image_spec
+    assert (spec.size, spec.channels, spec.mean, spec.std, spec.dataset) == (28, 1, (0.0,), (1.0,), "mnist")
+    assert spec.class_names == tuple("0123456789")
+    assert (len(dm.train_set), len(dm.test_set)) == (12, 6)
+    for train, dataset in ((True, dm.train_set), (False, dm.test_set)):
+        images, labels = data[train]
+        for i in range(len(labels)):
+            x, y = dataset[i]
+            assert x.shape == (1, 28, 28) and y == labels[i]
+            assert torch.allclose(x[0], torch.from_numpy(images[i].astype(np.float32)) / 255)  # [0, 1], as is
+    assert torch.equal(dm.train_set[0][0], dm.train_set[0][0])  # no augmentation
+    assert next(iter(dm.train_dataloader()))[0].shape == (5, 1, 28, 28)
+
+
+def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
+    good = _idx(np.zeros((3, 4, 4), dtype=np.uint8))
+    (tmp_path / "short").write_bytes(good[:-5])
+    (tmp_path / "png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short")
+    with pytest.raises(ValueError, match="not an idx file"):
+        read_idx(tmp_path / "png")
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+
+def _write_folder(root: Path) -> None:
+    """train/{gray,rgba,palette} with mixed sizes and modes plus a corrupt file; test/ with two classes."""
+    rng = np.random.default_rng(5)
+
+    def save(path: Path, mode: str, size: tuple[int, int]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        image = rgb.convert("P", palette=Image.Palette.ADAPTIVE) if mode == "P" else rgb.convert(mode)
+        image.save(path)
+
+    for i in range(3):
+        save(root / "train" / "gray" / f"{i}.png", "L", (20, 24))
+        save(root / "train" / "rgba" / f"{i}.png", "RGBA", (16, 16))
+        save(root / "train" / "palette" / f"{i}.png", "P", (16, 12))
+    (root / "train" / "rgba" / "broken.png").write_bytes(b"this is not a png")
+    (root / "train" / "rgba" / "notes.txt").write_text("not an image: ignored")
+    save(root / "test" / "gray" / "0.png", "L", (16, 16))
+    save(root / "test" / "rgba" / "0.jpg", "RGB", (16, 16))
+
+
+def test_image_folder_modes_sizes_stats_and_corrupt_file(tmp_path):
+    _write_folder(tmp_path)
+    dm = ImageFolderDataModule(data_root=str(tmp_path), image_size=8, batch_size=3)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\)") as record:
+        spec = dm.image_spec
+    assert len([w for w in record if "unreadable" in str(w.message)]) == 1
+    assert spec.class_names == ("gray", "palette", "rgba") and (spec.size, spec.channels) == (8, 3)
+    assert spec.dataset == tmp_path.name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.setup("fit")  # the folders are scanned once: no second warning
+    assert (len(dm.train_set), len(dm.test_set)) == (9, 2)
+    assert [dm.test_set[i][1] for i in range(2)] == [0, 2]  # test labels follow the training classes
+
+    plain = torch.stack([x for x, _ in dm.load_split(train=True, augment=False)])
+    assert plain.shape == (9, 3, 8, 8)
+    # The statistics are those of these training pixels, so the normalized training set has mean 0 and std 1.
+    assert torch.allclose(plain.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(plain.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    assert dm.hparams.mean == list(spec.mean) and dm.hparams.std == list(spec.std)
+    assert next(iter(dm.train_dataloader()))[0].shape == (3, 3, 8, 8)
+
+    gray = ImageFolderDataModule(data_root=str(tmp_path), image_size=8, channels=1, mean=[0.5], std=[0.25])
+    with pytest.warns(UserWarning, match="unreadable"):
+        gray.setup("test")
+    x, _ = gray.test_set[1]
+    assert x.shape == (1, 8, 8) and gray.image_spec.mean == (0.5,)
+
+
+def test_image_folder_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataModule(data_root=str(tmp_path)).setup("fit")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        ImageFolderDataModule(data_root=str(tmp_path)).setup("fit")
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "a" / "0.png")
+    (tmp_path / "test" / "b").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "test" / "b" / "0.png")
+    with pytest.raises(ValueError, match=r"class folders \['b'\]"):
+        ImageFolderDataModule(data_root=str(tmp_path), image_size=4).setup("test")
+    with pytest.raises(ValueError, match="both mean and std"):
+        ImageFolderDataModule(data_root=str(tmp_path), mean=[0.5, 0.5, 0.5])
+
+
+# ----------------------------------------------------------------------------- hparams rebuild
+
+def test_save_hyperparameters_rebuilds_the_same_spec_and_split(tmp_path):
+    write_cifar10(tmp_path)
+    write_cifar100(tmp_path)
+    write_mnist(tmp_path, gz=True)
+    _write_folder(tmp_path / "folder")
+    modules = [CIFAR10DataModule(data_root=str(tmp_path), batch_size=7),
+               CIFAR100DataModule(data_root=str(tmp_path), val_split=0.1, seed=2),
+               CIFAR80DataModule(data_root=str(tmp_path), split_seed=9),
+               MNISTDataModule(data_root=str(tmp_path)),
+               ImageFolderDataModule(data_root=str(tmp_path / "folder"), image_size=8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder's corrupt file
+        for dm in modules:
+            spec = dm.image_spec
+            rebuilt = type(dm)(**dm.hparams)
+            assert rebuilt.image_spec == spec
+            assert (rebuilt.batch_size, rebuilt.val_split, rebuilt.seed) == (dm.batch_size, dm.val_split, dm.seed)
+    cifar80 = modules[2]
+    assert cifar80.hparams.in_classes == cifar80_split(9)[0] and cifar80.hparams.split_seed == 9
+    assert type(cifar80)(**cifar80.hparams).out_classes == cifar80_split(9)[1]
+    folder = modules[4]
+    assert folder.hparams.mean == list(folder.image_spec.mean)  # computed statistics are recorded
+
+
+# ----------------------------------------------------------------------------- download, checksum, extraction
+
+def _offline(monkeypatch) -> list[str]:
+    """Make every urlopen fail as on a machine without internet; returns the URLs that were tried."""
+    tried: list[str] = []
+
+    def urlopen(request, *args, **kwargs):
+        tried.append(request.full_url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return tried
+
+
+def test_missing_data_raises_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        CIFAR100DataModule(data_root=str(tmp_path)).setup("test")
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in message
+    assert str(tmp_path / "cifar-100-python") in message
+    assert "--data_root" in message and "ODIN_PL_DATA" in message and "download failed" not in message
+
+
+def test_download_offline_raises_the_clear_error(tmp_path, monkeypatch):
+    tried = _offline(monkeypatch)
+    with pytest.raises(DatasetNotFoundError) as info:
+        CIFAR10DataModule(data_root=str(tmp_path), download=True).prepare_data()
+    message = str(info.value)
+    assert tried == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert tried[0] in message and "c58f30108f718f92721af3b95e74349a" in message
+    assert str(tmp_path / "cifar-10-batches-py") in message and "download failed" in message
+    assert "--data_root" in message and "ODIN_PL_DATA" in message
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
+    assert list(tmp_path.iterdir()) == []  # no partial download left behind
+
+    tried.clear()
+    with pytest.raises(DatasetNotFoundError, match="MNIST not found") as info:
+        MNISTDataModule(data_root=str(tmp_path), download=True).setup("test")
+    assert len(tried) == 2 and all(url.endswith("train-images-idx3-ubyte.gz") for url in tried)  # both mirrors
+    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+
+
+def test_md5_mismatch_names_the_file_and_both_md5s(tmp_path, monkeypatch):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(b"not the real archive")
+    actual = hashlib.md5(b"not the real archive").hexdigest()
+    check_md5(path, actual)
+    with pytest.raises(ChecksumError) as info:
+        check_md5(path, "0" * 32)
+    assert str(path) in str(info.value) and actual in str(info.value) and "0" * 32 in str(info.value)
+
+    # A corrupt archive already in the data root is reported, not silently replaced.
+    tried = _offline(monkeypatch)
+    with pytest.raises(ChecksumError, match="c58f30108f718f92721af3b95e74349a"):
+        CIFAR10DataModule(data_root=str(tmp_path), download=True).prepare_data()
+    assert tried == []
+
+    # A download whose md5 differs leaves nothing behind.
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: io.BytesIO(b"payload"))
+    with pytest.raises(ChecksumError, match=hashlib.md5(b"payload").hexdigest()):
+        download_url("https://example.org/file.bin", tmp_path / "dl" / "file.bin", md5="1" * 32)
+    assert list((tmp_path / "dl").iterdir()) == []
+    dest = download_url("https://example.org/file.bin", tmp_path / "dl" / "file.bin",
+                        md5=hashlib.md5(b"payload").hexdigest())
+    assert dest.read_bytes() == b"payload"
+
+
+def test_download_then_extract_end_to_end_with_a_fake_server(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "server")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "server" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    payload = archive.read_bytes()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: io.BytesIO(payload))
+    source = RemoteDataset("tiny CIFAR-10", "cifar-10-batches-py", require_files("test_batch", "batches.meta"),
+                           (Resource("tiny.tar.gz", hashlib.md5(payload).hexdigest(), ("https://example.org/t",)),))
+    root = tmp_path / "root"
+    assert source.ensure(root, download=True) == root / "cifar-10-batches-py"
+    assert (root / "cifar-10-batches-py" / "data_batch_5").is_file() and (root / "tiny.tar.gz").is_file()
+
+
+def _tar(path: Path, *members: tuple[str, str, str | None]) -> Path:
+    """A tar(.gz) archive of (name, kind, link target) members: kind is "file", "sym" or "hard"."""
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tar:
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = 4
+                tar.addfile(info, io.BytesIO(b"data"))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                info.linkname = target
+                tar.addfile(info)
+    return path
+
+
+def test_extract_archive_formats_and_inside_links(tmp_path):
+    for name in ("a.tar.gz", "a.tgz", "a.tar"):
+        archive = _tar(tmp_path / name, ("d/file", "file", None), ("d/link", "sym", "file"),
+                       ("d/hard", "hard", "d/file"))
+        out = extract_archive(archive, tmp_path / f"out-{name}")
+        assert (out / "d" / "link").read_bytes() == b"data" and (out / "d" / "hard").read_bytes() == b"data"
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.writestr("d/file.txt", "zip")
+    assert (extract_archive(tmp_path / "a.zip", tmp_path / "zip") / "d" / "file.txt").read_text() == "zip"
+    with pytest.raises(ValueError, match="supported archives"):
+        extract_archive(tmp_path / "a.rar", tmp_path / "rar")
+
+
+@pytest.mark.parametrize("members, why", [
+    ([("../evil", "file", None)], "would be written"),
+    ([("ok/../../evil", "file", None)], "would be written"),
+    ([("/tmp/odin_pl_evil_absolute", "file", None)], "absolute path"),
+    ([("link", "sym", "../outside")], "links to"),
+    ([("link", "sym", "/etc/passwd")], "absolute path"),
+    ([("hard", "hard", "../outside")], "links to"),
+    ([("here", "sym", "."), ("here/../evil", "file", None)], "would be written"),  # escape through a link
+])
+def test_extract_archive_refuses_members_escaping_the_destination(tmp_path, members, why):
+    archive = _tar(tmp_path / "evil.tar.gz", *members)
+    dest = tmp_path / "a" / "dest"
+    with pytest.raises(UnsafeArchiveError, match=why):
+        extract_archive(archive, dest)
+    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "a" / "outside").exists()
+    assert not Path("/tmp/odin_pl_evil_absolute").exists()
+
+
+@pytest.mark.parametrize("name, why", [("../evil.txt", "would be written"), ("/evil.txt", "absolute path")])
+def test_extract_zip_refuses_members_escaping_the_destination(tmp_path, name, why):
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr(zipfile.ZipInfo(name), "evil")
+    with pytest.raises(UnsafeArchiveError, match=why):
+        extract_archive(tmp_path / "evil.zip", tmp_path / "dest")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+# ----------------------------------------------------------------------------- real data (not in the default run)
+
+@pytest.mark.real_data
+def test_real_cifar10_jpeg_and_mnist():
+    jpeg = shared_dataset("cifar10-jpeg")
+    cifar = CIFAR10DataModule(data_root=str(jpeg.parent), image_folder=jpeg.name)
+    cifar.setup("test")
+    assert list(cifar.image_spec.class_names) == CIFAR10_NAMES and len(cifar.test_set) == 10_000
+    sample = [cifar.test_set[i] for i in range(0, 10_000, 20)]  # 50 images of each class
+    x = torch.stack([image for image, _ in sample])
+    assert x.shape == (500, 3, 32, 32) and sorted({label for _, label in sample}) == list(range(10))
+    mean = _pixels(x.mean(0), CIFAR10_MEAN, CIFAR10_STD).mean((1, 2))
+    assert torch.allclose(mean, torch.tensor(CIFAR10_MEAN), atol=0.03)
+
+    shared_dataset("MNIST/raw")
+    mnist = MNISTDataModule(data_root=str(jpeg.parent))
+    mnist.setup("fit")
+    assert (len(mnist.train_set), len(mnist.test_set)) == (60_000, 10_000)
+    x, y = mnist.test_set[0]
+    assert x.shape == (1, 28, 28) and float(x.min()) == 0.0 and float(x.max()) == 1.0 and y == 7

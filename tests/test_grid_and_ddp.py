@@ -1,0 +1,82 @@
+"""The fast grid search equals the straightforward loop; 2 DDP processes equal 1 in the callback."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from callbacks import ODINEvalCallback
+from datamodules import DigitsDataModule
+from odin_pl import odin_score
+from odin_pl.metrics import auroc, ood_metrics, rates_at_tpr
+from odin_pl.module import ImageClassifier
+from odin_pl.protocol import run_protocol
+from odin_pl.tuning import Grid
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 5)).double().eval()
+
+
+def _loop_protocol(model, x_in, x_out, tune_in, test_in, tune_out, test_out, grid, std):
+    """The straightforward loop: perturb and re-score every image for every (T, epsilon), one at a time."""
+    def scores(x, t, e):
+        return torch.cat([odin_score(model, batch, t, e, std) for batch in x.split(7)])
+
+    best = None
+    for t, e in grid.settings:
+        s_in, s_out = scores(x_in[tune_in], t, e), scores(x_out[tune_out], t, e)
+        fpr = rates_at_tpr(s_in, s_out)[1]
+        area = auroc(torch.cat([s_in, s_out]), torch.cat([torch.ones(len(s_in)), torch.zeros(len(s_out))]).bool())
+        key = (fpr, -area, -t, e)
+        if best is None or key < best[0]:
+            best = (key, (t, e))
+    t, e = best[1]
+    return (t, e), ood_metrics(scores(x_in[test_in], t, e), scores(x_out[test_out], t, e))
+
+
+def test_grid_search_equals_straightforward_loop_in_float64() -> None:
+    model = _small_cnn()
+    std = (0.2, 0.5, 1.3)
+    g = torch.Generator().manual_seed(1)
+    x_in = torch.randn(44, 3, 8, 8, generator=g, dtype=torch.float64)
+    x_out = 1.5 * torch.randn(38, 3, 8, 8, generator=g, dtype=torch.float64) + 0.3
+    grid = Grid(temperatures=(1, 2, 10, 1000), epsilons=(0.0, 0.001, 0.002, 0.004, 0.02))
+    result = run_protocol(model, TensorDataset(x_in, torch.zeros(44)), {"ood": TensorDataset(x_out, -torch.ones(38))},
+                          input_std=std, grid=grid, batch_size=7, progress=False)
+    splits = result.splits
+    tune_in = torch.tensor(splits["in_distribution"]["tune_indices"])
+    tune_out = torch.tensor(splits["ood"]["tune_indices"])
+    test_in = torch.tensor(sorted(set(range(44)) - set(tune_in.tolist())))
+    test_out = torch.tensor(sorted(set(range(38)) - set(tune_out.tolist())))
+    chosen, metrics = _loop_protocol(model, x_in, x_out, tune_in, test_in, tune_out, test_out, grid, std)
+    odin = next(r for r in result.records if r["method"] == "odin")
+    assert (odin["temperature"], odin["epsilon"]) == chosen
+    assert {k: odin[k] for k in metrics} == metrics
+    # A non-trivial case: perturbation and temperature matter here.
+    assert chosen != (1.0, 0.0)
+
+
+def _validate(devices: int, tmp_path) -> dict[str, float]:
+    pl.seed_everything(0)
+    datamodule = DigitsDataModule(eval_batch_size=64)
+    model = ImageClassifier("hendrycks_mlp", image_spec=datamodule.image_spec.to_dict(), lr_milestones=[])
+    callback = ODINEvalCallback(ood=["gaussian", "photos"], temperature=1000.0, epsilon=0.002, batch_size=50,
+                                num_images=101)
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                         precision="64-true", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback], default_root_dir=tmp_path)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ood/")}
+
+
+@pytest.mark.slow
+def test_callback_on_two_ddp_processes_equals_one(tmp_path) -> None:
+    one = _validate(1, tmp_path)
+    two = _validate(2, tmp_path)
+    assert len(one) == 2 * 2 * 6 and one == two
