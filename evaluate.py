@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 from jsonargparse import auto_cli
+from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import ConcatDataset
 
 from datamodules.ood import NoiseDataset, build_ood_dataset
 from odin_pl import __version__
-from odin_pl.distributed import free_port, init_process_group, world
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.distributed import free_port, init_process_group, world
 from odin_pl.loggers import default_logger, describe_logger
+from odin_pl.plots import plot_grid, plot_histograms, plot_roc, roc_points
 from odin_pl.protocol import ProtocolResult, run_protocol
 from odin_pl.report import markdown_table, write_results
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
@@ -152,16 +154,31 @@ def evaluate(
                        for name, s in result.selections.items()},
             "splits": result.splits}
     paths = write_results(out, result.records, meta, table)
+    figures = _plot(out / "figures", result, meta)
     print(table)
     for note in result.notes:
         print(f"Note: {note}")
-    print(f"Results: {', '.join(str(p) for p in paths)}")
+    print(f"Results: {', '.join(str(p) for p in paths)}; figures in {out / 'figures'}")
     if logger:
-        _log(out, result, title, meta)
+        _log(out, result, title, meta, figures)
     return result
 
 
-def _log(out: Path, result: ProtocolResult, title: str, meta: dict) -> None:
+def _plot(folder: Path, result: ProtocolResult, meta: dict) -> list[Path]:
+    """ROC curves and score histograms per OOD set, and the tuning-grid heatmap per tuned set."""
+    figures = []
+    for name, scores in result.test_scores.items():
+        figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
+        figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
+    grid = meta["grid"]
+    for name, selection in result.selections.items():
+        figures.append(plot_grid(selection.fpr_grid, grid["temperatures"], grid["epsilons"],
+                                 (selection.temperature, selection.epsilon), f"tuning on {name}",
+                                 folder / f"grid_{name}.png"))
+    return figures
+
+
+def _log(out: Path, result: ProtocolResult, title: str, meta: dict, figures: list[Path]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         run_logger = default_logger(out, name="evaluate")
@@ -170,9 +187,21 @@ def _log(out: Path, result: ProtocolResult, title: str, meta: dict) -> None:
     run_logger.log_hyperparams({"title": title, "mode": meta["mode"], "seed": meta["seed"],
                                 "tune_on": json.dumps(meta["tune_on"])})
     run_logger.log_metrics(metrics)
-    if hasattr(run_logger, "log_table"):
+    if isinstance(run_logger, WandbLogger):
+        import wandb
+
         columns = [k for k in result.records[0] if k not in ("grid_edge",)]
         run_logger.log_table("results", columns=columns, data=[[r.get(c) for c in columns] for r in result.records])
+        for kind in ("roc", "scores", "grid"):  # one panel per kind: images of one size
+            group = [f for f in figures if f.stem.startswith(f"{kind}_")]
+            if group:
+                run_logger.log_image(f"figures/{kind}", images=[str(f) for f in group], caption=[f.stem for f in group])
+        for name, scores in result.test_scores.items():
+            curves = {method: roc_points(*pair) for method, pair in scores.items()}
+            xs = [fpr[::max(1, len(fpr) // 500)].tolist() for fpr, _ in curves.values()]
+            ys = [tpr[::max(1, len(tpr) // 500)].tolist() for _, tpr in curves.values()]
+            run_logger.experiment.log({f"roc/{name}": wandb.plot.line_series(
+                xs=xs, ys=ys, keys=list(curves), title=f"ROC {name}", xname="FPR")})
     run_logger.finalize("success")
     if note := describe_logger(run_logger):
         print(note)

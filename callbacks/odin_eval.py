@@ -58,6 +58,10 @@ class ODINEvalCallback(Callback):
         loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False)
         spec = pl_module.image_spec
         index_iter = iter(torch.tensor(indices, dtype=torch.long).split(self.batch_size))
+        if not indices:  # a set smaller than the world: still take part in the metric's sync with typed states
+            empty = torch.empty(0, dtype=torch.float64, device=pl_module.device)
+            for metric in metrics.values():
+                metric.update(empty, is_in, torch.empty(0, dtype=torch.long, device=pl_module.device))
         for images, _ in loader:
             images = images.to(pl_module.device, dtype=next(pl_module.parameters()).dtype)
             scores = score_settings(pl_module, images, list(self.settings.values()), spec.std if spec else None)

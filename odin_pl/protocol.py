@@ -79,9 +79,11 @@ class SetSplit:
 
 @dataclass
 class ProtocolResult:
-    """One record per OOD set and method, the selections, the splits and notes for the user."""
+    """One record per OOD set and method, the selections, the splits, notes for the user, and the test-split
+    scores per OOD set and method as (in-distribution, OOD) pairs."""
 
     records: list[dict] = field(default_factory=list)
+    test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     selections: dict[str, Selection] = field(default_factory=dict)
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -176,6 +178,8 @@ def run_protocol(
         settings = list(dict.fromkeys([MSP, chosen[name]]))
         out_test = dict(zip(settings, score(name, "test", Subset(dataset, splits[name].test.tolist()), settings)))
         tuned_on = None if mode == "fixed" else (name if mode == "paper" else tune_on)
+        result.test_scores[name] = {"msp": (in_test[MSP], out_test[MSP]),
+                                    "odin": (in_test[chosen[name]], out_test[chosen[name]])}
         for method, setting in (("msp", MSP), ("odin", chosen[name])):
             record = {"ood": name, "method": method, **ood_metrics(in_test[setting], out_test[setting]),
                       "temperature": setting[0], "epsilon": setting[1],

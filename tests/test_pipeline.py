@@ -55,6 +55,8 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
         (s, m) for s in ("gaussian", "uniform", "photos") for m in ("msp", "odin")}
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
     assert "| gaussian |" in (tmp_path / "table.md").read_text()
+    figures = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert {"roc_gaussian.png", "scores_photos.png", "grid_uniform.png"} <= figures and len(figures) == 9
     # The digits test set has 599 images: half of it tunes, and the note says so.
     assert data["splits"]["in_distribution"]["n_tune"] == 299 and any("half" in n for n in data["notes"])
     tune = set(data["splits"]["gaussian"]["tune_indices"])

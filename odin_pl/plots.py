@@ -1,0 +1,84 @@
+"""PNG figures of an evaluation: ROC curves (paper, Figure 1), score histograms and the tuning-grid heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchmetrics.functional.classification import binary_roc  # noqa: E402
+
+MethodScores = Mapping[str, tuple[Tensor, Tensor]]  # method -> (in-distribution scores, OOD scores)
+COLORS = {"msp": "tab:red", "odin": "tab:blue"}
+LABELS = {"msp": "Baseline (MSP)", "odin": "ODIN"}
+
+
+def roc_points(in_scores: Tensor, out_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """(FPR, TPR) of the ROC curve with in-distribution positive, via torchmetrics' exact binary ROC.
+
+    Scores are ranked first, so that torchmetrics never applies its sigmoid to values outside [0, 1].
+    """
+    scores = torch.cat([in_scores, out_scores]).double()
+    ranks = torch.argsort(torch.argsort(scores)).double() / max(len(scores) - 1, 1)
+    ranks = _tied_ranks(scores, ranks)
+    target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
+    fpr, tpr, _ = binary_roc(ranks, target)
+    return fpr, tpr
+
+
+def _tied_ranks(scores: Tensor, ranks: Tensor) -> Tensor:
+    """Give tied scores one rank (their largest), so that a rank transform keeps ties tied."""
+    unique, inverse = torch.unique(scores, return_inverse=True)
+    top = torch.full((len(unique),), -1.0, dtype=ranks.dtype).scatter_reduce(0, inverse, ranks, "amax")
+    return top[inverse]
+
+
+def plot_roc(scores: MethodScores, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for method, (s_in, s_out) in scores.items():
+        fpr, tpr = roc_points(s_in, s_out)
+        ax.plot(fpr.numpy(), tpr.numpy(), color=COLORS.get(method), label=LABELS.get(method, method))
+    ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_histograms(scores: MethodScores, title: str, path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.2), squeeze=False)
+    for ax, (method, (s_in, s_out)) in zip(axes[0], scores.items()):
+        low = float(min(s_in.min(), s_out.min()))
+        high = float(max(s_in.max(), s_out.max()))
+        bins = torch.linspace(low, high if high > low else low + 1e-6, 41).numpy()
+        ax.hist(s_in.numpy(), bins=bins, alpha=0.6, density=True, label="in-distribution")
+        ax.hist(s_out.numpy(), bins=bins, alpha=0.6, density=True, label="OOD")
+        ax.set(title=f"{title}: {LABELS.get(method, method)}", xlabel="score", ylabel="density")
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_grid(fpr_grid: Sequence[Sequence[float]], temperatures: Sequence[float], epsilons: Sequence[float],
+              chosen: tuple[float, float], title: str, path: Path) -> Path:
+    """FPR at 95% TPR (percent) on the tuning split for every (T, epsilon), the chosen one circled."""
+    grid = 100 * torch.tensor(fpr_grid, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(0.45 * len(epsilons) + 2.5, 0.4 * len(temperatures) + 1.8))
+    image = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis_r", origin="lower")
+    ax.set_xticks(range(len(epsilons)), [f"{e:.4g}" for e in epsilons], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(temperatures)), [f"{t:g}" for t in temperatures], fontsize=7)
+    ax.plot(list(epsilons).index(chosen[1]), list(temperatures).index(chosen[0]), "o", mfc="none", mec="red", ms=10)
+    ax.set(xlabel="epsilon", ylabel="T", title=title)
+    fig.colorbar(image, ax=ax, label="FPR at 95% TPR (%)")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
