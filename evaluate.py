@@ -24,7 +24,7 @@ from odin_pl.distributed import free_port, init_process_group, world
 from odin_pl.loggers import default_logger, describe_logger
 from odin_pl.plots import plot_grid, plot_histograms, plot_roc, roc_points
 from odin_pl.protocol import ProtocolResult, run_protocol
-from odin_pl.report import markdown_table, write_results
+from odin_pl.report import cross_table, markdown_table, write_results
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
 
 NOISE_TUNING_IMAGES = 500  # per noise kind, for --tune_on noise
@@ -69,7 +69,8 @@ def evaluate(
         data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
         temperature: with ``epsilon``: fixed parameters, no tuning.
         epsilon: perturbation magnitude for the fixed mode.
-        tune_on: tune once on this OOD set (or ``noise``: 500 Gaussian + 500 Uniform images) and transfer.
+        tune_on: tune once on this OOD set (or ``noise``: 500 Gaussian + 500 Uniform images) and transfer;
+            ``all``: tune on every set and report every set with every tuning (the paper's tables 10 and 11).
         temperatures: comma-separated tuning grid of T (default: the paper's 1, 2, 5, ..., 1000).
         epsilons: comma-separated tuning grid of epsilon (default: 21 values from 0 to 0.004).
         n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
@@ -125,7 +126,7 @@ def evaluate(
         noise_seed = seed + NOISE_TUNING_SEED_OFFSET
         tuning_only["noise"] = ConcatDataset([NoiseDataset(kind, spec, NOISE_TUNING_IMAGES, noise_seed)
                                               for kind in ("gaussian", "uniform")])
-    mode = "fixed" if temperature is not None else "transfer" if tune_on else "paper"
+    mode = "fixed" if temperature is not None else "cross" if tune_on == "all" else "transfer" if tune_on else "paper"
     grid = Grid(parse_floats(temperatures, "--temperatures") if temperatures else PAPER_TEMPERATURES,
                 parse_floats(epsilons, "--epsilons") if epsilons else PAPER_EPSILONS)
 
@@ -138,7 +139,7 @@ def evaluate(
             torch.save({"settings": list(settings), "scores": scores}, scores_dir / f"{name}__{split}.pt")
 
     result = run_protocol(model, datamodule.test_set, ood_sets, input_std=spec.std, mode=mode, grid=grid,
-                          tune_on=tune_on, tuning_only_datasets=tuning_only, temperature=temperature,
+                          tune_on=None if mode == "cross" else tune_on, tuning_only_datasets=tuning_only, temperature=temperature,
                           epsilon=epsilon, n_tune=n_tune, seed=seed, batch_size=batch_size,
                           num_workers=num_workers, device=device, on_scores=save_scores, progress=rank == 0)
     if rank > 0:
@@ -146,6 +147,8 @@ def evaluate(
 
     title = f"{spec.dataset or 'in-distribution'}, {checkpoint['hyper_parameters']['backbone']} ({mode} mode)"
     table = markdown_table(result.records, title)
+    if mode == "cross":
+        table += "\n\n" + cross_table(result.records)
     meta = {"checkpoint": str(ckpt_path), "version": __version__, "mode": mode, "tune_on": tune_on,
             "seed": seed, "image_spec": spec.to_dict(), "skipped_ood_sets": skipped, "notes": result.notes,
             "grid": {"temperatures": grid.temperatures, "epsilons": grid.epsilons},

@@ -4,6 +4,8 @@ Modes:
 * ``paper``    - per OOD set, tune on its held-out tuning split (and the shared in-distribution one);
 * ``transfer`` - tune once on ``tune_on`` (an OOD set's tuning split, or a set given only for tuning, such as
   synthetic noise) and report every set with that (T, epsilon) (paper, appendix H);
+* ``cross``    - tune on every OOD set and report every set with every set's (T, epsilon) (paper, tables 10
+  and 11); the main table uses each set's own tuning, as ``paper`` does;
 * ``fixed``    - use the given (T, epsilon), no tuning.
 Every mode reports on the same seeded test splits, and MSP (T=1, epsilon=0) is reported beside ODIN on them.
 Scoring passes are shared: the in-distribution tuning split is scored over the grid once for all OOD sets, and
@@ -100,7 +102,7 @@ def run_protocol(
     ood_datasets: Mapping[str, Dataset],
     *,
     input_std: StdLike = None,
-    mode: Literal["paper", "transfer", "fixed"] = "paper",
+    mode: Literal["paper", "transfer", "cross", "fixed"] = "paper",
     grid: Grid = Grid(),
     tune_on: str | None = None,
     tuning_only_datasets: Mapping[str, Dataset] | None = None,
@@ -131,8 +133,8 @@ def run_protocol(
         if tune_on not in ood_datasets and tune_on not in tuning_only:
             known = sorted([*ood_datasets, *tuning_only])
             raise ValueError(f"tune_on={tune_on!r} is not one of the evaluated sets {known}")
-    elif mode != "paper":
-        raise ValueError(f"unknown mode {mode!r}; use 'paper', 'transfer' or 'fixed'")
+    elif mode not in ("paper", "cross"):
+        raise ValueError(f"unknown mode {mode!r}; use 'paper', 'transfer', 'cross' or 'fixed'")
 
     result = ProtocolResult()
 
@@ -152,40 +154,37 @@ def run_protocol(
             result.notes.append(f"{name} has only {split.n} images: half of it ({len(split.tune)}) is used for "
                                 f"tuning instead of {PAPER_TUNING_SIZE}")
 
-    # 1. Tuning: (T, epsilon) per OOD set (paper), one for all (transfer), or given (fixed).
-    chosen: dict[str, Setting] = {}
-    if mode == "fixed":
-        chosen = {name: (float(temperature), float(epsilon)) for name in ood_datasets}
-    else:
+    # 1. Tuning: (T, epsilon) per OOD set (paper, cross), one for all (transfer), or given (fixed).
+    if mode != "fixed":
         in_tune = score("in_distribution", "tune", Subset(in_dataset, in_split.tune.tolist()), grid.settings)
-        tuning_names = list(ood_datasets) if mode == "paper" else [tune_on]
-        for name in tuning_names:
-            if name in tuning_only:
-                out_tune = score(name, "tune", tuning_only[name], grid.settings)
-            else:
-                out_tune = score(name, "tune", Subset(ood_datasets[name], splits[name].tune.tolist()),
-                                 grid.settings)
-            result.selections[name] = select_parameters(grid, in_tune, out_tune)
-        for name in ood_datasets:
-            selection = result.selections[name if mode == "paper" else tune_on]
-            chosen[name] = (selection.temperature, selection.epsilon)
+        for name in [tune_on] if mode == "transfer" else list(ood_datasets):
+            tune_set = tuning_only[name] if name in tuning_only else Subset(ood_datasets[name],
+                                                                            splits[name].tune.tolist())
+            result.selections[name] = select_parameters(grid, in_tune, score(name, "tune", tune_set,
+                                                                             grid.settings))
+    # For each test set, the (tuned_on, setting) pairs to report; the first one is its main-table ODIN entry.
+    reported: dict[str, list[tuple[str | None, Setting]]] = {}
+    for name in ood_datasets:
+        tuned = {"fixed": [None], "paper": [name], "transfer": [tune_on],
+                 "cross": [name, *(t for t in ood_datasets if t != name)]}[mode]
+        reported[name] = [(t, (float(temperature), float(epsilon)) if t is None else
+                           (result.selections[t].temperature, result.selections[t].epsilon)) for t in tuned]
 
     # 2. Test splits: the in-distribution one once for every setting needed, then each OOD set.
-    in_settings = list(dict.fromkeys([MSP, *chosen.values()]))
-    in_test_scores = score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()), in_settings)
-    in_test = dict(zip(in_settings, in_test_scores))
+    in_settings = list(dict.fromkeys([MSP, *(s for pairs in reported.values() for _, s in pairs)]))
+    in_test = dict(zip(in_settings, score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()),
+                                          in_settings)))
     for name, dataset in ood_datasets.items():
-        settings = list(dict.fromkeys([MSP, chosen[name]]))
+        settings = list(dict.fromkeys([MSP, *(s for _, s in reported[name])]))
         out_test = dict(zip(settings, score(name, "test", Subset(dataset, splits[name].test.tolist()), settings)))
-        tuned_on = None if mode == "fixed" else (name if mode == "paper" else tune_on)
+        main_setting = reported[name][0][1]
         result.test_scores[name] = {"msp": (in_test[MSP], out_test[MSP]),
-                                    "odin": (in_test[chosen[name]], out_test[chosen[name]])}
-        for method, setting in (("msp", MSP), ("odin", chosen[name])):
+                                    "odin": (in_test[main_setting], out_test[main_setting])}
+        for method, tuned_on, setting in [("msp", None, MSP), *(("odin", t, s) for t, s in reported[name])]:
             record = {"ood": name, "method": method, **ood_metrics(in_test[setting], out_test[setting]),
                       "temperature": setting[0], "epsilon": setting[1],
-                      "n_in": len(in_split.test), "n_out": len(splits[name].test),
-                      "tuned_on": tuned_on if method == "odin" else None}
-            if method == "odin" and tuned_on is not None:
+                      "n_in": len(in_split.test), "n_out": len(splits[name].test), "tuned_on": tuned_on}
+            if tuned_on is not None:
                 selection = result.selections[tuned_on]
                 record.update(tuning_fpr_at_95_tpr=selection.tuning_fpr, grid_edge=selection.edge_note)
             result.records.append(record)

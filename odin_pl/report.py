@@ -14,10 +14,26 @@ CSV_FIELDS = ("ood", "method", "fpr_at_95_tpr", "detection_error", "auroc", "aup
 
 
 def _pairs(records: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(MSP, ODIN) records per OOD set; ODIN tuned on the set itself when several tunings were reported."""
     by_set: dict[str, dict[str, dict]] = {}
     for record in records:
-        by_set.setdefault(record["ood"], {})[record["method"]] = record
+        methods = by_set.setdefault(record["ood"], {})
+        if record["method"] not in methods or record.get("tuned_on") == record["ood"]:
+            methods[record["method"]] = record
     return [(methods["msp"], methods["odin"]) for methods in by_set.values()]
+
+
+def cross_table(records: Sequence[dict], metric: str = "fpr_at_95_tpr") -> str:
+    """Tables 10 and 11 of the paper: rows = test set, columns = tuning set, cells 'baseline / ODIN' (percent)."""
+    msp = {r["ood"]: r for r in records if r["method"] == "msp"}
+    odin = {(r["ood"], r["tuned_on"]): r for r in records if r["method"] == "odin"}
+    tuning_sets = list(dict.fromkeys(t for _, t in odin))
+    lines = [f"{metric} by test set (rows) and tuning set (columns), baseline / ODIN, percent", "",
+             "| test set \\ tuned on | " + " | ".join(tuning_sets) + " |", "|---|" + "---|" * len(tuning_sets)]
+    for name in msp:
+        cells = [f"{100 * msp[name][metric]:.1f} / {100 * odin[name, t][metric]:.1f}" for t in tuning_sets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(records: Sequence[dict], title: str = "") -> str:

@@ -92,6 +92,24 @@ def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> No
     assert msp(fixed) == msp(transfer)
 
 
+def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: str, tmp_path) -> None:
+    options = dict(ood="gaussian,uniform,photos", num_ood_images=100, temperatures="1,1000", epsilons="0,0.002",
+                   logger=False)
+    cross = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "c"), tune_on="all", **options)
+    paper = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "p"), **options)
+    odin = {(r["ood"], r["tuned_on"]): r for r in cross.records if r["method"] == "odin"}
+    assert len(odin) == 9
+    for record in paper.records:  # the diagonal is the paper protocol's result
+        key = (record["ood"], record["tuned_on"] if record["method"] == "odin" else None)
+        match = odin[key] if record["method"] == "odin" else next(
+            r for r in cross.records if r["ood"] == record["ood"] and r["method"] == "msp")
+        assert {k: match[k] for k in record} == record
+    for (test_set, tuned_on), record in odin.items():  # off the diagonal: the tuning set's parameters
+        chosen = cross.selections[tuned_on]
+        assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
+    assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
+
+
 def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate.evaluate(str(tmp_path / "missing.ckpt"), logger=False)
