@@ -17,7 +17,7 @@ from jsonargparse import auto_cli
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import ConcatDataset
 
-from datamodules.ood import NoiseDataset, build_ood_dataset
+from datamodules.ood import NoiseDataset, build_ood_dataset, ood_set_name
 from odin_pl import __version__
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.distributed import free_port, init_process_group, world
@@ -53,6 +53,7 @@ def evaluate(
     n_tune: int = PAPER_TUNING_SIZE,
     seed: int = 0,
     num_ood_images: int | None = None,
+    download: bool = False,
     batch_size: int = 256,
     num_workers: int = 0,
     device: str = "auto",
@@ -65,7 +66,7 @@ def evaluate(
     Args:
         ckpt: checkpoint written by train.py.
         output_dir: where results go (default: the run folder's ``evaluation/``).
-        ood: comma-separated OOD set names (default: the paper's suite for the checkpoint's data set).
+        ood: comma-separated OOD set names or image folders (default: the paper's suite for the data set).
         data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
         temperature: with ``epsilon``: fixed parameters, no tuning.
         epsilon: perturbation magnitude for the fixed mode.
@@ -75,7 +76,8 @@ def evaluate(
         epsilons: comma-separated tuning grid of epsilon (default: 21 values from 0 to 0.004).
         n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
         seed: seed of the tuning/test splits.
-        num_ood_images: use only this many images of each OOD set (default: all).
+        num_ood_images: use only this many images of each OOD set (default: all; a seeded subset).
+        download: download missing OOD sets (the paper's released archives; md5-checked).
         batch_size: images per scoring batch.
         num_workers: DataLoader workers.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -111,7 +113,8 @@ def evaluate(
     ood_sets, skipped = {}, []
     for name in names:
         try:
-            ood_sets[name] = build_ood_dataset(name, spec, datamodule.data_root, seed, num_ood_images)
+            ood_sets[ood_set_name(name)] = build_ood_dataset(name, spec, datamodule.data_root, seed,
+                                                             num_ood_images, download=download)
         except FileNotFoundError as err:
             if ood:  # asked for by name: the user must fix it
                 raise

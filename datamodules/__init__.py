@@ -7,8 +7,11 @@ from datamodules.download import DatasetNotFoundError
 from datamodules.image_folder import ImageFolderDataModule
 from datamodules.mnist import MNISTDataModule
 from datamodules.ood import OODDataModule, available_ood_sets, build_ood_dataset, register_ood
+from datamodules import ood_natural, ood_sets  # noqa: F401  (register the paper's named OOD sets)
+from datamodules.ood import ood_set_name
 
 __all__ = ["DigitsDataModule", "ImageDataModule", "OODDataModule", "available_ood_sets", "build_ood_dataset",
            "register_ood", "resolve_data_root"]
 __all__ += ["CIFAR10DataModule", "CIFAR100DataModule", "CIFAR80DataModule", "DatasetNotFoundError",
             "ImageFolderDataModule", "MNISTDataModule", "cifar80_split"]
+__all__ += ["ood_set_name"]

@@ -38,10 +38,11 @@ class UnsafeArchiveError(ValueError):
 
 @dataclass(frozen=True)
 class Resource:
-    """One file to download: its name on disk, its md5 and the URLs (mirrors) to try in order."""
+    """One file to download: its name on disk, its md5 (None where none is published) and the URLs (mirrors)
+    to try in order."""
 
     filename: str
-    md5: str
+    md5: str | None
     urls: tuple[str, ...]
 
 
@@ -163,7 +164,8 @@ class RemoteDataset:
         folder, target = data_root / self.folder, data_root / self.download_to
         it = "them" if len(self.resources) > 1 else "it"
         action = f"extract {it} in" if self.extract else f"put {it} in"
-        files = "\n".join(f"  {' or '.join(r.urls)}  (md5 {r.md5})" for r in self.resources)
+        files = "\n".join(f"  {' or '.join(r.urls)}  ({f'md5 {r.md5}' if r.md5 else 'no published md5'})"
+                          for r in self.resources)
         lines = [f"{self.name} not found: expected it in {folder}" + (f" ({reason})" if reason else "") + ".",
                  f"Download\n{files}",
                  f"and {action} {target}" + (f" so that {folder} exists" if self.extract else "")
@@ -190,7 +192,8 @@ class RemoteDataset:
 
     def _fetch(self, resource: Resource, dest: Path, data_root: Path) -> None:
         if dest.exists():
-            check_md5(dest, resource.md5)
+            if resource.md5 is not None:
+                check_md5(dest, resource.md5)
             return
         failures: list[str] = []
         last: OSError | None = None

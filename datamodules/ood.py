@@ -1,15 +1,19 @@
 """Out-of-distribution sets, by name, converted to an in-distribution image spec and normalized with it.
 
-Every OOD data set yields ``(normalized image, -1)``. ``build_ood_dataset(name, spec)`` builds one by name;
-``register_ood`` adds a name. Synthetic noise (paper, section 4.2) is generated per image from
-``SeedSequence([seed, kind, index])``, so any image can be drawn again alone and two seeds never share images.
+Every OOD data set yields ``(normalized image, -1)``. ``build_ood_dataset(name, spec)`` builds one by name, or
+from any folder of images given by path (named after the folder, see :func:`ood_set_name`); ``register_ood`` adds
+a name (the paper's named sets are registered in ``datamodules.ood_natural`` and ``datamodules.ood_sets``).
+Synthetic noise (paper, section 4.2) is generated per image from ``SeedSequence([seed, kind, index])``, so any
+image can be drawn again alone and two seeds never share images.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,23 +21,37 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datamodules.base import resolve_data_root
+from datamodules.base import resolve_data_root, seeded_permutation
+from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, _readable
 from datamodules.transforms import ToSpec, normalize
 from odin_pl.spec import ImageSpec
 
 OOD_LABEL = -1
 NOISE_KINDS = {"gaussian": 1, "uniform": 2}
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
 class OODRequest:
-    """What a builder needs: the in-distribution spec, where data live, a seed and an optional image count."""
+    """What a builder needs: the in-distribution spec, where data live, a seed, an optional image count and
+    whether a missing data set may be downloaded (never by default)."""
 
     spec: ImageSpec
     data_root: Path
     seed: int = 0
     num_images: int | None = None
+    download: bool = False
+
+    def pick(self, items: Sequence[Item]) -> list[Item]:
+        """All ``items``, or with ``num_images`` a seeded random subset of that many (seed ``self.seed``), kept
+        in their original order: a quick run sees images from the whole set, not its first folder."""
+        if self.num_images is None or self.num_images >= len(items):
+            return list(items)
+        keep = sorted(seeded_permutation(len(items), self.seed)[: self.num_images].tolist())
+        return [items[i] for i in keep]
 
 
 OODBuilder = Callable[[OODRequest], Dataset]
@@ -52,17 +70,87 @@ def available_ood_sets() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_ood_dataset(name: str, spec: ImageSpec, data_root: str | Path | None = None, seed: int = 0,
-                      num_images: int | None = None) -> Dataset:
-    """The OOD set ``name`` in the given spec; raises ValueError for an unknown name or an empty set."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown OOD set {name!r}; known sets: {', '.join(available_ood_sets())}")
+def _folder(name_or_path: str | os.PathLike) -> Path | None:
+    """None for a registered name (those win over folders of the same name), else the folder it names; raises
+    ValueError when it is neither."""
+    if str(name_or_path) in _BUILDERS:
+        return None
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"unknown OOD set {str(name_or_path)!r}: neither a known set "
+                         f"({', '.join(available_ood_sets())}) nor an existing folder of images")
+    return path
+
+
+def ood_set_name(name_or_path: str | os.PathLike) -> str:
+    """The set's name in metric keys (``ood/<set>/...``): a registered name as is, else the folder's own name.
+
+    Registered names win over folders of the same name; give such a folder as a path (``./gaussian``).
+    """
+    folder = _folder(name_or_path)
+    return str(name_or_path) if folder is None else folder.resolve().name
+
+
+def build_ood_dataset(name: str | os.PathLike, spec: ImageSpec, data_root: str | Path | None = None, seed: int = 0,
+                      num_images: int | None = None, download: bool = False) -> Dataset:
+    """The OOD set ``name`` (a registered name or a folder of images) in the given spec.
+
+    Raises ValueError for an unknown name or an empty set, FileNotFoundError (DatasetNotFoundError) when a
+    registered set's data are missing and ``download`` is false.
+    """
+    folder = _folder(name)
     if num_images is not None and num_images <= 0:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    dataset = _BUILDERS[name](OODRequest(spec, resolve_data_root(data_root), seed, num_images))
+    request = OODRequest(spec, resolve_data_root(data_root), seed, num_images, download)
+    dataset = _BUILDERS[str(name)](request) if folder is None else folder_dataset(folder, request)
     if len(dataset) == 0:
-        raise ValueError(f"the OOD set {name!r} is empty: nothing to evaluate against")
+        raise ValueError(f"the OOD set {str(name)!r} is empty: nothing to evaluate against")
     return dataset
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted; hidden entries ignored). Files with an image extension
+    whose header cannot be read are skipped with one warning that counts them."""
+    found: list[Path] = []
+    unreadable: list[Path] = []
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for file in sorted(files):
+            path = Path(directory) / file
+            if file.startswith(".") or not file.lower().endswith(IMG_EXTENSIONS):
+                continue
+            (found if _readable(path) else unreadable).append(path)
+    if unreadable:
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {folder} (first: {unreadable[0]})",
+                      stacklevel=2)
+    return found
+
+
+def image_files_dataset(paths: Sequence[Path], transform: Transform) -> Dataset:
+    """Image files read on access; yields ``(transform(image), -1)``."""
+    return ImageFolderDataset([(path, OOD_LABEL) for path in paths], transform)
+
+
+def image_array_dataset(images: np.ndarray, transform: Transform) -> Dataset:
+    """uint8 images in memory ([N, H, W] or [N, H, W, C]); yields ``(transform(image), -1)``."""
+    return ArrayImageDataset(images, np.full(len(images), OOD_LABEL), transform)
+
+
+def non_empty_folder(folder: Path) -> bool:
+    """An ``is_complete`` check for :class:`~datamodules.download.RemoteDataset`: a folder with something in it."""
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def folder_dataset(folder: Path, req: OODRequest, prepare: Callable[[Image.Image], Image.Image] | None = None
+                   ) -> Dataset:
+    """Every readable image under ``folder`` (:func:`find_images`; subset by ``req.pick``), passed through
+    ``prepare`` when given, then converted to the spec (grayscale, RGBA, palette ... handled) and normalized."""
+    paths = find_images(folder)
+    if not paths:
+        raise ValueError(f"no readable images in the folder {folder}: an OOD folder needs image files (any depth) "
+                         f"with one of the extensions {', '.join(IMG_EXTENSIONS)}")
+    to_spec = ToSpec(req.spec)
+    return image_files_dataset(req.pick(paths), to_spec if prepare is None else T.Compose([prepare, to_spec]))
 
 
 class NoiseDataset(Dataset):
@@ -138,14 +226,17 @@ def _photos(req: OODRequest) -> Dataset:
 
 
 class OODDataModule(pl.LightningDataModule):
-    """One OOD set as a DataModule: ``bind(spec)`` to an in-distribution spec, then ``test_dataloader()``."""
+    """One OOD set as a DataModule: ``bind(spec)`` to an in-distribution spec, then ``test_dataloader()``.
+
+    ``name`` is a registered set or a folder of images; :attr:`name` is then the set's metric name
+    (:func:`ood_set_name`) and :attr:`source` what was given.
+    """
 
     def __init__(self, name: str, data_root: str | None = None, batch_size: int = 256, num_workers: int = 0,
-                 seed: int = 0, num_images: int | None = None) -> None:
+                 seed: int = 0, num_images: int | None = None, download: bool = False) -> None:
         super().__init__()
-        if name not in _BUILDERS:
-            raise ValueError(f"unknown OOD set {name!r}; known sets: {', '.join(available_ood_sets())}")
-        self.name, self.data_root, self.batch_size = name, data_root, batch_size
+        self.source, self.name = name, ood_set_name(name)
+        self.data_root, self.batch_size, self.download = data_root, batch_size, download
         self.num_workers, self.seed, self.num_images = num_workers, seed, num_images
         self.spec: ImageSpec | None = None
         self.dataset: Dataset | None = None
@@ -161,7 +252,8 @@ class OODDataModule(pl.LightningDataModule):
         if self.spec is None:
             raise RuntimeError(f"OOD set {self.name!r}: call bind(image_spec) before setup()")
         if self.dataset is None:
-            self.dataset = build_ood_dataset(self.name, self.spec, self.data_root, self.seed, self.num_images)
+            self.dataset = build_ood_dataset(self.source, self.spec, self.data_root, self.seed, self.num_images,
+                                             self.download)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()

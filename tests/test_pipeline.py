@@ -110,6 +110,21 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
     assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
 
 
+def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: str, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "my_images" / "nested"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        pixels = (torch.rand(20, 30, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).convert("RGBA" if i % 3 else "L").save(folder / f"{i}.png")
+    result = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "out"), ood=str(tmp_path / "my_images"),
+                               temperature=1000, epsilon=0.001, logger=False)
+    assert {r["ood"] for r in result.records} == {"my_images"}
+    assert result.records[0]["n_out"] == 6
+
+
 def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate.evaluate(str(tmp_path / "missing.ckpt"), logger=False)

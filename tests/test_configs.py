@@ -1,0 +1,249 @@
+"""The configs under configs/: every paper experiment trains, composition, checkpoints, the recipes' optimizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+
+import train
+from callbacks import ODINEvalCallback
+from conftest import REPO
+from data_factories import write_cifar10, write_cifar100, write_mnist
+from datamodules import MNISTDataModule
+from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.module import ImageClassifier
+
+CONFIGS = REPO / "configs"
+#: One experiment config per paper setting (configs/experiment/ may hold others).
+EXPERIMENTS = [f"{model}_{data}" for model in ("densenet_bc_100", "wrn_28_10", "wrn_40_4")
+               for data in ("cifar10", "cifar100", "cifar80")] + ["mlp_mnist"]
+#: The paper's settings (section 4.1; the MNIST notebook): max_epochs, batch size, weight decay, lr milestone epochs.
+RECIPES = {"densenet_bc_100": (300, 64, 1e-4, [150, 225]), "wrn_28_10": (200, 128, 5e-4, [100, 150]),
+           "wrn_40_4": (200, 128, 5e-4, [100, 150]), "hendrycks_mlp": (30, 128, 1e-5, [20])}
+#: Writers of tiny data in the real on-disk formats, by the data config each experiment name ends with.
+WRITERS: dict[str, Callable[[Path], object]] = {
+    "cifar10": write_cifar10, "cifar100": write_cifar100, "cifar80": write_cifar100,
+    "mnist": lambda root: write_mnist(root, gz=True)}
+
+
+def _data_name(experiment: str) -> str:
+    return experiment.rsplit("_", 1)[1]
+
+
+def _config(group: str, name: str) -> str:
+    return str(CONFIGS / group / f"{name}.yaml")
+
+
+def _yaml(group: str, name: str) -> dict:
+    return yaml.safe_load(Path(_config(group, name)).read_text())
+
+
+@pytest.fixture(scope="module")
+def parser():
+    """train.py's parser (built once; parsing alone instantiates nothing)."""
+    return train.build_cli(["--trainer.logger", "false"]).parser
+
+
+def _parse(parser, *configs: str, args: tuple[str, ...] = ()) -> dict:
+    namespace = parser.parse_args([a for c in configs for a in ("--config", c)] + list(args))
+    namespace.pop("config")
+    return namespace.as_dict()
+
+
+def _quick_args(tmp_path: Path, data_name: str, *extra: str) -> list[str]:
+    """Tiny generated data, batch 2, CPU, no logger, one training and at most one val/test batch per epoch."""
+    data_root = tmp_path / "data"
+    if not data_root.exists():
+        WRITERS[data_name](data_root)
+    return ["--data.init_args.data_root", str(data_root), "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", *extra]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_starts_training(experiment: str, tmp_path: Path) -> None:
+    """One training step, one validation and one test batch at batch 2; the last checkpoint, no "best" one."""
+    ckpt = train.main(["--config", _config("experiment", experiment), "--trainer.max_steps", "1",
+                       *_quick_args(tmp_path, _data_name(experiment))])
+    assert Path(ckpt) == tmp_path / "run" / "checkpoints" / "last.ckpt" and Path(ckpt).is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # val_split = 0: nothing is selected
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    backbone = checkpoint["hyper_parameters"]["backbone"]
+    assert checkpoint["global_step"] == 1 and experiment.startswith(backbone.replace("hendrycks_", ""))
+    # The schedule was built for the experiment's max_epochs, not for the one step run here.
+    assert sorted(checkpoint["lr_schedulers"][0]["milestones"]) == RECIPES[backbone][3]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_is_its_data_and_model_configs_plus_the_recipe(parser, experiment: str) -> None:
+    """Giving the data and model configs first changes nothing: the experiment repeats them, with the recipe."""
+    config = _parse(parser, _config("experiment", experiment))
+    backbone = config["model"]["backbone"]
+    model_name = next(p.stem for p in (CONFIGS / "model").glob("*.yaml")
+                      if _yaml("model", p.stem)["model"].get("backbone") == backbone)
+    composed = _parse(parser, _config("data", _data_name(experiment)), _config("model", model_name),
+                      _config("experiment", experiment))
+    assert composed == config
+    max_epochs, batch_size, weight_decay, _ = RECIPES[backbone]
+    assert (config["trainer"]["max_epochs"], config["data"]["init_args"]["batch_size"]) == (max_epochs, batch_size)
+    assert config["model"]["weight_decay"] == weight_decay
+    assert config["data"]["init_args"]["val_split"] == 0  # the paper trains on the whole training set
+    assert config["experiment"] == experiment and config["trainer"]["default_root_dir"] == f"runs/{experiment}"
+
+
+def test_configs_compose_later_files_win(parser) -> None:
+    base = _config("experiment", "densenet_bc_100_cifar10")
+    gpu = _parse(parser, base, _config("trainer", "gpu"), _config("model", "gpu_fast"), _config("model", "compile"),
+                 _config("callbacks", "odin_eval"))
+    assert (gpu["trainer"]["accelerator"], gpu["trainer"]["devices"], gpu["trainer"]["precision"]) == \
+        ("gpu", 1, "16-mixed")
+    assert gpu["model"]["channels_last"] and gpu["model"]["compile"] and gpu["trainer"]["max_epochs"] == 300
+    assert [c["class_path"] for c in gpu["trainer"]["callbacks"]] == ["callbacks.ODINEvalCallback"]
+    ddp = _parse(parser, base, _config("trainer", "gpu"), _config("trainer", "ddp"))
+    assert (ddp["trainer"]["strategy"], ddp["trainer"]["devices"], ddp["trainer"]["sync_batchnorm"]) == \
+        ("ddp", 2, True)
+    # Another data set keeps the experiment's batch size; the JPEG copy is CIFAR-10 read from class folders.
+    jpeg = _parse(parser, base, _config("data", "cifar10_jpeg"))
+    assert jpeg["data"]["class_path"] == "datamodules.CIFAR10DataModule"
+    assert (jpeg["data"]["init_args"]["image_folder"], jpeg["data"]["init_args"]["batch_size"]) == ("cifar10-jpeg", 64)
+    cifar100 = _parse(parser, base, _config("data", "cifar100"))
+    assert cifar100["data"]["class_path"] == "datamodules.CIFAR100DataModule"
+    assert cifar100["data"]["init_args"]["batch_size"] == 64
+    # trainer/default.yaml is the base of every run, without being named.
+    trainer = _parse(parser, _config("data", "mnist"))["trainer"]
+    assert (trainer["default_root_dir"], trainer["devices"], trainer["enable_progress_bar"]) == ("runs/train", 1, True)
+
+
+def test_train_adds_the_checkpoint_and_keeps_appended_callbacks(tmp_path: Path) -> None:
+    def callbacks(*extra: str) -> list:
+        cli = train.build_cli(["--config", _config("experiment", "mlp_mnist"), "--config",
+                               _config("callbacks", "odin_eval"), *_quick_args(tmp_path, "mnist"), *extra])
+        return cli.trainer.callbacks
+
+    plain = callbacks()
+    assert sum(isinstance(c, ODINEvalCallback) for c in plain) == 1
+    (checkpoint,) = [c for c in plain if isinstance(c, ModelCheckpoint)]
+    assert Path(checkpoint.dirpath) == tmp_path / "run" / "checkpoints"
+    assert checkpoint.save_last and checkpoint.monitor is None and checkpoint.save_top_k == 0
+    (selecting,) = [c for c in callbacks("--data.init_args.val_split", "0.25") if isinstance(c, ModelCheckpoint)]
+    assert (selecting.monitor, selecting.mode, selecting.save_top_k) == ("val/acc", "max", 1) and selecting.save_last
+    assert not any(isinstance(c, ModelCheckpoint) for c in callbacks("--trainer.enable_checkpointing", "false"))
+    ddp = train.build_cli(["--config", _config("experiment", "mlp_mnist"), "--config", _config("trainer", "ddp"),
+                           *_quick_args(tmp_path, "mnist")]).trainer
+    assert isinstance(ddp.strategy, DDPStrategy) and ddp.num_devices == 2
+
+
+def test_best_checkpoint_only_with_a_validation_split(tmp_path: Path) -> None:
+    ckpt = train.main(["--config", _config("experiment", "mlp_mnist"), "--trainer.max_epochs", "2",
+                       "--data.init_args.val_split", "0.25", *_quick_args(tmp_path, "mnist")])
+    folder = tmp_path / "run" / "checkpoints"
+    assert Path(ckpt) == folder / "best.ckpt" and sorted(p.name for p in folder.iterdir()) == ["best.ckpt",
+                                                                                              "last.ckpt"]
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
+    (best,) = [v for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    assert best["best_model_path"] == ckpt and best["best_model_score"] is not None
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
+    """The checkpoint restores the weights, hyper-parameters and image spec; --ckpt_path last resumes."""
+    args = ["--config", _config("experiment", "mlp_mnist"), *_quick_args(tmp_path, "mnist")]
+    cli = train.build_cli([*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    ckpt = train.fit_and_test(cli)
+    checkpoint = read_checkpoint(ckpt)
+    model = load_model(checkpoint, ckpt)
+    trained = cli.model.state_dict()
+    assert model.state_dict().keys() == trained.keys()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    recipe = _yaml("model", "mnist_mlp")["model"]
+    assert {k: model.hparams[k] for k in recipe} == {k: cli.model.hparams[k] for k in recipe}
+    assert model.hparams["lr_milestones"] == [0.6667] and model.hparams["weight_decay_scope"] == "hidden_weights"
+    assert model.image_spec == cli.datamodule.image_spec and model.hparams["num_classes"] == 10
+    datamodule = build_datamodule(checkpoint)
+    assert isinstance(datamodule, MNISTDataModule) and datamodule.image_spec == cli.datamodule.image_spec
+    assert (datamodule.data_root, datamodule.batch_size) == (cli.datamodule.data_root, 2)
+
+    assert checkpoint["global_step"] == 2
+    train.main([*args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--ckpt_path", "last"])
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4  # 2 steps restored, 2 more in epoch 2
+
+
+def test_mnist_recipe_reduces_the_training_loss(tmp_path: Path) -> None:
+    write_mnist(tmp_path, gz=False)
+    datamodule = MNISTDataModule(data_root=str(tmp_path), batch_size=4)
+    datamodule.setup("fit")
+    x, y = (torch.stack(t) if i == 0 else torch.tensor(t) for i, t in enumerate(zip(*datamodule.train_set)))
+    pl.seed_everything(0)
+    model = ImageClassifier(**_yaml("model", "mnist_mlp")["model"], image_spec=datamodule.image_spec.to_dict())
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(model.eval()(x), y))
+
+    before = loss()
+    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 15 and loss() < 0.5 * before
+
+
+def _optimizer_and_schedule(experiment_config: dict) -> tuple[torch.optim.Optimizer, list[float]]:
+    """The experiment's optimizer and its learning rate in each epoch, from ``configure_optimizers``."""
+    max_epochs = experiment_config["trainer"]["max_epochs"]
+    spec = {"size": 8, "channels": 1, "mean": [0.0], "std": [1.0], "class_names": list("0123456789")}
+    # The schedule does not depend on the backbone: a small one keeps this fast (it has hidden weights too).
+    model = ImageClassifier(**{**experiment_config["model"], "backbone": "hendrycks_mlp"}, image_spec=spec)
+    model.trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(max_epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return optimizer, lrs
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_recipe_learning_rate_schedule(parser, experiment: str) -> None:
+    config = _parse(parser, _config("experiment", experiment))
+    optimizer, lrs = _optimizer_and_schedule(config)
+    max_epochs, _, weight_decay, milestones = RECIPES[config["model"]["backbone"]]
+    base = 1e-3 if experiment == "mlp_mnist" else 0.1
+    expected = [base * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(max_epochs)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    group = optimizer.param_groups[0]
+    if experiment == "mlp_mnist":
+        assert isinstance(optimizer, torch.optim.Adam)
+    else:
+        assert isinstance(optimizer, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.9
+        assert len(optimizer.param_groups) == 1 and group["weight_decay"] == weight_decay
+
+
+def test_weight_decay_scope_hidden_weights_decays_only_hidden_weights(parser) -> None:
+    optimizer, _ = _optimizer_and_schedule(_parse(parser, _config("experiment", "mlp_mnist")))
+    decay, rest = optimizer.param_groups
+    assert (decay["weight_decay"], rest["weight_decay"]) == (1e-5, 0.0)
+    assert [p.shape for p in decay["params"]] == [(256, 64), (256, 256), (256, 256)]  # the hidden layers' weights
+    assert [p.shape for p in rest["params"]] == [(256,), (256,), (256,), (10, 256), (10,)]
+    # With zero loss gradients, only the decay moves parameters: the hidden weights and nothing else.
+    before = [[p.detach().clone() for p in g["params"]] for g in (decay, rest)]
+    for group in (decay, rest):
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert all(not torch.equal(p, b) for p, b in zip(decay["params"], before[0]))
+    assert all(torch.equal(p, b) for p, b in zip(rest["params"], before[1]))
