@@ -81,11 +81,13 @@ class SetSplit:
 
 @dataclass
 class ProtocolResult:
-    """One record per OOD set and method, the selections, the splits, notes for the user, and the test-split
-    scores per OOD set and method as (in-distribution, OOD) pairs."""
+    """One record per OOD set and method, the selections, the splits, notes for the user, the test-split scores
+    per OOD set and method as (in-distribution, OOD) pairs, and the tuning splits' scores over the whole grid
+    ([len(grid.settings), n] per set, ``in_distribution`` included)."""
 
     records: list[dict] = field(default_factory=list)
     test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
+    tuning_scores: dict[str, Tensor] = field(default_factory=dict)
     selections: dict[str, Selection] = field(default_factory=dict)
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -157,11 +159,12 @@ def run_protocol(
     # 1. Tuning: (T, epsilon) per OOD set (paper, cross), one for all (transfer), or given (fixed).
     if mode != "fixed":
         in_tune = score("in_distribution", "tune", Subset(in_dataset, in_split.tune.tolist()), grid.settings)
+        result.tuning_scores["in_distribution"] = in_tune
         for name in [tune_on] if mode == "transfer" else list(ood_datasets):
             tune_set = tuning_only[name] if name in tuning_only else Subset(ood_datasets[name],
                                                                             splits[name].tune.tolist())
-            result.selections[name] = select_parameters(grid, in_tune, score(name, "tune", tune_set,
-                                                                             grid.settings))
+            result.tuning_scores[name] = score(name, "tune", tune_set, grid.settings)
+            result.selections[name] = select_parameters(grid, in_tune, result.tuning_scores[name])
     # For each test set, the (tuned_on, setting) pairs to report; the first one is its main-table ODIN entry.
     reported: dict[str, list[tuple[str | None, Setting]]] = {}
     for name in ood_datasets:
