@@ -10,16 +10,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from odin_pl.models._factory import build
-
-
-def _classifier(num_features: int, num_classes: int) -> nn.Module:
-    """Linear classifier with zero bias (PyTorch's default weight init), or Identity for ``num_classes=0``."""
-    if num_classes <= 0:
-        return nn.Identity()
-    fc = nn.Linear(num_features, num_classes)
-    nn.init.zeros_(fc.bias)
-    return fc
+from odin_pl.models._factory import TimmClassifier, build, init_conv_bn
 
 
 class BasicBlock(nn.Module):
@@ -57,7 +48,7 @@ class BlockGroup(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(TimmClassifier):
     """CIFAR WRN-``depth``-``widen_factor`` (timm model API).
 
     A 3x3 conv to 16 channels, three groups of ``(depth - 4) // 6`` blocks of widths 16k, 32k, 64k (strides 1, 2, 2),
@@ -78,34 +69,13 @@ class WideResNet(nn.Module):
         self.block3 = BlockGroup(num_blocks, widths[2], widths[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.num_features = widths[3]
-        self.num_classes = num_classes
-        self.fc = _classifier(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_classifier(num_classes)
+        init_conv_bn(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         return F.relu(self.bn1(x))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"WideResNet only supports global_pool='avg', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
 
 
 @register_model
