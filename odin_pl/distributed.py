@@ -33,7 +33,7 @@ def gather_shards(local: Tensor, n: int) -> Tensor:
     if world_size == 1:
         return local
     longest = -(-n // world_size)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else local.device
+    device = _collective_device(local.device)
     padded = torch.zeros(*local.shape[:-1], longest, dtype=local.dtype, device=device)
     padded[..., :local.shape[-1]] = local.to(device)
     parts = [torch.empty_like(padded) for _ in range(world_size)]
@@ -43,6 +43,20 @@ def gather_shards(local: Tensor, n: int) -> Tensor:
         count = len(range(r, n, world_size))
         full[..., r::world_size] = part[..., :count].to(full.device)
     return full
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (on this one, without a process group)."""
+    if world()[1] == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=_collective_device(torch.device("cpu")))
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def _collective_device(default: torch.device) -> torch.device:
+    """Where tensors for collectives must live: this process's GPU with NCCL, else ``default``."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else default
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from odin_pl.distributed import gather_shards, shard_indices, world
+from odin_pl.distributed import all_true, gather_shards, shard_indices, world
 from odin_pl.metrics import ood_metrics
 from odin_pl.scoring import StdLike, check_epsilon, check_model_in_eval, check_temperature, score_settings
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters, split_indices, tuning_size
@@ -30,6 +30,7 @@ from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters
 Setting = tuple[float, float]
 MSP: Setting = (1.0, 0.0)
 ScoresHook = Callable[[str, str, Sequence[Setting], Tensor], None]
+ScoresLoader = Callable[[str, str, Sequence[Setting]], Tensor | None]
 
 
 def score_dataset(
@@ -83,11 +84,13 @@ class SetSplit:
 class ProtocolResult:
     """One record per OOD set and method, the selections, the splits, notes for the user, the test-split scores
     per OOD set and method as (in-distribution, OOD) pairs, and the tuning splits' scores over the whole grid
-    ([len(grid.settings), n] per set, ``in_distribution`` included)."""
+    ([len(grid.settings), n] per set, ``in_distribution`` included), and the in-distribution test split's scores
+    per setting reported on it."""
 
     records: list[dict] = field(default_factory=list)
     test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     tuning_scores: dict[str, Tensor] = field(default_factory=dict)
+    in_test_scores: dict[Setting, Tensor] = field(default_factory=dict)
     selections: dict[str, Selection] = field(default_factory=dict)
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -117,8 +120,14 @@ def run_protocol(
     device: str | torch.device | None = None,
     progress: bool = True,
     on_scores: ScoresHook | None = None,
+    load_scores: ScoresLoader | None = None,
 ) -> ProtocolResult:
-    """Run the protocol; ``on_scores(set, split, settings, scores)`` sees every score tensor as it is computed."""
+    """Run the protocol; ``on_scores(set, split, settings, scores)`` sees every score tensor as it is computed.
+
+    ``load_scores(set, split, settings)``, asked before each scoring pass, may return saved scores
+    [len(settings), n] of exactly that split to use instead (to resume a run); it must check that they come from
+    the same model, data and split. They are used only when every process got them, and skip ``on_scores``.
+    """
     check_model_in_eval(model)
     if not ood_datasets:
         raise ValueError("no OOD set to evaluate: give at least one")
@@ -141,6 +150,13 @@ def run_protocol(
     result = ProtocolResult()
 
     def score(name: str, split: str, dataset: Dataset, settings: Sequence[Setting]) -> Tensor:
+        if load_scores is not None:
+            saved = load_scores(name, split, settings)
+            if all_true(saved is not None):
+                if tuple(saved.shape) != (len(settings), len(dataset)):
+                    raise ValueError(f"load_scores gave scores of shape {tuple(saved.shape)} for {name}/{split}; "
+                                     f"expected {(len(settings), len(dataset))}")
+                return saved
         scores = score_dataset(model, dataset, settings, input_std=input_std, batch_size=batch_size,
                                num_workers=num_workers, device=device,
                                desc=f"{name}/{split} ({len(settings)} settings)" if progress else None)
@@ -177,6 +193,7 @@ def run_protocol(
     in_settings = list(dict.fromkeys([MSP, *(s for pairs in reported.values() for _, s in pairs)]))
     in_test = dict(zip(in_settings, score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()),
                                           in_settings)))
+    result.in_test_scores = in_test
     for name, dataset in ood_datasets.items():
         settings = list(dict.fromkeys([MSP, *(s for _, s in reported[name])]))
         out_test = dict(zip(settings, score(name, "test", Subset(dataset, splits[name].test.tolist()), settings)))

@@ -1,0 +1,71 @@
+"""Per-image score files that say what produced them, written atomically, so that an evaluation can resume.
+
+``<folder>/<set>__<split>.pt`` holds ``{"settings": [(T, epsilon), ...], "scores": Tensor[len(settings), n],
+"context": {...}}``. The context is the run's fixed facts (a fingerprint of the weights, dtype, seeds, tuning size,
+...) plus the set's own (its source and size); with the seed, tuning size and set size it fixes the split indices.
+:meth:`ScoreStore.load` returns scores only when settings and context both match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+Setting = tuple[float, float]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the fingerprint of a checkpoint or weights file)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _settings(settings: Sequence[Setting]) -> list[tuple[float, float]]:
+    return [(float(t), float(e)) for t, e in settings]
+
+
+class ScoreStore:
+    """Saves and finds the score tensors of one evaluation run.
+
+    ``context``: facts shared by all sets (JSON-like values); ``sets``: per set name, facts of that set.
+    """
+
+    def __init__(self, folder: str | Path, context: dict[str, Any], sets: dict[str, dict[str, Any]]) -> None:
+        self.folder = Path(folder)
+        self.context, self.sets = context, sets
+        self.reused: list[str] = []
+
+    def path(self, name: str, split: str) -> Path:
+        return self.folder / f"{name}__{split}.pt"
+
+    def _context(self, name: str) -> dict[str, Any]:
+        return {**self.context, "set": self.sets.get(name)}
+
+    def save(self, name: str, split: str, settings: Sequence[Setting], scores: Tensor) -> None:
+        """Write the scores atomically (a temporary file renamed into place: never a half-written file)."""
+        path = self.path(name, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"settings": _settings(settings), "scores": scores.cpu(), "context": self._context(name)},
+                   temporary)
+        os.replace(temporary, path)
+
+    def load(self, name: str, split: str, settings: Sequence[Setting]) -> Tensor | None:
+        """The saved scores of (set, split) for exactly these settings and this context, else None."""
+        path = self.path(name, split)
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable (foreign or damaged file): score again
+            return None
+        if (not isinstance(saved, dict) or saved.get("context") != self._context(name)
+                or _settings(saved.get("settings", [])) != _settings(settings)):
+            return None
+        self.reused.append(path.name)
+        return saved["scores"]

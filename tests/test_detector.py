@@ -1,0 +1,170 @@
+"""ODINDetector: threshold at a target TPR, predictions from one pass, JSON save/load, evaluate's detector files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import evaluate
+from datamodules import build_ood_dataset
+from odin_pl import ODINDetector, msp_score, odin_score
+from odin_pl.checkpoint import load_model, read_checkpoint
+from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
+from odin_pl.spec import ImageSpec
+
+from conftest import REPO
+from quickstart_checkpoint import trained_quickstart
+
+SPEC = ImageSpec(size=4, channels=2, mean=(0.5, 0.4), std=(0.25, 0.5), class_names=("a", "b", "c"), dataset="toy")
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3)).double().eval()
+
+
+def _images(n: int = 23, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return trained_quickstart(tmp_path_factory)
+
+
+@pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5, 1.0])
+def test_threshold_keeps_the_target_tpr_as_the_metric_defines_it(tpr: float) -> None:
+    scores = torch.tensor([0.3, 0.9, 0.5, 0.5, 0.5, 0.7, 0.1, 0.8, 0.5, 0.2, 0.6, 0.4, 0.9, 0.35, 0.5, 0.45, 0.55,
+                           0.65, 0.75, 0.85], dtype=torch.float64)  # ties included
+    detector = ODINDetector.fit(_model(), 10.0, 0.001, SPEC, scores, tpr=tpr)
+    assert detector.threshold == threshold_at_tpr(scores, tpr) == rates_at_tpr(scores, scores, tpr)[2]
+    assert (scores >= detector.threshold).double().mean() >= tpr
+    higher = scores[scores > detector.threshold]  # the next larger threshold loses the target
+    if len(higher):
+        assert (scores >= higher.min()).double().mean() < tpr
+    with pytest.raises(ValueError, match="empty"):
+        detector.fit_threshold(torch.tensor([]))
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.002])
+def test_predict_matches_the_scoring_functions(epsilon: float) -> None:
+    model, x = _model(), _images()
+    in_scores = odin_score(model, _images(50, seed=2), 100.0, epsilon, SPEC.std)
+    detector = ODINDetector.fit(model, 100.0, epsilon, SPEC, in_scores)
+    with torch.inference_mode():  # as in Lightning's predict loop
+        detection = detector.predict_all(x)
+        is_ood, predicted = detector.predict(x)
+    expected = odin_score(model, x, 100.0, epsilon, SPEC.std)
+    assert torch.equal(detection.odin, expected) and torch.equal(detector.score(x), expected)
+    assert torch.equal(detection.msp, msp_score(model, x))
+    assert torch.equal(predicted, model(x).argmax(dim=1)) and torch.equal(detection.predicted_class, predicted)
+    assert torch.equal(is_ood, expected < detector.threshold) and 0 < int(is_ood.sum()) < len(x)
+
+
+def test_predict_runs_one_forward_pass_on_the_clean_images() -> None:
+    model, calls = _model(), []
+    model.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    detector = ODINDetector(model, 100.0, 0.002, SPEC, threshold=0.5)
+    detector.predict(_images(7))
+    assert calls == [7, 7]  # the clean batch, then the perturbed one
+    calls.clear()
+    ODINDetector(model, 100.0, 0.0, SPEC, threshold=0.5).predict(_images(7))
+    assert calls == [7]
+
+
+def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
+    model = _model()
+    detector = ODINDetector(model, 1000.0, 0.0014, SPEC, threshold=0.123456789012345, tpr=0.9,
+                            tuned_on={"ood_set": "gaussian", "seed": 3})
+    path = detector.save(tmp_path / "d" / "detector.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "odin_pl.detector" and data["format_version"] == 1 and data["odin_pl_version"]
+    assert data["input_spec"]["std"] == [0.25, 0.5] and data["tuned_on"] == {"ood_set": "gaussian", "seed": 3}
+    loaded = ODINDetector.load(path, model)
+    assert (loaded.temperature, loaded.epsilon, loaded.threshold, loaded.tpr) == (1000.0, 0.0014, 0.123456789012345,
+                                                                                  0.9)
+    assert loaded.input_spec == SPEC and loaded.tuned_on == detector.tuned_on
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ODINDetector.load(tmp_path / "missing.json", model)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        ODINDetector.load(tmp_path / "bad.json", model)
+    (tmp_path / "other.json").write_text(json.dumps({"temperature": 1}))
+    with pytest.raises(ValueError, match="not an odin_pl detector file"):
+        ODINDetector.load(tmp_path / "other.json", model)
+    (tmp_path / "v2.json").write_text(json.dumps({**data, "format_version": 2}))
+    with pytest.raises(ValueError, match="format version 2"):
+        ODINDetector.load(tmp_path / "v2.json", model)
+    (tmp_path / "partial.json").write_text(json.dumps({k: v for k, v in data.items() if k != "threshold"}))
+    with pytest.raises(ValueError, match="lacks the field 'threshold'"):
+        ODINDetector.load(tmp_path / "partial.json", model)
+    four_classes = nn.Sequential(nn.Flatten(), nn.Linear(32, 4)).double().eval()
+    with pytest.raises(ValueError, match="4 logits but the detector was tuned for 3 classes"):
+        ODINDetector.load(path, four_classes).predict(_images(2))
+
+
+def test_load_rejects_a_model_of_another_spec_or_class_count(quickstart_ckpt: str, tmp_path) -> None:
+    model = load_model(read_checkpoint(quickstart_ckpt))
+    spec = model.image_spec
+    path = ODINDetector(model, 10.0, 0.001, spec, threshold=0.5).save(tmp_path / "d.json")
+    data = json.loads(path.read_text())
+    data["input_spec"]["std"] = [0.5]
+    (tmp_path / "std.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="image spec does not match.*std"):
+        ODINDetector.load(tmp_path / "std.json", model)
+    data["input_spec"] = {**spec.to_dict(), "class_names": ["0", "1"]}
+    (tmp_path / "classes.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="10 classes but the detector was tuned for 2"):
+        ODINDetector.load(tmp_path / "classes.json", model)
+
+
+_RELOAD = """
+import json, sys, torch
+from datamodules import build_ood_dataset
+from odin_pl import ODINDetector
+from odin_pl.checkpoint import load_model, read_checkpoint
+model = load_model(read_checkpoint(sys.argv[1]))
+detector = ODINDetector.load(sys.argv[2], model)
+ood = build_ood_dataset("gaussian", model.image_spec, num_images=100)
+x = torch.stack([ood[i][0] for i in range(40)])
+is_ood, predicted = detector.predict(x)
+print(json.dumps({"scores": detector.score(x).tolist(), "is_ood": is_ood.tolist(), "class": predicted.tolist()}))
+"""
+
+
+def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process(quickstart_ckpt: str,
+                                                                                  tmp_path) -> None:
+    result = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path), ood="gaussian,uniform", num_ood_images=100,
+                               temperatures="1,1000", epsilons="0,0.002", logger=False)
+    assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["gaussian.json", "uniform.json"]
+    model = load_model(read_checkpoint(quickstart_ckpt))
+    saved_in = torch.load(tmp_path / "scores" / "in_distribution__test.pt")
+    for name in ("gaussian", "uniform"):
+        detector = ODINDetector.load(tmp_path / "detectors" / f"{name}.json", model)
+        record = next(r for r in result.records if r["ood"] == name and r["method"] == "odin")
+        setting = (record["temperature"], record["epsilon"])
+        assert (detector.temperature, detector.epsilon) == setting and detector.tuned_on["ood_set"] == name
+        assert detector.tuned_on["threshold_split"] == "in_distribution/test"
+        # The threshold is the test split's 95%-TPR threshold, so the flags reproduce the reported FPR.
+        s_in = saved_in["scores"][saved_in["settings"].index(setting)]
+        saved_out = torch.load(tmp_path / "scores" / f"{name}__test.pt")
+        s_out = saved_out["scores"][saved_out["settings"].index(setting)]
+        assert detector.threshold == threshold_at_tpr(s_in.double(), 0.95)
+        assert float((s_out >= detector.threshold).double().mean()) == record["fpr_at_95_tpr"]
+    # A fresh process gives the same scores and flags on the same images.
+    path = tmp_path / "detectors" / "gaussian.json"
+    fresh = subprocess.run([sys.executable, "-c", _RELOAD, quickstart_ckpt, str(path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    reloaded = json.loads(fresh.stdout.strip().splitlines()[-1])
+    detector = ODINDetector.load(path, model)
+    ood = build_ood_dataset("gaussian", model.image_spec, num_images=100)
+    x = torch.stack([ood[i][0] for i in range(40)])
+    is_ood, predicted = detector.predict(x)
+    torch.testing.assert_close(torch.tensor(reloaded["scores"]), detector.score(x), rtol=1e-6, atol=1e-7)
+    assert reloaded["is_ood"] == is_ood.tolist() and reloaded["class"] == predicted.tolist()

@@ -1,0 +1,107 @@
+"""evaluate.py --predict: a saved detector scores a folder of images through Lightning's predict loop."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+from datamodules.ood import find_images
+from datamodules.transforms import ToSpec
+from odin_pl import ODINDetector
+from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+
+from conftest import requires_gpu
+from quickstart_checkpoint import trained_quickstart
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """(checkpoint, detector file, folder of 13 images in nested folders, with files that are not images)."""
+    ckpt = trained_quickstart(tmp_path_factory)
+    checkpoint = read_checkpoint(ckpt)
+    model, datamodule = load_model(checkpoint), build_datamodule(checkpoint)
+    datamodule.setup("test")
+    x_in = torch.stack([datamodule.test_set[i][0] for i in range(len(datamodule.test_set))])
+    folder = tmp_path_factory.mktemp("predict")
+    detector = ODINDetector(model, 1000.0, 0.002, model.image_spec, threshold=0.0)
+    detector.fit_threshold(detector.score(x_in), 0.95)
+    detector_path = detector.save(folder / "detector.json")
+    images = folder / "images"
+    g = torch.Generator().manual_seed(0)
+    for i in range(13):
+        sub = images / ("b" if i % 2 else "a") / ("deep" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(12, 10, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(sub / f"img{i:02d}.png")
+    (images / "notes.txt").write_text("not an image")
+    return ckpt, str(detector_path), str(images)
+
+
+def _rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> None:
+    ckpt, detector_path, images = setup
+    path = evaluate.evaluate(ckpt, predict=images, detector=detector_path, output_dir=str(tmp_path), batch_size=4,
+                             device="cpu")
+    assert path == tmp_path / "predictions" / "images.csv"
+    rows = _rows(path)
+    files = find_images(images)
+    assert list(rows[0]) == ["index", "path", "predicted_class", "class_name", "msp", "odin", "is_ood"]
+    assert [r["index"] for r in rows] == [str(i) for i in range(13)]
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    # The same numbers as the detector on the same images.
+    model = load_model(read_checkpoint(ckpt))
+    detector = ODINDetector.load(detector_path, model)
+    to_spec = ToSpec(model.image_spec)
+    x = torch.stack([to_spec(Image.open(f)) for f in files])
+    detection = detector.predict_all(x)
+    torch.testing.assert_close(torch.tensor([float(r["odin"]) for r in rows]), detection.odin, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), detection.msp, rtol=1e-6, atol=1e-7)
+    assert [int(r["predicted_class"]) for r in rows] == detection.predicted_class.tolist()
+    assert [r["class_name"] for r in rows] == [r["predicted_class"] for r in rows]  # digits are named "0".."9"
+    assert [r["is_ood"] == "True" for r in rows] == detection.is_ood.tolist()
+    assert not list((tmp_path / "predictions").glob(".*part*"))  # the part files are merged and removed
+
+
+def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
+    """2 ddp_spawn CPU processes (float64) write the same CSV as 1: every image once, rows in input order."""
+    ckpt, detector_path, images = setup
+    options = dict(predict=images, detector=detector_path, batch_size=3, device="cpu", float64=True)
+    one = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "one"), **options))
+    two = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "two"), devices=2, **options))
+    assert len(one) == len(two) == 13
+    for a, b in zip(one, two):
+        assert {k: a[k] for k in ("index", "path", "predicted_class", "is_ood")} == \
+               {k: b[k] for k in ("index", "path", "predicted_class", "is_ood")}
+        # float64 rounding may differ with the batch composition
+        assert float(a["odin"]) == pytest.approx(float(b["odin"]), abs=1e-12)
+        assert float(a["msp"]) == pytest.approx(float(b["msp"]), abs=1e-12)
+
+
+def test_predict_errors_are_clear(setup, tmp_path) -> None:
+    ckpt, detector_path, images = setup
+    with pytest.raises(ValueError, match="--predict needs --detector"):
+        evaluate.evaluate(ckpt, predict=images, output_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="detector file .* does not exist"):
+        evaluate.evaluate(ckpt, predict=images, detector=str(tmp_path / "nope.json"), output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown OOD set 'no_such_folder'"):
+        evaluate.evaluate(ckpt, predict="no_such_folder", detector=detector_path, output_dir=str(tmp_path))
+
+
+@requires_gpu
+def test_predict_on_the_gpu_equals_the_cpu(setup, tmp_path) -> None:
+    ckpt, detector_path, images = setup
+    options = dict(predict=images, detector=detector_path, batch_size=4, float64=True)
+    cpu = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "cpu"), device="cpu", **options))
+    gpu = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "gpu"), device="cuda", **options))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert [a[k] for k in ("index", "path", "predicted_class", "is_ood")] == \
+               [b[k] for k in ("index", "path", "predicted_class", "is_ood")]
+        assert float(a["odin"]) == pytest.approx(float(b["odin"]), abs=1e-9)

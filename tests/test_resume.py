@@ -1,0 +1,105 @@
+"""Resumable evaluation: validated, atomically written score files; the protocol's load_scores hook; --resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import evaluate
+from odin_pl.protocol import run_protocol
+from odin_pl.score_store import ScoreStore, file_sha256
+from odin_pl.tuning import Grid
+
+from conftest import REPO
+from quickstart_checkpoint import trained_quickstart
+
+SETTINGS = [(1.0, 0.0), (10.0, 0.002)]
+
+
+def test_store_returns_scores_only_for_the_same_settings_and_context(tmp_path) -> None:
+    context, sets = {"weights_sha256": "abc", "seed": 0}, {"gaussian": {"source": "gaussian", "n": 20}}
+    store = ScoreStore(tmp_path, context, sets)
+    scores = torch.rand(2, 10)
+    store.save("gaussian", "tune", SETTINGS, scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.pt"]  # no temporary file left
+    assert torch.equal(store.load("gaussian", "tune", [(1, 0), (10, 0.002)]), scores)
+    assert store.reused == ["gaussian__tune.pt"]
+    assert store.load("gaussian", "tune", SETTINGS[:1]) is None
+    assert store.load("gaussian", "test", SETTINGS) is None
+    assert ScoreStore(tmp_path, {**context, "weights_sha256": "def"}, sets).load("gaussian", "tune", SETTINGS) is None
+    assert ScoreStore(tmp_path, context, {"gaussian": {"source": "gaussian", "n": 21}}).load(
+        "gaussian", "tune", SETTINGS) is None
+    (tmp_path / "uniform__tune.pt").write_bytes(b"truncated")
+    assert store.load("uniform", "tune", SETTINGS) is None
+    saved = torch.load(tmp_path / "gaussian__tune.pt")  # the format test_pipeline.py reads
+    assert saved["settings"] == SETTINGS and saved["context"] == {**context, "set": sets["gaussian"]}
+
+
+def test_file_fingerprint_is_the_sha256_of_its_bytes(tmp_path) -> None:
+    (tmp_path / "w").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "w") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    in_set = TensorDataset(torch.randn(30, 3, 2, 2, generator=g, dtype=torch.float64), torch.zeros(30))
+    ood = {"ood": TensorDataset(torch.randn(24, 3, 2, 2, generator=g, dtype=torch.float64) * 2, -torch.ones(24))}
+    options = dict(input_std=(0.5, 0.5, 0.5), grid=Grid((1.0, 100.0), (0.0, 0.01)), batch_size=8, progress=False)
+    store = ScoreStore(tmp_path, {}, {})
+    first = run_protocol(model, in_set, ood, on_scores=store.save, **options)
+    computed = []
+    again = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
+                         load_scores=store.load, **options)
+    assert computed == [] and len(store.reused) == 4 and again.records == first.records
+    (tmp_path / "ood__test.pt").unlink()
+    partly = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
+                          load_scores=store.load, **options)
+    assert computed == [("ood", "test")] and partly.records == first.records
+    with pytest.raises(ValueError, match="load_scores gave scores of shape"):
+        run_protocol(model, in_set, ood, load_scores=lambda *args: torch.zeros(1, 3), **options)
+
+
+@pytest.fixture(scope="module")
+def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return trained_quickstart(tmp_path_factory)
+
+
+OPTIONS = {"ood": "gaussian,uniform", "num_ood_images": 400, "temperatures": "1,1000", "epsilons": "0,0.002",
+           "logger": False}
+CLI = [arg for k, v in OPTIONS.items() for arg in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+
+
+def test_an_interrupted_evaluation_resumes_without_rescoring(quickstart_ckpt: str, tmp_path, capsys) -> None:
+    out, scores = tmp_path / "resumed", tmp_path / "resumed" / "scores"
+    command = [sys.executable, "evaluate.py", "--ckpt", quickstart_ckpt, "--output_dir", str(out), *CLI]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (scores / "in_distribution__tune.pt").exists():
+        assert run.poll() is None and time.monotonic() < deadline, "evaluate.py ended before writing scores"
+        time.sleep(0.005)
+    run.kill()
+    run.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in scores.glob("*.pt")}
+    assert not (out / "results.json").exists() and 1 <= len(done) < 6, done
+
+    evaluate.evaluate(quickstart_ckpt, output_dir=str(out), resume=True, **OPTIONS)
+    assert f"Resumed: reused {len(done)} saved score file(s)" in capsys.readouterr().out
+    assert {name: (scores / name).stat().st_mtime_ns for name in done} == done  # not recomputed
+    assert len(list(scores.glob("*.pt"))) == 6
+
+    evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "uninterrupted"), **OPTIONS)
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("resumed", "uninterrupted")]
+    assert results[0]["records"] == results[1]["records"] and results[0]["tuning"] == results[1]["tuning"]
+    assert (out / "table.md").read_text() == (tmp_path / "uninterrupted" / "table.md").read_text()
+    for name in ("in_distribution__tune.pt", "uniform__test.pt"):
+        assert torch.equal(torch.load(scores / name)["scores"],
+                           torch.load(tmp_path / "uninterrupted" / "scores" / name)["scores"])
