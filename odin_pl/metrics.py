@@ -77,6 +77,22 @@ def auroc(scores: Tensor, positive: Tensor) -> float:
     return float(torch.trapezoid(tpr, fpr))
 
 
+def fpr_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> Tensor:
+    """FPR(delta*) for each row of [S, n_in] / [S, n_out] score matrices (one row per setting), as rates_at_tpr."""
+    frac = Fraction(tpr).limit_denominator(10**6)
+    k = -(-frac.numerator * in_scores.shape[1] // frac.denominator)
+    delta = torch.sort(in_scores, dim=1, descending=True).values[:, k - 1:k]
+    return (out_scores >= delta).double().mean(dim=1)
+
+
+def auroc_rows(in_scores: Tensor, out_scores: Tensor) -> Tensor:
+    """AUROC for each row: P(S_in > S_out) + P(S_in = S_out) / 2 (Mann-Whitney U / (n_in n_out))."""
+    sorted_out = torch.sort(out_scores, dim=1).values.contiguous()
+    below = torch.searchsorted(sorted_out, in_scores.contiguous(), right=False).double()
+    at_or_below = torch.searchsorted(sorted_out, in_scores.contiguous(), right=True).double()
+    return (below + at_or_below).sum(dim=1) / (2.0 * in_scores.shape[1] * out_scores.shape[1])
+
+
 def ood_metrics(in_scores: Any, out_scores: Any) -> dict[str, float]:
     """All metrics of the paper's Table 2 for one in-distribution / OOD pair (fractions in [0, 1])."""
     s_in, s_out = _as_scores(in_scores, "in_scores"), _as_scores(out_scores, "out_scores")

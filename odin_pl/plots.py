@@ -46,7 +46,7 @@ def plot_roc(scores: MethodScores, title: str, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_histograms(scores: MethodScores, title: str, path: Path) -> Path:
@@ -59,7 +59,7 @@ def plot_histograms(scores: MethodScores, title: str, path: Path) -> Path:
         ax.hist(s_out.numpy(), bins=bins, alpha=0.6, density=True, label="OOD")
         ax.set(title=f"{title}: {LABELS.get(method, method)}", xlabel="score", ylabel="density")
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grid(fpr_grid: Sequence[Sequence[float]], temperatures: Sequence[float], epsilons: Sequence[float],
@@ -73,10 +73,10 @@ def plot_grid(fpr_grid: Sequence[Sequence[float]], temperatures: Sequence[float]
     ax.plot(list(epsilons).index(chosen[1]), list(temperatures).index(chosen[0]), "o", mfc="none", mec="red", ms=10)
     ax.set(xlabel="epsilon", ylabel="T", title=title)
     fig.colorbar(image, ax=ax, label="FPR at 95% TPR (%)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -96,7 +96,7 @@ class ProtocolResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _split_seed(seed: int, name: str) -> int:
+def split_seed(seed: int, name: str) -> int:
     """A per-set seed that is stable across runs and Python processes."""
     return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
 
@@ -164,8 +164,8 @@ def run_protocol(
             on_scores(name, split, settings, scores)
         return scores
 
-    in_split = SetSplit.make(len(in_dataset), _split_seed(seed, "in"), n_tune)
-    splits = {name: SetSplit.make(len(ds), _split_seed(seed, name), n_tune) for name, ds in ood_datasets.items()}
+    in_split = SetSplit.make(len(in_dataset), split_seed(seed, "in"), n_tune)
+    splits = {name: SetSplit.make(len(ds), split_seed(seed, name), n_tune) for name, ds in ood_datasets.items()}
     result.splits = {"in_distribution": in_split.to_dict(), **{n: s.to_dict() for n, s in splits.items()}}
     for name, split in [("in_distribution", in_split), *splits.items()]:
         if split.halved:

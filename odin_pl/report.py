@@ -13,7 +13,7 @@ CSV_FIELDS = ("ood", "method", "fpr_at_95_tpr", "detection_error", "auroc", "aup
               "fpr_at_95_tpr_ood_positive", "temperature", "epsilon", "n_in", "n_out", "tuned_on")
 
 
-def _pairs(records: Sequence[dict]) -> list[tuple[dict, dict]]:
+def method_pairs(records: Sequence[dict]) -> list[tuple[dict, dict]]:
     """(MSP, ODIN) records per OOD set; ODIN tuned on the set itself when several tunings were reported."""
     by_set: dict[str, dict[str, dict]] = {}
     for record in records:
@@ -41,7 +41,7 @@ def markdown_table(records: Sequence[dict], title: str = "") -> str:
     header = ["OOD set", *(label for _, label in TABLE_METRICS), "T", "epsilon", "n_in / n_out"]
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for msp, odin in _pairs(records):
+    for msp, odin in method_pairs(records):
         cells = [msp["ood"]] + [f"{100 * msp[key]:.1f} / {100 * odin[key]:.1f}" for key, _ in TABLE_METRICS]
         edge = f" ({odin['grid_edge']})" if odin.get("grid_edge") else ""
         cells += [f"{odin['temperature']:g}", f"{odin['epsilon']:.4g}{edge}", f"{odin['n_in']} / {odin['n_out']}"]

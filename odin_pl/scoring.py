@@ -63,7 +63,7 @@ def check_images(x: Tensor, model: nn.Module | None = None) -> None:
                              f"(its image spec), got {tuple(x.shape)}; convert the images to the spec first")
 
 
-def _std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
+def std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
     if input_std is None:
         return None
     std = torch.as_tensor(input_std, dtype=x.dtype, device=x.device).flatten()
@@ -97,7 +97,7 @@ def logits_and_steps(
     (sign+ maps 0 to +1), so that x_tilde = x - epsilon * s_T for any epsilon. The forward graph is shared by
     all temperatures; only the input gets a gradient.
     """
-    std = _std_view(input_std, x)
+    std = std_view(input_std, x)
     with torch.inference_mode(False), torch.enable_grad():
         x_leaf = x.clone().requires_grad_(True)
         logits = _forward(model, x_leaf)
@@ -150,7 +150,7 @@ def score_settings(
     if grad_temperatures:
         logits, steps = logits_and_steps(model, x, grad_temperatures, input_std)
     else:
-        _std_view(input_std, x)
+        std_view(input_std, x)
         with torch.no_grad():
             logits, steps = _forward(model, x), []
     out = x.new_empty(len(settings), x.shape[0])

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.metrics import auroc, rates_at_tpr
+from odin_pl.metrics import auroc_rows, fpr_at_tpr_rows
 
 PAPER_TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 PAPER_EPSILONS = tuple(0.004 * i / 20 for i in range(21))  # 21 evenly spaced values, 0 .. 0.004
@@ -75,11 +75,8 @@ def select_parameters(grid: Grid, in_scores: Tensor, out_scores: Tensor) -> Sele
     if in_scores.shape[0] != len(settings) or out_scores.shape[0] != len(settings):
         raise ValueError(f"expected scores for {len(settings)} settings, got {in_scores.shape[0]} and "
                          f"{out_scores.shape[0]}")
-    labels = torch.cat([torch.ones(in_scores.shape[1]), torch.zeros(out_scores.shape[1])]).bool()
-    fprs, aurocs = [], []
-    for s_in, s_out in zip(in_scores.double().cpu(), out_scores.double().cpu()):
-        fprs.append(rates_at_tpr(s_in, s_out)[1])
-        aurocs.append(auroc(torch.cat([s_in, s_out]), labels))
+    s_in, s_out = in_scores.double().cpu(), out_scores.double().cpu()
+    fprs, aurocs = fpr_at_tpr_rows(s_in, s_out).tolist(), auroc_rows(s_in, s_out).tolist()
     best = min(range(len(settings)),
                key=lambda i: (fprs[i], -aurocs[i], -settings[i][0], settings[i][1]))
     temperature, epsilon = settings[best]

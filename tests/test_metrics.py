@@ -386,3 +386,17 @@ def test_oodmetrics_nan_raises():
 def test_oodmetrics_mismatched_targets_raise():
     with pytest.raises(ValueError, match="3 scores but 2 targets"):
         OODMetrics().update(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([True, False]))
+
+
+def test_row_wise_metrics_equal_the_per_pair_functions_on_tied_scores() -> None:
+    """The tuning grid's vectorized FPR and AUROC agree with rates_at_tpr / auroc for every row (1e-12)."""
+    from odin_pl.metrics import auroc, auroc_rows, fpr_at_tpr_rows, rates_at_tpr
+
+    g = torch.Generator().manual_seed(3)
+    s_in = torch.randint(0, 30, (7, 101), generator=g).double() / 7  # heavy ties, n_in not a multiple of 20
+    s_out = torch.randint(0, 25, (7, 64), generator=g).double() / 7
+    labels = torch.cat([torch.ones(101), torch.zeros(64)]).bool()
+    for row in range(7):
+        assert float(fpr_at_tpr_rows(s_in, s_out)[row]) == rates_at_tpr(s_in[row], s_out[row])[1]
+        expected = auroc(torch.cat([s_in[row], s_out[row]]), labels)
+        assert abs(float(auroc_rows(s_in, s_out)[row]) - expected) < 1e-12

@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.plots import _save
-from odin_pl.protocol import ProtocolResult, _split_seed
-from odin_pl.report import _pairs
+from odin_pl.plots import save_figure
+from odin_pl.protocol import ProtocolResult, split_seed
+from odin_pl.report import method_pairs
 from odin_pl.tuning import Grid
 
 IN = "in_distribution"
@@ -52,11 +52,11 @@ class AnalysisContext:
         return self.in_dataset if name == IN else self.ood_datasets[name]
 
     def seed_for(self, name: str, purpose: str) -> int:
-        return _split_seed(self.seed, f"{purpose}/{name}")
+        return split_seed(self.seed, f"{purpose}/{name}")
 
     def reported(self) -> dict[str, tuple[dict, dict]]:
         """(MSP, ODIN) records per OOD set; ODIN's is its main-table entry (tuned on the set itself in cross mode)."""
-        return {msp["ood"]: (msp, odin) for msp, odin in _pairs(self.result.records)}
+        return {msp["ood"]: (msp, odin) for msp, odin in method_pairs(self.result.records)}
 
     def test_indices(self, name: str) -> Tensor:
         """The protocol's test split of a set (sorted; the order of ``result.test_scores``)."""
@@ -99,4 +99,4 @@ class AnalysisContext:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         json_path = self.output_dir / f"{name}.json"
         json_path.write_text(json.dumps({"analysis": name, **data}, indent=1))
-        return [json_path] if figure is None else [json_path, _save(figure, self.output_dir / f"{name}.png")]
+        return [json_path] if figure is None else [json_path, save_figure(figure, self.output_dir / f"{name}.png")]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from odin_pl.analyses.context import IN, AnalysisContext
 from odin_pl.analyses.stats import binned_mean, centers, density, shared_edges
-from odin_pl.scoring import StdLike, _std_view, check_model_in_eval, max_softmax
+from odin_pl.scoring import StdLike, std_view, check_model_in_eval, max_softmax
 
 TEMPERATURES = (1.0, 1000.0)
 
@@ -28,7 +28,7 @@ def gradient_norms(model: nn.Module, x: Tensor, temperatures: Sequence[float], i
     S(p; T) = max_i softmax(f(x) / T)_i; ``input_std`` gives grad_p = grad_x / std (None: x is in pixel units).
     """
     check_model_in_eval(model)
-    std = _std_view(input_std, x)
+    std = std_view(input_std, x)
     with torch.inference_mode(False), torch.enable_grad():
         x_leaf = x.clone().requires_grad_(True)
         logits = model(x_leaf)
