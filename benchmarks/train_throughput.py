@@ -8,7 +8,7 @@ forward / loss / zero_grad / backward / step loop. Each loop is timed from the e
 end of its last step (data loading included), in rounds that alternate the two loops; the best round of each is
 reported.
 
-    python benchmarks/train_throughput.py                      # CPU defaults: a few minutes on 2 cores
+    python benchmarks/train_throughput.py                      # CPU defaults: a few minutes on 1 thread
     python benchmarks/train_throughput.py --device cuda --batch_size 64 --steps 200 --warmup 20
 """
 
@@ -103,12 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25, help="timed steps per loop and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each loop counts")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each loop counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads, 0 for torch's default (1 keeps timings stable on a shared machine)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     setup = Setup(torch.device(args.device), args.batch_size, args.steps, args.warmup)
 
@@ -128,18 +129,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seconds[name].append(loop(copy.deepcopy(initial), loader, setup))
 
     device = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        f"{platform.processor() or platform.machine()} CPU, torch threads: {torch.get_num_threads()}"
     images = setup.steps * setup.batch_size
     print(f"DenseNet-BC-100 ({sum(p.numel() for p in initial.parameters()) / 1e6:.2f}M parameters), 32x32, "
           f"float32, batch {setup.batch_size}, on {device}; torch {torch.__version__}, lightning {pl.__version__}")
     print(f"{setup.warmup} warm-up + {setup.steps} timed steps ({images} images) per loop and round, "
           f"best of {args.rounds} rounds\n")
-    print("| loop | images/s | ms/step |\n|---|---:|---:|")
+    print("| loop | images/s | ms/step | images/s in each round |\n|---|---:|---:|---|")
     throughput = {}
     for name, times in seconds.items():
         best = min(times)
         throughput[name] = images / best
-        print(f"| {name} | {throughput[name]:.1f} | {1000 * best / setup.steps:.1f} |")
+        rounds = ", ".join(f"{images / t:.1f}" for t in times)
+        print(f"| {name} | {throughput[name]:.1f} | {1000 * best / setup.steps:.1f} | {rounds} |")
     ratio = throughput["Lightning (train.py)"] / throughput["plain PyTorch"]
     print(f"\nratio Lightning / plain: {ratio:.3f} (goal >= 0.95)")
     return {**throughput, "ratio": ratio}
