@@ -54,19 +54,20 @@ def make_model(device: str) -> torch.nn.Module:
     return model.eval()
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median wall time of fn() over repeats (after one warm-up call)."""
-    fn()
+def timed(fn: Callable[[], object], device: str, repeats: int, warmup: bool = True) -> tuple[float, object]:
+    """(median wall time of fn() over repeats, fn()'s last result), after one warm-up call unless told not to."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        fn()
+        result = fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def forward_and_input_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -78,18 +79,18 @@ def forward_and_input_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch
 
 
 def bench_scoring(model, batches, device, repeats) -> dict[str, float]:
-    msp = timed(lambda: [msp_score(model, x) for x in batches], device, repeats)
-    grad = timed(lambda: [forward_and_input_gradient(model, x) for x in batches], device, repeats)
-    odin = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
+    msp, _ = timed(lambda: [msp_score(model, x) for x in batches], device, repeats)
+    grad, _ = timed(lambda: [forward_and_input_gradient(model, x) for x in batches], device, repeats)
+    odin, _ = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
     return {"msp": msp, "fwd+grad": grad, "odin": odin}
 
 
 def bench_grid(model, x, device, repeats) -> dict[str, float]:
     settings = Grid().settings
-    ours = timed(lambda: score_settings(model, x, settings, STD, forward_batch_size=4 * len(x)), device, repeats)
-    loop = timed(lambda: [odin_score(model, x, t, e, STD) for t, e in settings], device, 1)
-    fast = score_settings(model, x, settings, STD, forward_batch_size=4 * len(x))
-    slow = torch.stack([odin_score(model, x, t, e, STD) for t, e in settings])
+    ours, fast = timed(lambda: score_settings(model, x, settings, STD, forward_batch_size=4 * len(x)), device,
+                       repeats)
+    loop, slow = timed(lambda: torch.stack([odin_score(model, x, t, e, STD) for t, e in settings]), device, 1,
+                       warmup=False)  # 210 calls: warm after the first
     return {"ours": ours, "loop": loop, "max_diff": float((fast - slow).abs().max())}
 
 
@@ -97,9 +98,9 @@ def bench_pytorch_ood(model, batches, device, repeats) -> dict[str, float]:
     from pytorch_ood.detector import ODIN
 
     detector = ODIN(model, eps=EPS, temperature=T, norm_std=list(STD))
-    theirs = timed(lambda: [detector.predict(x) for x in batches], device, repeats)
-    ours = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
-    diff = max(float((odin_score(model, x, T, EPS, STD) + detector.predict(x)).abs().max()) for x in batches)
+    theirs, their_scores = timed(lambda: [detector.predict(x) for x in batches], device, repeats)
+    ours, our_scores = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
+    diff = max(float((a + b).abs().max()) for a, b in zip(our_scores, their_scores))
     return {"theirs": theirs, "ours": ours, "max_diff": diff}
 
 
@@ -108,8 +109,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, images: torch.Tensor, bat
     init_process_group(rank, world_size, port)
     model = make_model("cpu")
     dataset = TensorDataset(images, torch.zeros(len(images)))
-    score_dataset(model, TensorDataset(images[:batch_size], torch.zeros(batch_size)), [(T, EPS)], input_std=STD,
-                  batch_size=batch_size)  # warm-up
+    warm = images[:batch_size * world_size]  # a full batch on every process: the timed shapes are warm
+    score_dataset(model, TensorDataset(warm, torch.zeros(len(warm))), [(T, EPS)], input_std=STD,
+                  batch_size=batch_size)
     torch.distributed.barrier()
     start = time.perf_counter()
     score_dataset(model, dataset, [(T, EPS)], input_std=STD, batch_size=batch_size)
