@@ -168,7 +168,7 @@ def main() -> None:
         r = bench_processes(images, args.batch_size)
         rows.append(("(d) 1 process / 2 processes (1 thread each)", f"{r[1]:.2f}s / {r[2]:.2f}s", r[1] / r[2],
                      ">= 1.7"))
-    print(f"\n| measure | times | ratio | goal / note |\n|---|---|---|---|")
+    print("\n| measure | times | ratio | goal / note |\n|---|---|---|---|")
     for name, times, ratio, note in rows:
         print(f"| {name} | {times} | {ratio:.2f} | {note} |")
 

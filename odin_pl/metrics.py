@@ -87,9 +87,9 @@ def fpr_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) ->
 
 def auroc_rows(in_scores: Tensor, out_scores: Tensor) -> Tensor:
     """AUROC for each row: P(S_in > S_out) + P(S_in = S_out) / 2 (Mann-Whitney U / (n_in n_out))."""
-    sorted_out = torch.sort(out_scores, dim=1).values.contiguous()
-    below = torch.searchsorted(sorted_out, in_scores.contiguous(), right=False).double()
-    at_or_below = torch.searchsorted(sorted_out, in_scores.contiguous(), right=True).double()
+    sorted_out, queries = torch.sort(out_scores, dim=1).values.contiguous(), in_scores.contiguous()
+    below = torch.searchsorted(sorted_out, queries, right=False).double()
+    at_or_below = torch.searchsorted(sorted_out, queries, right=True).double()
     return (below + at_or_below).sum(dim=1) / (2.0 * in_scores.shape[1] * out_scores.shape[1])
 
 
