@@ -59,6 +59,11 @@ def _collective_device(default: torch.device) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else default
 
 
+def _cpu_count() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,9 +71,15 @@ def free_port() -> int:
 
 
 def init_process_group(rank: int, world_size: int, port: int) -> None:
-    """Join a process group on this machine: NCCL with one GPU per process when there are GPUs, else gloo."""
+    """Join a process group on this machine: NCCL with one GPU per process when there are GPUs, else gloo.
+
+    CPU processes share the cores: each gets cores // world_size threads unless OMP_NUM_THREADS says otherwise
+    (by default every process would start one thread per core, and world_size processes would oversubscribe them).
+    """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
     if use_cuda:
         torch.cuda.set_device(rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, _cpu_count() // world_size))
     dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)

@@ -162,7 +162,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisContext,
     ood = {"dark": TensorDataset(normalize(torch.rand(100, 1, 8, 8, generator=g) * 0.3), -torch.ones(100)),
            "noise": TensorDataset(normalize(torch.rand(90, 1, 8, 8, generator=g) ** 3), -torch.ones(90))}
     grid = Grid(temperatures=(1.0, 10.0, 1000.0), epsilons=(0.0, 0.002, 0.004))
-    result = run_protocol(model, in_set, ood, input_std=std, grid=grid, batch_size=64, progress=False)
+    result = run_protocol(model, in_set, ood, input_std=std, grid=grid, n_tune=10, batch_size=64, progress=False)
     context = AnalysisContext(model=model, input_mean=mean, input_std=std, in_dataset=in_set, ood_datasets=ood,
                               result=result, grid=grid, output_dir=tmp_path_factory.mktemp("analyses"),
                               batch_size=64, num_images=50, class_names=[f"c{i}" for i in range(10)])
@@ -202,17 +202,26 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     threshold = _data(tiny_run, "threshold")["sets"]["noise"]
     assert threshold["fpr_at_95_tpr"] == odin["noise"]["fpr_at_95_tpr"]
     accuracy = _data(tiny_run, "accuracy")
-    assert accuracy["n"] == 60 and len(accuracy["tpr"]) == 50 and accuracy["tpr"][-1] == 0.99
+    assert accuracy["n"] == 110 and len(accuracy["tpr"]) == 50 and accuracy["tpr"][-1] == 0.99
     distances = _data(tiny_run, "distances")["sets"]
     assert list(distances) == sorted(distances, key=lambda s: -distances[s]["mmd2"]) and distances["dark"]["m"] == 50
     tuning = _data(tiny_run, "tuning-size")
-    assert tuning["sets"]["dark"]["tuning_sizes"] == list(range(2, 21, 2)) and tuning["notes"]
-    # Only test-split images of the protocol miss scores: at settings chosen here but not by the protocol.
+    dark = tuning["sets"]["dark"]
+    assert dark["tuning_sizes"] == list(range(2, 21, 2)) and tuning["notes"]
+    # At the protocol's tuning size the OOD tuning images are the protocol's own: the same selection.
+    protocol_choice = (result.selections["dark"].temperature, result.selections["dark"].epsilon)
+    assert (dark["temperature"][4], dark["epsilon"][4]) == protocol_choice
+    # Only images of the protocol's test split miss scores: the OOD tuning images beyond the protocol's over the
+    # grid, and the test images at settings chosen here but not by the protocol. The in-distribution tuning split
+    # is the protocol's (no new scores); its test split misses the settings no OOD set reported.
     chosen = {name: set(zip(v["temperature"], v["epsilon"])) | {(1.0, 0.0)} for name, v in tuning["sets"].items()}
     known = {name: {(1.0, 0.0), (r["temperature"], r["epsilon"])} for name, r in odin.items()}
-    assert tuning["newly_scored_pairs"]["dark"] == 50 * len(chosen["dark"] - known["dark"])
+    extra = dark["n_tune"] - len(result.splits["dark"]["tune_indices"])
+    assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(context.grid.settings) - len(known["dark"]))
+                                                    + dark["n_test"] * len(chosen["dark"] - known["dark"]))
     in_missing = set.union(*chosen.values()) - set(result.in_test_scores)
-    assert tuning["newly_scored_pairs"]["in_distribution"] == 60 * len(in_missing)
+    assert tuning["in_distribution"]["n_test"] == 110
+    assert tuning["newly_scored_pairs"]["in_distribution"] == 110 * len(in_missing)
     taylor = _data(tiny_run, "taylor")
     assert taylor["order_equation3"] == pytest.approx(3, abs=0.01)
     assert taylor["order_proposition1"] == pytest.approx(1, abs=0.01)

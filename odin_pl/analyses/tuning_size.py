@@ -1,10 +1,12 @@
-"""FPR at 95% TPR against the size of the tuning set (paper, appendix H, Figure 15).
+"""FPR at 95% TPR against the size of the OOD tuning set (paper, appendix H, Figure 15).
 
-Each set (the in-distribution one included, shared by all OOD sets) is split into 2,000 tuning and 8,000 test
-images (a set of fewer than 10,000 images: a fifth and the rest, up to 8,000). (T, epsilon) is chosen on the first
-200, 400, ..., 2,000 tuning images (a tenth, two tenths, ... of a smaller tuning split) with the protocol's rule,
-and FPR at 95% TPR is measured on the fixed test split. The tuning images contain the protocol's tuning split, or
-lie inside it, so the protocol's grid scores are reused; only missing (image, setting) pairs are scored.
+Each OOD set is split into 2,000 tuning and 8,000 test images (a set of fewer than 10,000 images: a fifth and the
+rest, up to 8,000). (T, epsilon) is chosen on its first 200, 400, ..., 2,000 tuning images (a tenth, two tenths, ...
+of a smaller tuning split) with the protocol's rule, and FPR at 95% TPR is measured on its fixed test split. As in
+the paper ("for each out-of-distribution dataset, we choose the tuning set size"), only the OOD tuning set grows:
+the in-distribution side is the protocol's, its tuning split for the selections and its test split for the
+threshold. The OOD tuning images contain the protocol's tuning split, or lie inside it, and the test images lie in
+its test split, so the protocol's scores are reused; only missing (image, setting) pairs are scored.
 """
 
 from __future__ import annotations
@@ -70,34 +72,33 @@ def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
 
 def run(ctx: AnalysisContext) -> list[Path]:
     grid = ctx.grid
-    names = [IN, *ctx.ood_datasets]
-    caches = {name: _cache(ctx, name) for name in names}
+    caches = {name: _cache(ctx, name) for name in [IN, *ctx.ood_datasets]}
     splits = {name: appendix_h_split(len(ctx.dataset(name)), _protocol_indices(ctx, name),
-                                     ctx.seed_for(name, "tuning-size")) for name in names}
-    in_tune, in_test = splits[IN]
+                                     ctx.seed_for(name, "tuning-size")) for name in ctx.ood_datasets}
+    in_tune, in_test = _protocol_indices(ctx, IN), ctx.test_indices(IN)
     in_grid = caches[IN].get(in_tune, grid.settings)
     chosen = {}
-    for name in ctx.ood_datasets:
-        out_grid = caches[name].get(splits[name][0], grid.settings)
-        chosen[name] = [select_parameters(grid, in_grid[:, :k_in], out_grid[:, :k_out])
-                        for k_in, k_out in zip(tuning_sizes(len(in_tune)), tuning_sizes(len(splits[name][0])))]
+    for name, (tune, _) in splits.items():
+        out_grid = caches[name].get(tune, grid.settings)
+        chosen[name] = [select_parameters(grid, in_grid, out_grid[:, :k]) for k in tuning_sizes(len(tune))]
     settings = {name: list(dict.fromkeys([MSP, *((s.temperature, s.epsilon) for s in chosen[name])]))
                 for name in chosen}
     in_settings = list(dict.fromkeys(s for values in settings.values() for s in values))
     in_scores = dict(zip(in_settings, caches[IN].get(in_test, in_settings)))
     sets = {}
     for name, selections in chosen.items():
-        out_scores = dict(zip(settings[name], caches[name].get(splits[name][1], settings[name])))
+        tune, test = splits[name]
+        out_scores = dict(zip(settings[name], caches[name].get(test, settings[name])))
         fpr = {setting: rates_at_tpr(in_scores[setting], scores)[1] for setting, scores in out_scores.items()}
-        sets[name] = {"n": len(ctx.dataset(name)), "n_tune": len(splits[name][0]), "n_test": len(splits[name][1]),
-                      "tuning_sizes": tuning_sizes(len(splits[name][0])),
+        sets[name] = {"n": len(ctx.dataset(name)), "n_tune": len(tune), "n_test": len(test),
+                      "tuning_sizes": tuning_sizes(len(tune)),
                       "temperature": [s.temperature for s in selections], "epsilon": [s.epsilon for s in selections],
                       "fpr_at_95_tpr": [fpr[s.temperature, s.epsilon] for s in selections],
                       "baseline_fpr_at_95_tpr": fpr[MSP]}
-    scaled = [name for name in names if len(splits[name][0]) < PAPER_TUNE]
-    data = {"split": "appendix H: 2,000 tuning / 8,000 test images per set (seeded)",
-            "in_distribution": {"n": len(ctx.dataset(IN)), "n_tune": len(in_tune), "n_test": len(in_test),
-                                "tuning_sizes": tuning_sizes(len(in_tune))},
+    scaled = [name for name, (tune, _) in splits.items() if len(tune) < PAPER_TUNE]
+    data = {"split": "appendix H: 2,000 tuning / 8,000 test images per OOD set (seeded); the in-distribution "
+                     "images are the protocol's tuning split (selection) and test split (threshold)",
+            "in_distribution": {"n": len(ctx.dataset(IN)), "n_tune": len(in_tune), "n_test": len(in_test)},
             "notes": [f"{name} has {len(ctx.dataset(name))} images: its split is scaled down proportionally "
                       f"({len(splits[name][0])} tuning / {len(splits[name][1])} test)" for name in scaled],
             "newly_scored_pairs": {name: cache.computed for name, cache in caches.items()}, "sets": sets}
