@@ -9,8 +9,8 @@ and 2 processes vs 1.
 (c) pytorch-ood's ODIN detector / ours at T=1000, epsilon=0.0014, same model and inputs; scores agree up to sign
     (pytorch-ood returns -score) except where an input gradient is exactly 0 (torch.sign gives 0, ODIN +1).
 (d) scoring with 2 processes of 1 thread each vs 1 process of 1 thread (gloo, sharded, gathered); goal >= 1.7.
-The model has random weights (speed does not depend on them). Timings are medians of --repeats runs. On the CPU
-the process keeps freed memory (odin_pl.allocator, as evaluate.py does), for ours and the baselines alike.
+The model has random weights (speed does not depend on them). Timings are medians of --repeats runs, the timed
+functions of a part taking turns on each batch.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import timm  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import odin_pl  # noqa: E402,F401
-from odin_pl.allocator import retain_freed_memory  # noqa: E402
 from odin_pl.distributed import free_port, init_process_group  # noqa: E402
 from odin_pl.protocol import score_dataset  # noqa: E402
 from odin_pl.scoring import msp_score, odin_score, score_settings  # noqa: E402
@@ -56,20 +55,31 @@ def make_model(device: str) -> torch.nn.Module:
     return model.eval()
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int, warmup: bool = True) -> tuple[float, object]:
-    """(median wall time of fn() over repeats, fn()'s last result), after one warm-up call unless told not to."""
+def timed(fns: dict[str, Callable[[torch.Tensor], object]], inputs: list[torch.Tensor], device: str, repeats: int,
+          warmup: bool = True) -> dict[str, tuple[float, list]]:
+    """name -> (median over repeats of the wall time of fn over all inputs, fn's outputs of the last repeat), after
+    one warm-up call of each on the first input unless told not to. The functions take turns on each input, so
+    that a drift of the machine's speed falls on all of them alike instead of on whichever runs first."""
     if warmup:
-        fn()
-    times = []
+        for fn in fns.values():
+            fn(inputs[0])
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    outputs: dict[str, list] = {}
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        spent = dict.fromkeys(fns, 0.0)
+        outputs = {name: [] for name in fns}
+        for x in inputs:
+            for name, fn in fns.items():
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                outputs[name].append(fn(x))
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                spent[name] += time.perf_counter() - start
+        for name in fns:
+            times[name].append(spent[name])
+    return {name: (statistics.median(times[name]), outputs[name]) for name in fns}
 
 
 def forward_and_input_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -81,18 +91,17 @@ def forward_and_input_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch
 
 
 def bench_scoring(model, batches, device, repeats) -> dict[str, float]:
-    msp, _ = timed(lambda: [msp_score(model, x) for x in batches], device, repeats)
-    grad, _ = timed(lambda: [forward_and_input_gradient(model, x) for x in batches], device, repeats)
-    odin, _ = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
-    return {"msp": msp, "fwd+grad": grad, "odin": odin}
+    r = timed({"msp": lambda x: msp_score(model, x), "fwd+grad": lambda x: forward_and_input_gradient(model, x),
+               "odin": lambda x: odin_score(model, x, T, EPS, STD)}, batches, device, repeats)
+    return {name: seconds for name, (seconds, _) in r.items()}
 
 
 def bench_grid(model, x, device, repeats) -> dict[str, float]:
     settings = Grid().settings
-    ours, fast = timed(lambda: score_settings(model, x, settings, STD, forward_batch_size=4 * len(x)), device,
-                       repeats)
-    loop, slow = timed(lambda: torch.stack([odin_score(model, x, t, e, STD) for t, e in settings]), device, 1,
-                       warmup=False)  # 210 calls: warm after the first
+    ours, (fast,) = timed({"ours": lambda x: score_settings(model, x, settings, STD, forward_batch_size=4 * len(x))},
+                          [x], device, repeats)["ours"]
+    loop, (slow,) = timed({"loop": lambda x: torch.stack([odin_score(model, x, t, e, STD) for t, e in settings])},
+                          [x], device, 1, warmup=False)["loop"]  # 210 calls: warm after the first
     return {"ours": ours, "loop": loop, "max_diff": float((fast - slow).abs().max())}
 
 
@@ -100,8 +109,9 @@ def bench_pytorch_ood(model, batches, device, repeats) -> dict[str, float]:
     from pytorch_ood.detector import ODIN
 
     detector = ODIN(model, eps=EPS, temperature=T, norm_std=list(STD))
-    theirs, their_scores = timed(lambda: [detector.predict(x) for x in batches], device, repeats)
-    ours, our_scores = timed(lambda: [odin_score(model, x, T, EPS, STD) for x in batches], device, repeats)
+    r = timed({"theirs": detector.predict, "ours": lambda x: odin_score(model, x, T, EPS, STD)}, batches, device,
+              repeats)
+    (theirs, their_scores), (ours, our_scores) = r["theirs"], r["ours"]
     diff = max(float((a + b).abs().max()) for a, b in zip(our_scores, their_scores))
     return {"theirs": theirs, "ours": ours, "max_diff": diff}
 
@@ -111,7 +121,6 @@ def _process_worker(rank: int, world_size: int, port: int, images: torch.Tensor,
     """Time scoring ``images`` with ``world_size`` processes: sharded and gathered in a process group (gloo), or,
     with ``port`` 0, each process scoring its own contiguous part alone (the machine's ceiling for the check)."""
     torch.set_num_threads(1)
-    retain_freed_memory()
     if port:
         init_process_group(rank, world_size, port)
     else:
@@ -159,8 +168,6 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
-    if args.device == "cpu":
-        retain_freed_memory()  # as evaluate.py does on the CPU; the (d) processes do the same
     torch.manual_seed(0)
     images = torch.randn(args.images, 3, 32, 32)
     model = make_model(args.device)
