@@ -346,5 +346,10 @@ def _process(rank: int, world_size: int, port: int, options: dict) -> None:
         torch.distributed.destroy_process_group()
 
 
+def main(argv: list[str] | None = None) -> ProtocolResult | Path | None:
+    """Parse ``argv`` (default: the command line) and run :func:`evaluate`."""
+    return auto_cli(evaluate, as_positional=False, args=argv)
+
+
 if __name__ == "__main__":
-    auto_cli(evaluate, as_positional=False)
+    main()
