@@ -1,355 +1,290 @@
-"""Evaluate a checkpoint with the paper's protocol: ``python evaluate.py --ckpt PATH``.
+"""Evaluate a classifier's OOD detection: ``python evaluate.py --ckpt PATH`` runs the paper's protocol.
 
-Per OOD set it tunes (T, epsilon) on held-out images over the paper's grid and reports MSP (baseline) and ODIN
-on the remaining ones (``--tune_on NAME|noise``: tune once and transfer; ``--temperature T --epsilon E``: no
-tuning). Writes table.md, results.json, results.csv and per-image scores to --output_dir and logs to W&B.
+Subcommands (``python evaluate.py SUBCOMMAND --help``; each takes ``--config FILE`` and ``--print_config``):
 
-Also written: ``detectors/<set>.json`` per tuning (``noise.json`` for ``--tune_on noise``, ``fixed.json`` for fixed
-parameters), an :class:`odin_pl.ODINDetector` whose threshold keeps 95% of the in-distribution TEST split at that
-(T, epsilon), so that its flags reproduce the reported FPR at 95% TPR on the test splits.
+* ``protocol`` (the default) - per OOD set, tune (T, epsilon) on held-out images and report MSP (baseline) and
+  ODIN on the rest; writes table.md, results.json, results.csv, config.yaml, scores/, figures/ and detectors/
+  to the output folder, and logs to W&B. Config files: ``configs/evaluate/``.
+* ``predict`` - score a folder of images (or a named set) with a saved detector; writes
+  ``predictions/<set>.csv``.
+* ``analyses RUN_DIR`` - the paper's analyses of a finished protocol run, from its config.yaml and saved scores.
 
-Other models: ``--model NAME --weights FILE --dataset NAME`` (instead of ``--ckpt``) evaluates a plain state_dict of
-any model registered in timm or by odin_pl for an in-distribution set (cifar10, cifar100, cifar80, mnist, digits);
-whole pickled models, such as the ODIN release's ``densenet10.pth``, need ``--trust_pickle true`` (see odin_pl.convert).
-
-Resume: scores are saved per set and split as soon as they are computed; ``--resume true`` reuses those made with the
-same weights, data, split and settings instead of scoring again, and gives the results of an uninterrupted run.
-
-Predict: ``--predict FOLDER_OR_SET --detector FILE`` scores every image with a saved detector instead of running
-the protocol and writes ``<output_dir>/predictions/<set>.csv`` (index, path, predicted_class, class_name, msp,
-odin, is_ood; input order), through Lightning's predict loop on ``--devices`` processes, each image once.
+This file parses and dispatches; the work is in ``odin_pl.evaluation`` (the run), ``odin_pl.run_outputs``
+(files), ``odin_pl.run_logging`` (logger), ``odin_pl.analyses`` and ``datamodules.suite`` (the OOD sets).
+The flat options of earlier versions (``--tune_on``, ``--float64``, ``--predict``, ...) still work and print the
+new spelling.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import shutil
-import warnings
+import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
-from jsonargparse import auto_cli
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import ConcatDataset
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from callbacks.prediction_writer import DetectionCSVWriter
-from datamodules.base import ImageDataModule
 from datamodules.image_folder import ImageFolderDataset
-from datamodules.in_distribution import in_distribution_datamodule
-from datamodules.ood import NoiseDataset, build_ood_dataset, ood_set_name
-from odin_pl import __version__
-from odin_pl.analyses import AnalysisContext, parse_analyses, run_analyses, scalar_metrics
-from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
-from odin_pl.convert import load_foreign_model
+from datamodules.in_distribution import IN_DISTRIBUTION
+from datamodules.ood import build_ood_dataset, ood_set_name
+from datamodules.suite import OODSuite, build_ood_suite
+from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.detector import ODINDetector
 from odin_pl.distributed import free_port, init_process_group, world
-from odin_pl.loggers import default_logger, describe_logger
-from odin_pl.module import ImageClassifier
-from odin_pl.plots import plot_grid, plot_histograms, plot_roc, roc_points
-from odin_pl.prediction import DetectorModule
-from odin_pl.protocol import ProtocolResult, run_protocol
-from odin_pl.report import cross_table, markdown_table, write_results
-from odin_pl.score_store import ScoreStore, file_sha256
-from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
+from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, PredictConfig, ProtocolConfig
+from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
+from odin_pl.prediction import predict_with_detector
+from odin_pl.run_logging import log_run
+from odin_pl.run_outputs import write_run
 
-NOISE_TUNING_IMAGES = 500  # per noise kind, for --tune_on noise
-NOISE_TUNING_SEED_OFFSET = 1  # noise tuning images use a seed apart from the noise test sets
+SUBCOMMANDS = ("protocol", "predict", "analyses")
+SAVED_CONFIG = "config.yaml"
+
+# Flat options of earlier versions: old flag -> new flag (per subcommand); values keep their meaning.
+RENAMED = {
+    "protocol": {"--ood": "--ood.sets", "--num_ood_images": "--ood.num_images", "--download": "--ood.download",
+                 "--temperatures": "--tuning.temperatures", "--epsilons": "--tuning.epsilons",
+                 "--n_tune": "--tuning.n_tune", "--device": "--runtime.device", "--devices": "--runtime.devices",
+                 "--batch_size": "--runtime.batch_size", "--num_workers": "--runtime.num_workers",
+                 "--output_dir": "--output.dir", "--resume": "--output.resume", "--logger": "--output.logger",
+                 "--analyses": "--analyses.names", "--analysis_images": "--analyses.images"},
+    "predict": {"--predict": "--images", "--num_ood_images": "--num_images", "--device": "--runtime.device",
+                "--devices": "--runtime.devices", "--batch_size": "--runtime.batch_size",
+                "--num_workers": "--runtime.num_workers"},
+}
 
 
-def default_output_dir(ckpt: Path) -> Path:
-    parent = ckpt.resolve().parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "evaluation"
+def _split_flag(token: str) -> tuple[str, str | None]:
+    flag, equals, value = token.partition("=")
+    return flag, value if equals else None
 
 
-def _split_names(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+def _legacy_value_flags(flag: str, value: str) -> list[str] | None:
+    """The new spelling of the old flags whose meaning was split or renamed with a value change."""
+    if flag == "--tune_on":
+        if value == "all":
+            return ["--tuning.mode", "cross"]
+        return ["--tuning.mode", "transfer", "--tuning.tune_on", value]
+    if flag == "--temperature":
+        return ["--tuning.mode", "fixed", "--tuning.temperature", value]
+    if flag == "--epsilon":
+        return ["--tuning.epsilon", value]
+    if flag == "--float64":
+        return ["--runtime.precision", "64-true" if value.lower() in ("true", "1", "yes") else "32-true"]
+    if flag == "--dataset":
+        if value not in IN_DISTRIBUTION:
+            raise ValueError(f"unknown in-distribution data set {value!r}; use one of {', '.join(IN_DISTRIBUTION)}")
+        cls = IN_DISTRIBUTION[value]
+        return ["--data", f"{cls.__module__}.{cls.__qualname__}"]
+    return None
 
 
-def evaluate(
-    ckpt: str | None = None,
-    model: str | None = None,
-    weights: str | None = None,
-    dataset: str | None = None,
-    trust_pickle: bool = False,
-    predict: str | None = None,
-    detector: str | None = None,
-    resume: bool = False,
-    output_dir: str | None = None,
-    ood: str | None = None,
-    data_root: str | None = None,
-    temperature: float | None = None,
-    epsilon: float | None = None,
-    tune_on: str | None = None,
-    temperatures: str | None = None,
-    epsilons: str | None = None,
-    n_tune: int = PAPER_TUNING_SIZE,
-    seed: int = 0,
-    num_ood_images: int | None = None,
-    download: bool = False,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str = "auto",
-    devices: int = 1,
-    float64: bool = False,
-    logger: bool = True,
-    analyses: str | None = None,
-    analysis_images: int = 1000,
-) -> ProtocolResult | Path | None:
-    """Run the OOD evaluation protocol on a checkpoint (or score images with a saved detector: ``predict``).
+def modernize(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given) and the flat options of
+    earlier versions in their new spelling; and one note per rewritten option."""
+    if argv and argv[0] in SUBCOMMANDS:
+        command, rest = argv[0], argv[1:]
+    else:
+        command, rest = ("predict" if any(_split_flag(a)[0] == "--predict" for a in argv) else "protocol"), argv
+    renamed, out, notes, i = RENAMED.get(command, {}), [command], [], 0
+    while i < len(rest):
+        flag, value = _split_flag(rest[i])
+        if value is None and (flag in renamed or flag in ("--tune_on", "--temperature", "--epsilon", "--float64",
+                                                           "--dataset")) and i + 1 < len(rest):
+            value, i = rest[i + 1], i + 1
+        new = _legacy_value_flags(flag, value) if value is not None else None
+        if new is None and flag in renamed:
+            new = [renamed[flag], value] if value is not None else [renamed[flag]]
+        if new is None:
+            out.append(rest[i])
+        else:
+            out += new
+            notes.append(f"{flag} is now spelled {' '.join(new)}")
+        i += 1
+    return out, notes
 
-    Args:
-        ckpt: checkpoint written by train.py.
-        model: instead of ``ckpt``: a model name registered in timm or by odin_pl (with ``weights``, ``dataset``).
-        weights: the model's state_dict file (read with ``weights_only=True``).
-        dataset: the in-distribution data set of ``model``: cifar10, cifar100, cifar80, mnist or digits.
-        trust_pickle: allow ``weights`` to be a whole pickled model (unpickling runs code from the file).
-        predict: score the images of this folder or named set with ``detector`` and write a CSV, no protocol.
-        detector: a detector file written by evaluate.py (``<output_dir>/detectors/<set>.json``).
-        resume: reuse the saved per-image scores of an interrupted run in ``output_dir`` (same weights, data,
-            splits and settings) instead of scoring them again.
-        output_dir: where results go (default: the run folder's ``evaluation/``).
-        ood: comma-separated OOD set names or image folders (default: the paper's suite for the data set).
-        data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
-        temperature: with ``epsilon``: fixed parameters, no tuning.
-        epsilon: perturbation magnitude for the fixed mode.
-        tune_on: tune once on this OOD set (or ``noise``: 500 Gaussian + 500 Uniform images) and transfer;
-            ``all``: tune on every set and report every set with every tuning (the paper's tables 10 and 11).
-        temperatures: comma-separated tuning grid of T (default: the paper's 1, 2, 5, ..., 1000).
-        epsilons: comma-separated tuning grid of epsilon (default: 21 values from 0 to 0.004).
-        n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
-        seed: seed of the tuning/test splits.
-        num_ood_images: use only this many images of each OOD set (default: all; a seeded subset).
-        download: download missing OOD sets (the paper's released archives; md5-checked).
-        batch_size: images per scoring batch.
-        num_workers: DataLoader workers.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        devices: number of processes (one GPU each when there are enough GPUs, else CPU processes); each scores
-            its own shard of every set, no image twice, and the metrics equal a single process's.
-        float64: score in double precision (slower; for exact comparisons).
-        logger: log to W&B (offline without network) or CSV.
-        analyses: comma-separated paper analyses, or ``all``: sweeps, logit-stats, gradient-norms, distances,
-            threshold, tuning-size, accuracy, taylor; each writes a PNG and its numbers (JSON) to
-            ``<output_dir>/analyses/`` and to the logger.
-        analysis_images: images per set for the per-image analyses and the distance samples.
 
-    Returns the result in a single process (the CSV's path with ``predict``); with ``devices > 1`` the results
-    are in the output files.
-    """
-    if (temperature is None) != (epsilon is None):
-        raise ValueError("fixed parameters need both --temperature and --epsilon (or neither, to tune)")
-    if temperature is not None and tune_on is not None:
-        raise ValueError("--tune_on tunes the parameters; it cannot be combined with fixed --temperature/--epsilon")
-    if devices < 1:
-        raise ValueError(f"devices must be >= 1, got {devices}")
-    analysis_names = parse_analyses(analyses)
-    if analysis_names and devices > 1:
-        raise ValueError("--analyses runs in a single process: use it with --devices 1")
-    classifier, datamodule, source = _load(ckpt, model, weights, dataset, trust_pickle, data_root)
-    out = Path(output_dir) if output_dir else default_output_dir(source)
-    if predict is not None:
-        return _predict(classifier, predict, detector, out, datamodule.data_root, seed, num_ood_images, batch_size,
-                        num_workers, device, devices, float64)
-    if devices > 1 and world()[1] == 1:
-        options = {k: v for k, v in locals().items() if k in inspect.signature(evaluate).parameters}
-        torch.multiprocessing.spawn(_process, args=(devices, free_port(), options), nprocs=devices)
+def _config_parser(config_class: type) -> ArgumentParser:
+    parser = ArgumentParser(description=config_class.__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/evaluate/)")
+    parser.add_class_arguments(config_class, None)
+    return parser
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
+    """``evaluate.py protocol | predict | analyses``, built from the typed groups of ``odin_pl.eval_config``;
+    and the parser of each subcommand."""
+    parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses")
+    analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
+    analyses.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
+    analyses.add_class_arguments(AnalysesOptions, "analyses")
+    analyses.add_argument("--device", type=str | None, default=None, help="override the run's device")
+    subparsers = {"protocol": _config_parser(ProtocolConfig), "predict": _config_parser(PredictConfig),
+                  "analyses": analyses}
+    helps = {"protocol": "the paper's protocol (the default)", "predict": "score images with a saved detector",
+             "analyses": "the paper's analyses of a finished protocol run"}
+    subcommands = parser.add_subcommands(required=True, dest="command")
+    for name, subparser in subparsers.items():
+        subcommands.add_subcommand(name, subparser, help=helps[name])
+    return parser, subparsers
+
+
+def _prepare_data(options: Namespace) -> None:
+    """A top-level ``data_root`` reaches an explicitly given DataModule that sets none itself."""
+    data = options.get("data")
+    if options.get("data_root") and isinstance(data, Namespace) and "init_args" in data \
+            and data.init_args.get("data_root", "absent") is None:
+        data.init_args.data_root = options.data_root
+
+
+def _resolve_paths(options: Namespace, out: Path) -> Namespace:
+    """A copy whose paths are absolute, so that the saved config works from any folder."""
+    saved = options.clone()
+    for key in ("ckpt", "weights", "data_root"):
+        if saved.get(key):
+            saved[key] = str(Path(saved[key]).expanduser().resolve())
+    data = saved.get("data")
+    if isinstance(data, Namespace) and data.get("init_args") and data.init_args.get("data_root"):
+        data.init_args.data_root = str(Path(data.init_args.data_root).expanduser().resolve())
+    saved.output.dir = str(out.resolve())
+    saved.pop("config", None)
+    return saved
+
+
+def _typed(config_class: type, instantiated: Namespace) -> Any:
+    return config_class(**{f.name: instantiated[f.name] for f in fields(config_class)})
+
+
+def _suite(config: ProtocolConfig, target: EvaluationTarget) -> OODSuite:
+    suite = build_ood_suite(config.ood.sets, target.datamodule.default_ood_sets, target.spec,
+                            target.datamodule.data_root, config.seed, config.ood.num_images, config.ood.download,
+                            noise_tuning=config.tuning.tune_on == NOISE_TUNING_SET)
+    if world()[0] == 0:
+        for name, why in suite.skipped.items():
+            print(f"Skipping OOD set {name!r}: not available ({why})")
+    return suite
+
+
+def protocol(config: ProtocolConfig) -> ProtocolRun | None:
+    """Run the protocol and write, print and log its results (process 0); returns the run (None after starting
+    ``devices`` processes, whose results are in the output files)."""
+    if config.runtime.devices > 1 and world()[1] == 1:
+        torch.multiprocessing.spawn(_protocol_process, args=(config.runtime.devices, free_port(), config),
+                                    nprocs=config.runtime.devices)
         return None
-    rank, _ = world()
-    spec = classifier.image_spec
-    if device == "auto":
-        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    classifier.to(device=device, dtype=torch.float64 if float64 else None)
-    datamodule.setup("test")
-
-    names = _split_names(ood) or list(datamodule.default_ood_sets)
-    ood_sets, sources, skipped = {}, {}, []
-    for name in names:
-        try:
-            sources[ood_set_name(name)] = name
-            ood_sets[ood_set_name(name)] = build_ood_dataset(name, spec, datamodule.data_root, seed,
-                                                             num_ood_images, download=download)
-        except FileNotFoundError as err:
-            if ood:  # asked for by name: the user must fix it
-                raise
-            skipped.append(name)
-            if rank == 0:
-                print(f"Skipping OOD set {name!r}: not available ({err})")
-    if not ood_sets:
-        raise ValueError(f"none of the OOD sets {names} is available; see the messages above")
-
-    tuning_only = {}
-    if tune_on == "noise":
-        noise_seed = seed + NOISE_TUNING_SEED_OFFSET
-        tuning_only["noise"] = ConcatDataset([NoiseDataset(kind, spec, NOISE_TUNING_IMAGES, noise_seed)
-                                              for kind in ("gaussian", "uniform")])
-    mode = "fixed" if temperature is not None else "cross" if tune_on == "all" else "transfer" if tune_on else "paper"
-    grid = Grid(parse_floats(temperatures, "--temperatures") if temperatures else PAPER_TEMPERATURES,
-                parse_floats(epsilons, "--epsilons") if epsilons else PAPER_EPSILONS)
-
-    store = ScoreStore(out / "scores", {"weights_sha256": file_sha256(source), "float64": float64, "seed": seed,
-                                        "n_tune": n_tune, "num_ood_images": num_ood_images},
-                       {name: {"source": sources.get(name, spec.dataset), "n": len(ds)} for name, ds in
-                        [("in_distribution", datamodule.test_set), *ood_sets.items(), *tuning_only.items()]})
-    result = run_protocol(classifier, datamodule.test_set, ood_sets, input_std=spec.std, mode=mode, grid=grid,
-                          tune_on=None if mode == "cross" else tune_on, tuning_only_datasets=tuning_only, temperature=temperature,
-                          epsilon=epsilon, n_tune=n_tune, seed=seed, batch_size=batch_size,
-                          num_workers=num_workers, device=device, on_scores=store.save if rank == 0 else None,
-                          load_scores=store.load if resume else None, progress=rank == 0)
-    if rank > 0:
-        return result
-
-    title = f"{spec.dataset or 'in-distribution'}, {classifier.hparams.backbone} ({mode} mode)"
-    table = markdown_table(result.records, title)
-    if mode == "cross":
-        table += "\n\n" + cross_table(result.records)
-    meta = {"checkpoint": str(source), "version": __version__, "mode": mode, "tune_on": tune_on,
-            "seed": seed, "image_spec": spec.to_dict(), "skipped_ood_sets": skipped, "notes": result.notes,
-            "grid": {"temperatures": grid.temperatures, "epsilons": grid.epsilons},
-            "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon, "tuning_fpr_at_95_tpr":
-                              s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid, "grid_edge": s.edge_note}
-                       for name, s in result.selections.items()},
-            "splits": result.splits}
-    paths = write_results(out, result.records, meta, table)
-    figures = _plot(out / "figures", result, meta)
-    fixed = None if temperature is None else (float(temperature), float(epsilon))
-    detectors = _write_detectors(out / "detectors", classifier, result, fixed, {
-        "checkpoint": str(source), "weights_sha256": store.context["weights_sha256"], "in_distribution": spec.dataset,
-        "mode": mode, "seed": seed, "n_tune": n_tune, "threshold_split": "in_distribution/test"})
-    print(table)
-    for note in result.notes:
+    target = load_target(config)
+    suite = _suite(config, target)
+    run = evaluate_protocol(config, target, suite.datasets, sources=suite.sources, tuning_only=suite.tuning_only,
+                            skipped=list(suite.skipped))
+    if world()[0] > 0:
+        return run
+    out = config.output_dir
+    files = write_run(run, target.model, out)
+    print(run.table)
+    for note in run.result.notes:
         print(f"Note: {note}")
-    if store.reused:
-        print(f"Resumed: reused {len(store.reused)} saved score file(s): {', '.join(store.reused)}")
-    print(f"Results: {', '.join(str(p) for p in paths)}; figures in {out / 'figures'}; detectors: "
-          f"{', '.join(str(p) for p in detectors)}")
-    analysis_files = run_analyses(analysis_names, AnalysisContext(
-        model=classifier, input_mean=spec.mean, input_std=spec.std, in_dataset=datamodule.test_set,
-        ood_datasets=ood_sets, result=result, grid=grid, output_dir=out / "analyses", seed=seed,
-        batch_size=batch_size, device=device, num_images=analysis_images, class_names=spec.class_names))
-    if analysis_files:
-        print(f"Analyses ({', '.join(analysis_files)}): {out / 'analyses'}")
-    if logger:
-        _log(out, result, title, meta, figures, analysis_files)
-    return result
+    if run.reused_score_files:
+        print(f"Resumed: reused {len(run.reused_score_files)} saved score file(s): "
+              f"{', '.join(run.reused_score_files)}")
+    print(f"Results: {', '.join(map(str, files.results))}; figures in {out / 'figures'}; detectors: "
+          f"{', '.join(map(str, files.detectors))}")
+    analyses = _run_analyses(run, target, suite)
+    if config.output.logger and (where := log_run(out, run, files.figures, analyses)):
+        print(where)
+    return run
 
 
-def _load(ckpt: str | None, model: str | None, weights: str | None, dataset: str | None, trust_pickle: bool,
-          data_root: str | None) -> tuple[ImageClassifier, ImageDataModule, Path]:
-    """The eval-mode model, its in-distribution DataModule and the file of its weights, from ``--ckpt`` or from
-    ``--model --weights --dataset``."""
-    foreign = (model, weights, dataset)
-    if not ((ckpt is not None and foreign == (None, None, None)) or (ckpt is None and None not in foreign)):
-        raise ValueError("give either --ckpt PATH (a checkpoint of train.py) or all of --model NAME --weights FILE "
-                         "--dataset NAME (a state_dict of another model)")
-    if ckpt is not None:
-        checkpoint = read_checkpoint(ckpt)
-        return load_model(checkpoint, ckpt), build_datamodule(checkpoint, data_root=data_root), Path(ckpt)
-    datamodule = in_distribution_datamodule(dataset, data_root=data_root)
-    return load_foreign_model(model, weights, datamodule.image_spec, trust_pickle), datamodule, Path(weights)
+def _run_analyses(run: ProtocolRun, target: EvaluationTarget, suite: OODSuite) -> dict[str, AnalysisOutput]:
+    outputs = run_analyses(run.config.analyses.names, analysis_context(run, target, suite.datasets))
+    if outputs:
+        print(f"Analyses ({', '.join(outputs)}): {run.config.output_dir / 'analyses'}")
+    return outputs
 
 
-def _write_detectors(folder: Path, model: ImageClassifier, result: ProtocolResult, fixed: tuple[float, float] | None,
-                     info: dict) -> list[Path]:
-    """One detector per tuning (or for the fixed parameters), its threshold at 95% TPR on the in-distribution
-    test split; ``info`` goes into each file's ``tuned_on``."""
-    settings = {name: (s.temperature, s.epsilon) for name, s in result.selections.items()} or {"fixed": fixed}
-    paths = []
-    for name, setting in settings.items():
-        in_scores = result.in_test_scores[setting]
-        tuned_on = {**info, "ood_set": None if name == "fixed" else name, "n_threshold_images": len(in_scores)}
-        detector = ODINDetector.fit(model, *setting, model.image_spec, in_scores, tuned_on=tuned_on)
-        paths.append(detector.save(folder / f"{name}.json"))
-    return paths
-
-
-def _predict(model: ImageClassifier, images: str, detector: str | None, out: Path, data_root: Path, seed: int,
-             num_images: int | None, batch_size: int, num_workers: int, device: str, devices: int,
-             float64: bool) -> Path:
-    """Score every image of a folder or named set with a saved detector on ``devices`` processes (Lightning's
-    predict loop); write ``<out>/predictions/<set>.csv`` in input order and return its path."""
-    if detector is None:
-        raise ValueError("--predict needs --detector FILE (evaluate.py writes them to <output_dir>/detectors/)")
-    odin = ODINDetector.load(detector, model)
-    spec = model.image_spec
-    dataset = build_ood_dataset(images, spec, data_root, seed, num_images)
-    paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
-    csv_path = out / "predictions" / f"{ood_set_name(images)}.csv"
-    accelerator = "gpu" if device.startswith("cuda") else device
-    trainer = Trainer(accelerator=accelerator, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                      precision="64-true" if float64 else "32-true", use_distributed_sampler=False, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[DetectionCSVWriter(csv_path, paths, spec.class_names)], default_root_dir=out)
-    trainer.predict(DetectorModule(odin, dataset, batch_size, num_workers), return_predictions=False)
-    print(f"Predictions for {len(dataset)} images ({ood_set_name(images)}): {csv_path}")
-    return csv_path
-
-
-def _plot(folder: Path, result: ProtocolResult, meta: dict) -> list[Path]:
-    """ROC curves and score histograms per OOD set, and the tuning-grid heatmap per tuned set."""
-    figures = []
-    for name, scores in result.test_scores.items():
-        figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
-        figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
-    grid = meta["grid"]
-    for name, selection in result.selections.items():
-        figures.append(plot_grid(selection.fpr_grid, grid["temperatures"], grid["epsilons"],
-                                 (selection.temperature, selection.epsilon), f"tuning on {name}",
-                                 folder / f"grid_{name}.png"))
-    return figures
-
-
-def _log(out: Path, result: ProtocolResult, title: str, meta: dict, figures: list[Path],
-         analysis_files: dict[str, list[Path]]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        run_logger = default_logger(out, name="evaluate")
-    metrics = {f"ood/{r['ood']}/{r['method']}/{k}": v for r in result.records for k, v in r.items()
-               if isinstance(v, float)}
-    for name, (numbers, *_) in analysis_files.items():
-        metrics.update(scalar_metrics(json.loads(numbers.read_text()), f"analyses/{name}"))
-    run_logger.log_hyperparams({"title": title, "mode": meta["mode"], "seed": meta["seed"],
-                                "tune_on": json.dumps(meta["tune_on"])})
-    run_logger.log_metrics(metrics)
-    if isinstance(run_logger, WandbLogger):
-        import wandb
-
-        columns = [k for k in result.records[0] if k not in ("grid_edge",)]
-        run_logger.log_table("results", columns=columns, data=[[r.get(c) for c in columns] for r in result.records])
-        for kind in ("roc", "scores", "grid"):  # one panel per kind: images of one size
-            group = [f for f in figures if f.stem.startswith(f"{kind}_")]
-            if group:
-                run_logger.log_image(f"figures/{kind}", images=[str(f) for f in group], caption=[f.stem for f in group])
-        for name, (numbers, *image) in analysis_files.items():  # the figure, and the numbers in full as a run file
-            if image:
-                run_logger.log_image(f"analyses/{name}", images=[str(image[0])])
-            run_files = Path(run_logger.experiment.dir) / "analyses"  # uploaded with the run
-            run_files.mkdir(exist_ok=True)
-            shutil.copy(numbers, run_files / numbers.name)
-        for name, scores in result.test_scores.items():
-            curves = {method: roc_points(*pair) for method, pair in scores.items()}
-            xs = [fpr[::max(1, len(fpr) // 500)].tolist() for fpr, _ in curves.values()]
-            ys = [tpr[::max(1, len(tpr) // 500)].tolist() for _, tpr in curves.values()]
-            run_logger.experiment.log({f"roc/{name}": wandb.plot.line_series(
-                xs=xs, ys=ys, keys=list(curves), title=f"ROC {name}", xname="FPR")})
-    run_logger.finalize("success")
-    if note := describe_logger(run_logger):
-        print(note)
-
-
-def _process(rank: int, world_size: int, port: int, options: dict) -> None:
-    """One of ``devices`` evaluation processes."""
+def _protocol_process(rank: int, world_size: int, port: int, config: ProtocolConfig) -> None:
+    """One of ``devices`` protocol processes."""
     init_process_group(rank, world_size, port)
     try:
-        evaluate(**options)
+        protocol(config)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> ProtocolResult | Path | None:
-    """Parse ``argv`` (default: the command line) and run :func:`evaluate`."""
-    return auto_cli(evaluate, as_positional=False, args=argv)
+def analyses(run_dir: Path, options: AnalysesOptions, device: str | None,
+             protocol_parser: ArgumentParser) -> dict[str, AnalysisOutput]:
+    """The analyses of a finished run: its config and saved scores give the protocol's result again (nothing is
+    scored for the protocol), then the analyses run as with ``protocol --analyses.names``."""
+    saved = run_dir / SAVED_CONFIG
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved} does not exist: give the output folder of a finished protocol run "
+                                "(it holds config.yaml, results.json and scores/)")
+    options_ns = protocol_parser.parse_path(saved)
+    options_ns.output.dir = str(run_dir)
+    options_ns.runtime.devices = 1
+    if device is not None:
+        options_ns.runtime.device = device
+    config = _typed(ProtocolConfig, protocol_parser.instantiate(options_ns))
+    config.analyses = options
+    target = load_target(config)
+    suite = _suite(config, target)
+    run = evaluate_protocol(config, target, suite.datasets, sources=suite.sources, tuning_only=suite.tuning_only,
+                            skipped=list(suite.skipped), saved_scores_only=True)
+    return _run_analyses(run, target, suite)
+
+
+def predict(config: PredictConfig) -> Path:
+    """Score every image of ``config.images`` with a saved detector; returns the CSV's path."""
+    target = load_target(config)
+    detector = ODINDetector.load(config.detector, target.model)
+    spec = target.spec
+    dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images)
+    paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
+    csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"
+    runtime = config.runtime
+    predict_with_detector(detector, dataset, DetectionCSVWriter(csv_path, paths, spec.class_names),
+                          device=runtime.resolved_device(), devices=runtime.devices, precision=runtime.precision,
+                          batch_size=runtime.batch_size, num_workers=runtime.num_workers,
+                          root_dir=config.output_folder)
+    print(f"Predictions for {len(dataset)} images ({ood_set_name(config.images)}): {csv_path}")
+    return csv_path
+
+
+def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, AnalysisOutput] | None:
+    """Parse ``argv`` (default: the command line) and run its subcommand (``protocol`` when none is given)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("-h", "--help"):
+        argv, notes = modernize(argv)
+        for note in notes:
+            print(f"Note: {note}", file=sys.stderr)
+    parser, subparsers = build_parser()
+    parsed = parser.parse_args(argv)
+    command = parsed.command
+    options, subparser = parsed[command], subparsers[command]
+    if command == "analyses":
+        return analyses(Path(options.run_dir), subparser.instantiate(options).analyses, options.device,
+                        subparsers["protocol"])
+    _prepare_data(options)
+    config_class = ProtocolConfig if command == "protocol" else PredictConfig
+    config = _typed(config_class, subparser.instantiate(options))
+    if command == "predict":
+        return predict(config)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SAVED_CONFIG).write_text(subparser.dump(_resolve_paths(options, out), skip_none=False))
+    return protocol(config)
+
+
+def run_command_line() -> int:
+    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command_line())

@@ -172,7 +172,8 @@ def main() -> None:
     images = torch.randn(args.images, 3, 32, 32)
     model = make_model(args.device)
     batches = [x.to(args.device) for x in images.split(args.batch_size)]
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else f"CPU, {torch.get_num_threads()} threads")
     print(f"DenseNet-BC-100, {args.images} images at batch {args.batch_size} (grid: {args.grid_images} images), "
           f"{device_name}, torch {torch.__version__}")
     rows = []

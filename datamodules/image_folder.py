@@ -57,7 +57,7 @@ class ArrayImageDataset(Dataset):
 def _readable(path: Path) -> bool:
     try:
         with Image.open(path) as image:
-            image.size  # Image.open parses the header only
+            image.size  # noqa: B018  Image.open parses the header only
         return True
     except _PIL_ERRORS:
         return False

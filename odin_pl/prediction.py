@@ -8,9 +8,11 @@ outputs carry the images' indices in the data set.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -52,3 +54,16 @@ class DetectorModule(pl.LightningModule):
         detection = self.detector.predict_all(images)
         return {"index": index, "predicted_class": detection.predicted_class, "msp": detection.msp,
                 "odin": detection.odin, "is_ood": detection.is_ood}
+
+
+def predict_with_detector(detector: ODINDetector, dataset: Dataset, writer: Callback, *, device: str = "auto",
+                          devices: int = 1, precision: str = "32-true", batch_size: int = 256, num_workers: int = 0,
+                          root_dir: str | Path | None = None) -> None:
+    """Score every image of ``dataset`` once with ``detector`` on ``devices`` processes (Lightning's predict
+    loop); ``writer`` (e.g. ``callbacks.DetectionCSVWriter``) receives each batch's outputs."""
+    accelerator = "gpu" if device.startswith("cuda") else device
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                         precision=precision, use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[writer],
+                         default_root_dir=root_dir)
+    trainer.predict(DetectorModule(detector, dataset, batch_size, num_workers), return_predictions=False)

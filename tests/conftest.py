@@ -23,3 +23,18 @@ def shared_dataset(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available on this machine")
     return path
+
+
+@pytest.fixture(scope="session")
+def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The quickstart config (``python train.py``) trained for 2 epochs in a temporary folder, once per session."""
+    import train
+
+    workdir = tmp_path_factory.mktemp("quickstart")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        ckpt = train.main(["--trainer.max_epochs", "2", "--trainer.logger", "false"])
+    finally:
+        os.chdir(cwd)
+    return str(workdir / ckpt)

@@ -27,8 +27,6 @@ from odin_pl.protocol import run_protocol
 from odin_pl.scoring import max_softmax
 from odin_pl.tuning import Grid
 
-from quickstart_checkpoint import trained_quickstart
-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -172,10 +170,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisContext,
 @pytest.mark.parametrize("name", list(ANALYSES))
 def test_each_analysis_writes_its_figure_and_numbers(tiny_run, name: str) -> None:
     context, files = tiny_run
-    assert [p.name for p in files[name]] == [f"{name}.json", f"{name}.png"]
-    assert files[name][1].read_bytes()[:8] == PNG
-    data = json.loads(files[name][0].read_text())
-    assert data["analysis"] == name and scalar_metrics(data, name)
+    assert [p.name for p in files[name].paths] == [f"{name}.json", f"{name}.png"]
+    assert files[name].figure_path.read_bytes()[:8] == PNG
+    data = json.loads(files[name].json_path.read_text())
+    assert data == files[name].numbers and data["analysis"] == name and scalar_metrics(data, name)
 
 
 def _data(tiny_run, name: str) -> dict:
@@ -227,14 +225,10 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     assert taylor["order_proposition1"] == pytest.approx(1, abs=0.01)
 
 
-@pytest.fixture(scope="module")
-def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return trained_quickstart(tmp_path_factory)
-
-
 def test_evaluate_runs_all_analyses_and_logs_their_numbers(quickstart_ckpt: str, tmp_path) -> None:
-    evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path), ood="gaussian,photos", num_ood_images=100,
-                      temperatures="1,1000", epsilons="0,0.002", analyses="all", analysis_images=60)
+    evaluate.main(["--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path), "--ood", "gaussian,photos",
+                   "--num_ood_images", "100", "--temperatures", "1,1000", "--epsilons", "0,0.002", "--analyses", "all",
+                   "--analysis_images", "60"])  # the flat spelling of earlier versions
     files = {p.name for p in (tmp_path / "analyses").iterdir()}
     assert files == {f"{name}.{ext}" for name in ANALYSES for ext in ("json", "png")}
     sweeps = json.loads((tmp_path / "analyses" / "sweeps.json").read_text())
@@ -245,5 +239,6 @@ def test_evaluate_runs_all_analyses_and_logs_their_numbers(quickstart_ckpt: str,
 
 def test_evaluate_rejects_unknown_analyses_before_scoring(quickstart_ckpt: str, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown analysis 'nope'"):
-        evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path), analyses="sweeps,nope", logger=False)
+        evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--analyses.names",
+                       "sweeps,nope", "--output.logger", "false"])
     assert not (tmp_path / "results.json").exists()

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import REPO
+from data_factories import write_cifar10, write_cifar100, write_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 import train
 from callbacks import ODINEvalCallback
-from conftest import REPO
-from data_factories import write_cifar10, write_cifar100, write_mnist
 from datamodules import MNISTDataModule
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.module import ImageClassifier
@@ -49,7 +49,7 @@ def _yaml(group: str, name: str) -> dict:
 @pytest.fixture(scope="module")
 def parser():
     """train.py's parser (built once; parsing alone instantiates nothing)."""
-    return train.build_cli(["--trainer.logger", "false"]).parser
+    return train.build_cli(["--trainer.logger", "false"], run=False).parser
 
 
 def _parse(parser, *configs: str) -> dict:
@@ -76,7 +76,7 @@ def test_experiment_starts_training(experiment: str, tmp_path: Path) -> None:
     """fast_dev_run: one training step, one validation and one test batch at batch 2; the last checkpoint only."""
     cli = train.build_cli(["--config", _config("experiment", experiment), "--trainer.fast_dev_run", "true",
                            *_quick_args(tmp_path, _data_name(experiment))])
-    ckpt = train.fit_and_test(cli)
+    ckpt = cli.checkpoint_path
     assert Path(ckpt) == tmp_path / "run" / "checkpoints" / "last.ckpt" and Path(ckpt).is_file()
     assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # val_split = 0: nothing is selected
     assert cli.trainer.global_step == 1 and "test/acc" in cli.trainer.callback_metrics
@@ -127,7 +127,7 @@ def test_configs_compose_later_files_win(parser) -> None:
 def test_train_adds_the_checkpoint_and_keeps_appended_callbacks(tmp_path: Path) -> None:
     def callbacks(*extra: str) -> list:
         cli = train.build_cli(["--config", _config("experiment", "mlp_mnist"), "--config",
-                               _config("callbacks", "odin_eval"), *_quick_args(tmp_path, "mnist"), *extra])
+                               _config("callbacks", "odin_eval"), *_quick_args(tmp_path, "mnist"), *extra], run=False)
         return cli.trainer.callbacks
 
     plain = callbacks()
@@ -139,7 +139,7 @@ def test_train_adds_the_checkpoint_and_keeps_appended_callbacks(tmp_path: Path) 
     assert (selecting.monitor, selecting.mode, selecting.save_top_k) == ("val/acc", "max", 1) and selecting.save_last
     assert not any(isinstance(c, ModelCheckpoint) for c in callbacks("--trainer.enable_checkpointing", "false"))
     ddp = train.build_cli(["--config", _config("experiment", "mlp_mnist"), "--config", _config("trainer", "ddp"),
-                           *_quick_args(tmp_path, "mnist")]).trainer
+                           *_quick_args(tmp_path, "mnist")], run=False).trainer
     assert isinstance(ddp.strategy, DDPStrategy) and ddp.num_devices == 2
 
 
@@ -157,9 +157,9 @@ def test_best_checkpoint_only_with_a_validation_split(tmp_path: Path) -> None:
 def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
     """The checkpoint restores the weights, hyper-parameters and image spec; --ckpt_path last resumes."""
     args = ["--config", _config("experiment", "mlp_mnist"), *_quick_args(tmp_path, "mnist")]
-    cli = train.build_cli([*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+    cli = train.build_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
                            "--trainer.limit_test_batches", "2"])
-    ckpt = train.fit_and_test(cli)
+    ckpt = cli.checkpoint_path
     checkpoint = read_checkpoint(ckpt)
     model = load_model(checkpoint, ckpt)
     trained = cli.model.state_dict()

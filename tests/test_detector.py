@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 import evaluate
@@ -16,9 +17,6 @@ from odin_pl import ODINDetector, msp_score, odin_score
 from odin_pl.checkpoint import load_model, read_checkpoint
 from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
 from odin_pl.spec import ImageSpec
-
-from conftest import REPO
-from quickstart_checkpoint import trained_quickstart
 
 SPEC = ImageSpec(size=4, channels=2, mean=(0.5, 0.4), std=(0.25, 0.5), class_names=("a", "b", "c"), dataset="toy")
 
@@ -30,11 +28,6 @@ def _model() -> nn.Module:
 
 def _images(n: int = 23, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return trained_quickstart(tmp_path_factory)
 
 
 @pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5, 1.0])
@@ -139,8 +132,9 @@ print(json.dumps({"scores": detector.score(x).tolist(), "is_ood": is_ood.tolist(
 
 def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process(quickstart_ckpt: str,
                                                                                   tmp_path) -> None:
-    result = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path), ood="gaussian,uniform", num_ood_images=100,
-                               temperatures="1,1000", epsilons="0,0.002", logger=False)
+    result = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--ood.sets",
+                            "gaussian,uniform", "--ood.num_images", "100", "--tuning.temperatures", "1,1000",
+                            "--tuning.epsilons", "0,0.002", "--output.logger", "false"]).result
     assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["gaussian.json", "uniform.json"]
     model = load_model(read_checkpoint(quickstart_ckpt))
     saved_in = torch.load(tmp_path / "scores" / "in_distribution__test.pt")

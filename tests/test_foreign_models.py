@@ -23,8 +23,6 @@ from odin_pl.models import DenseNet, WideResNet
 from odin_pl.module import ImageClassifier
 from odin_pl.spec import ImageSpec
 
-from quickstart_checkpoint import trained_quickstart
-
 RELEASE_CLASSES = {"densenet": ("DenseNet3", "DenseBlock", "BottleneckBlock", "TransitionBlock"),
                    "wideresnet": ("WideResNet", "NetworkBlock", "BasicBlock")}
 
@@ -165,20 +163,17 @@ def test_a_timm_model_state_dict_loads(tmp_path) -> None:
         assert torch.equal(model.net.state_dict()[key], value)
 
 
-@pytest.fixture(scope="module")
-def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return trained_quickstart(tmp_path_factory)
-
-
 def test_evaluate_a_plain_state_dict_equals_the_checkpoint(quickstart_ckpt: str, tmp_path) -> None:
     checkpoint = torch.load(quickstart_ckpt, weights_only=True)
     net = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items()}
     torch.save(net, tmp_path / "mlp.pth")
-    options = dict(ood="uniform", num_ood_images=60, temperature=1000.0, epsilon=0.002, logger=False)
-    reference = evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "ckpt"), **options)
-    foreign = evaluate.evaluate(model="hendrycks_mlp", weights=str(tmp_path / "mlp.pth"), dataset="digits",
-                                output_dir=str(tmp_path / "foreign"), **options)
-    assert foreign.records == reference.records
+    options = ["--ood.sets", "uniform", "--ood.num_images", "60", "--tuning.mode", "fixed", "--tuning.temperature",
+               "1000", "--tuning.epsilon", "0.002", "--output.logger", "false"]
+    reference = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "ckpt"), *options])
+    digits = ["--data", "datamodules.DigitsDataModule"]
+    foreign = evaluate.main(["protocol", "--model", "hendrycks_mlp", "--weights", str(tmp_path / "mlp.pth"), *digits,
+                             "--output.dir", str(tmp_path / "foreign"), *options])
+    assert foreign.result.records == reference.result.records
     saved = json.loads((tmp_path / "foreign" / "results.json").read_text())
     assert saved["checkpoint"] == str(tmp_path / "mlp.pth")
     assert (tmp_path / "foreign" / "detectors" / "fixed.json").exists()
@@ -186,23 +181,25 @@ def test_evaluate_a_plain_state_dict_equals_the_checkpoint(quickstart_ckpt: str,
     whole = tmp_path / "whole.pth"
     torch.save(load_model(read_checkpoint(quickstart_ckpt)).net, whole)
     with pytest.raises(ValueError, match="pass --trust_pickle"):
-        evaluate.evaluate(model="hendrycks_mlp", weights=str(whole), dataset="digits", **options)
+        evaluate.main(["--model", "hendrycks_mlp", "--weights", str(whole), "--dataset", "digits", *options])
     with pytest.warns(UserWarning, match="arbitrary code"):
-        trusted = evaluate.evaluate(model="hendrycks_mlp", weights=str(whole), dataset="digits", trust_pickle=True,
-                                    output_dir=str(tmp_path / "trusted"), **options)
-    assert trusted.records == reference.records
+        trusted = evaluate.main(["--model", "hendrycks_mlp", "--weights", str(whole), "--dataset", "digits",
+                                 "--trust_pickle", "true", "--output.dir", str(tmp_path / "trusted"), *options])
+    assert trusted.result.records == reference.result.records
 
 
 def test_evaluate_foreign_model_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     checkpoint = torch.load(quickstart_ckpt, weights_only=True)
     torch.save({k[len("net."):]: v for k, v in checkpoint["state_dict"].items()}, tmp_path / "mlp.pth")
+    weights = ["--weights", str(tmp_path / "mlp.pth")]
+    out = ["--output.dir", str(tmp_path / "out"), "--output.logger", "false"]
     with pytest.raises(ValueError, match="do not fit small_cnn with 10 classes and 1 input channel"):
-        evaluate.evaluate(model="small_cnn", weights=str(tmp_path / "mlp.pth"), dataset="digits", logger=False)
-    with pytest.raises(ValueError, match="give either --ckpt PATH .* or all of --model NAME"):
-        evaluate.evaluate(model="hendrycks_mlp", weights=str(tmp_path / "mlp.pth"), logger=False)
-    with pytest.raises(ValueError, match="give either --ckpt"):
-        evaluate.evaluate(quickstart_ckpt, model="hendrycks_mlp", weights=str(tmp_path / "mlp.pth"), dataset="digits")
+        evaluate.main(["--model", "small_cnn", *weights, "--dataset", "digits", *out])
+    with pytest.raises(ValueError, match="say what to evaluate: --ckpt PATH .* or all of --model NAME"):
+        evaluate.main(["--model", "hendrycks_mlp", *weights, *out])
+    with pytest.raises(ValueError, match="give either --ckpt or --model/--weights"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--model", "hendrycks_mlp", *weights, "--dataset", "digits", *out])
     with pytest.raises(ValueError, match="unknown in-distribution data set 'svhn'; use one of cifar10, cifar100"):
-        evaluate.evaluate(model="hendrycks_mlp", weights=str(tmp_path / "mlp.pth"), dataset="svhn")
+        evaluate.main(["--model", "hendrycks_mlp", *weights, "--dataset", "svhn", *out])
     with pytest.raises(ValueError, match="unknown backbone 'no_such_net'"):
-        evaluate.evaluate(model="no_such_net", weights=str(tmp_path / "mlp.pth"), dataset="digits")
+        evaluate.main(["--model", "no_such_net", *weights, "--dataset", "digits", *out])

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+from conftest import requires_gpu
 from PIL import Image
 
 import evaluate
@@ -14,14 +15,11 @@ from datamodules.transforms import ToSpec
 from odin_pl import ODINDetector
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
 
-from conftest import requires_gpu
-from quickstart_checkpoint import trained_quickstart
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+def setup(quickstart_ckpt: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     """(checkpoint, detector file, folder of 13 images in nested folders, with files that are not images)."""
-    ckpt = trained_quickstart(tmp_path_factory)
+    ckpt = quickstart_ckpt
     checkpoint = read_checkpoint(ckpt)
     model, datamodule = load_model(checkpoint), build_datamodule(checkpoint)
     datamodule.setup("test")
@@ -48,8 +46,8 @@ def _rows(path) -> list[dict[str, str]]:
 
 def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
-    path = evaluate.evaluate(ckpt, predict=images, detector=detector_path, output_dir=str(tmp_path), batch_size=4,
-                             device="cpu")
+    path = evaluate.main(["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--output_dir",
+                          str(tmp_path), "--runtime.batch_size", "4", "--runtime.device", "cpu"])
     assert path == tmp_path / "predictions" / "images.csv"
     rows = _rows(path)
     files = find_images(images)
@@ -73,9 +71,10 @@ def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> Non
 def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
     """2 ddp_spawn CPU processes (float64) write the same CSV as 1: every image once, rows in input order."""
     ckpt, detector_path, images = setup
-    options = dict(predict=images, detector=detector_path, batch_size=3, device="cpu", float64=True)
-    one = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "one"), **options))
-    two = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "two"), devices=2, **options))
+    options = ["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--runtime.batch_size", "3",
+               "--runtime.device", "cpu", "--runtime.precision", "64-true"]
+    one = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "one")]))
+    two = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "two"), "--runtime.devices", "2"]))
     assert len(one) == len(two) == 13
     for a, b in zip(one, two):
         assert {k: a[k] for k in ("index", "path", "predicted_class", "is_ood")} == \
@@ -87,20 +86,22 @@ def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
 
 def test_predict_errors_are_clear(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
-    with pytest.raises(ValueError, match="--predict needs --detector"):
-        evaluate.evaluate(ckpt, predict=images, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="predict needs --detector"):
+        evaluate.main(["--ckpt", ckpt, "--predict", images, "--output_dir", str(tmp_path)])  # the old spelling
     with pytest.raises(FileNotFoundError, match="detector file .* does not exist"):
-        evaluate.evaluate(ckpt, predict=images, detector=str(tmp_path / "nope.json"), output_dir=str(tmp_path))
+        evaluate.main(["predict", "--ckpt", ckpt, "--images", images, "--detector", str(tmp_path / "nope.json")])
     with pytest.raises(ValueError, match="unknown OOD set 'no_such_folder'"):
-        evaluate.evaluate(ckpt, predict="no_such_folder", detector=detector_path, output_dir=str(tmp_path))
+        evaluate.main(["predict", "--ckpt", ckpt, "--images", "no_such_folder", "--detector", detector_path,
+                       "--output_dir", str(tmp_path)])
 
 
 @requires_gpu
 def test_predict_on_the_gpu_equals_the_cpu(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
-    options = dict(predict=images, detector=detector_path, batch_size=4, float64=True)
-    cpu = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "cpu"), device="cpu", **options))
-    gpu = _rows(evaluate.evaluate(ckpt, output_dir=str(tmp_path / "gpu"), device="cuda", **options))
+    options = ["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--runtime.batch_size", "4",
+               "--runtime.precision", "64-true"]
+    cpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "cpu"), "--runtime.device", "cpu"]))
+    gpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "gpu"), "--runtime.device", "cuda"]))
     for a, b in zip(cpu, gpu, strict=True):
         assert [a[k] for k in ("index", "path", "predicted_class", "is_ood")] == \
                [b[k] for k in ("index", "path", "predicted_class", "is_ood")]

@@ -7,13 +7,12 @@ see the modules for the math. ``run_analyses(parse_analyses("all"), context)`` r
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from odin_pl.analyses import distances, gradients, logit_stats, sweeps, taylor, thresholds, tuning_size
-from odin_pl.analyses.context import AnalysisContext
+from odin_pl.analyses.context import AnalysisContext, AnalysisOutput
 
-ANALYSES: dict[str, Callable[[AnalysisContext], list[Path]]] = {
+ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "sweeps": sweeps.run,                  # Figures 3, 4, 7-9
     "logit-stats": logit_stats.run,        # Figure 5 a-b, f-g, Figure 10
     "gradient-norms": gradients.run,       # Figure 5 c-e, Figures 11-12
@@ -24,7 +23,7 @@ ANALYSES: dict[str, Callable[[AnalysisContext], list[Path]]] = {
     "taylor": taylor.run,                  # equation (3), appendices D and E
 }
 
-__all__ = ["ANALYSES", "AnalysisContext", "parse_analyses", "run_analyses", "scalar_metrics"]
+__all__ = ["ANALYSES", "AnalysisContext", "AnalysisOutput", "parse_analyses", "run_analyses", "scalar_metrics"]
 
 
 def parse_analyses(names: str | None) -> list[str]:
@@ -39,8 +38,8 @@ def parse_analyses(names: str | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def run_analyses(names: list[str], context: AnalysisContext) -> dict[str, list[Path]]:
-    """Run the named analyses; returns the files each one wrote (its JSON, then its PNG when it drew one)."""
+def run_analyses(names: list[str], context: AnalysisContext) -> dict[str, AnalysisOutput]:
+    """Run the named analyses; returns what each one wrote."""
     return {name: ANALYSES[name](context) for name in names}
 
 

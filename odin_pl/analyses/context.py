@@ -20,6 +20,20 @@ from odin_pl.tuning import Grid
 IN = "in_distribution"
 
 
+@dataclass(frozen=True)
+class AnalysisOutput:
+    """What one analysis wrote: its numbers (as in its JSON file), the JSON file and the figure, if any."""
+
+    name: str
+    numbers: dict[str, Any]
+    json_path: Path
+    figure_path: Path | None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.json_path] if self.figure_path is None else [self.json_path, self.figure_path]
+
+
 @dataclass
 class AnalysisContext:
     """The eval-mode model, its input normalization, the data sets, the protocol's result and where to write.
@@ -94,9 +108,11 @@ class AnalysisContext:
         """Clean logits of the set's sample."""
         return self.forward(name)[0]
 
-    def write(self, name: str, data: dict[str, Any], figure: Figure | None) -> list[Path]:
+    def write(self, name: str, data: dict[str, Any], figure: Figure | None) -> AnalysisOutput:
         """``<name>.json`` and, when there is a figure, ``<name>.png`` in the output folder."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        numbers = {"analysis": name, **data}
         json_path = self.output_dir / f"{name}.json"
-        json_path.write_text(json.dumps({"analysis": name, **data}, indent=1))
-        return [json_path] if figure is None else [json_path, save_figure(figure, self.output_dir / f"{name}.png")]
+        json_path.write_text(json.dumps(numbers, indent=1))
+        figure_path = None if figure is None else save_figure(figure, self.output_dir / f"{name}.png")
+        return AnalysisOutput(name, numbers, json_path, figure_path)

@@ -11,14 +11,12 @@ On flattened [0, 1] pixels of equal-size seeded samples V = {v_1..v_m}, W = {w_1
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 
 
 def _off_diagonal_mean(matrix: Tensor) -> Tensor:
@@ -44,7 +42,7 @@ def mmd2_and_energy(v: Tensor, w: Tensor) -> dict[str, float]:
     return {"mmd2": mmd2, "energy": energy, "two_sigma2": two_sigma2}
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     mean = torch.as_tensor(ctx.input_mean, dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.as_tensor(ctx.input_std, dtype=torch.float64).view(1, -1, 1, 1)
 

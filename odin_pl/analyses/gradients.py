@@ -7,7 +7,6 @@ shows the density of the norm at T = 1000 and E[norm | S] at T = 1 and T = 1000,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -15,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.stats import binned_mean, centers, density, shared_edges
-from odin_pl.scoring import StdLike, std_view, check_model_in_eval, max_softmax
+from odin_pl.scoring import StdLike, check_model_in_eval, max_softmax, std_view
 
 TEMPERATURES = (1.0, 1000.0)
 
@@ -41,7 +40,7 @@ def gradient_norms(model: nn.Module, x: Tensor, temperatures: Sequence[float], i
         return torch.stack(norms).detach()
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     names = [IN, *ctx.ood_datasets]
     norms = {name: torch.cat([gradient_norms(ctx.model, x, TEMPERATURES, ctx.input_std).double().cpu()
                               for x, _ in ctx.batches(name, ctx.sample(name))], dim=1) for name in names}

@@ -11,13 +11,11 @@ one OOD image.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.stats import binned_mean, centers, density, shared_edges
 
 
@@ -35,7 +33,7 @@ def u1_u2(logits: Tensor) -> tuple[Tensor, Tensor]:
     return gaps.mean(dim=1), gaps.square().mean(dim=1)
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     names = [IN, *ctx.ood_datasets]
     stats = {name: u1_u2(ctx.logits(name)) for name in names}
     edges = shared_edges(u1 for u1, _ in stats.values())

@@ -7,18 +7,16 @@ at T = 1000 (both). A line whose fixed value is not on the grid is skipped, and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.metrics import ood_metrics
 
 LINES = (("T", "epsilon", 0.0), ("epsilon", "T", 1.0), ("epsilon", "T", 1000.0))  # (x axis, fixed, fixed value)
 METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR (%)"), ("auroc", "AUROC (%)"))
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     scores = ctx.result.tuning_scores
     sets = [name for name in scores if name != IN]
     if not sets:

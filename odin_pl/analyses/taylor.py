@@ -13,13 +13,12 @@ reported per T, with the convergence order estimated from the two largest T.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.scoring import max_softmax
 
 TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
@@ -60,7 +59,7 @@ def convergence_order(errors: dict[float, float]) -> float:
     return math.log(e1 / e2) / math.log(t2 / t1)
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     logits = ctx.logits(IN)
     taylor = {t: expansion_error(logits, t).abs().max().item() for t in TEMPERATURES}
     limit = {t: proposition1_gap(logits, t).abs().max().item() for t in TEMPERATURES}

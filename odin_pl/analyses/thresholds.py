@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.metrics import threshold_at_tpr
 from odin_pl.protocol import MSP
 
@@ -25,7 +23,7 @@ def _setting_label(temperature: float, epsilon: float) -> str:
     return f"T={temperature:g}, eps={epsilon:g}"
 
 
-def run_threshold(ctx: AnalysisContext) -> list[Path]:
+def run_threshold(ctx: AnalysisContext) -> AnalysisOutput:
     sets = {}
     for name, (_, odin) in ctx.reported().items():
         s_in, s_out = (s.double() for s in ctx.result.test_scores[name]["odin"])
@@ -51,7 +49,7 @@ def _threshold_figure(sets: dict) -> plt.Figure:
     return fig
 
 
-def run_accuracy(ctx: AnalysisContext) -> list[Path]:
+def run_accuracy(ctx: AnalysisContext) -> AnalysisOutput:
     test = ctx.test_indices(IN)
     logits, labels = ctx.forward(IN, test)
     correct = (logits.argmax(dim=1) == labels).double()

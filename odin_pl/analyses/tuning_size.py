@@ -11,14 +11,12 @@ its test split, so the protocol's scores are reused; only missing (image, settin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from odin_pl.analyses.context import IN, AnalysisContext
+from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.score_cache import ScoreCache
 from odin_pl.metrics import rates_at_tpr
 from odin_pl.protocol import MSP, score_dataset
@@ -70,7 +68,7 @@ def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
     return cache
 
 
-def run(ctx: AnalysisContext) -> list[Path]:
+def run(ctx: AnalysisContext) -> AnalysisOutput:
     grid = ctx.grid
     caches = {name: _cache(ctx, name) for name in [IN, *ctx.ood_datasets]}
     splits = {name: appendix_h_split(len(ctx.dataset(name)), _protocol_indices(ctx, name),

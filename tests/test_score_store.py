@@ -1,24 +1,15 @@
-"""Resumable evaluation: validated, atomically written score files; the protocol's load_scores hook; --resume."""
+"""odin_pl.score_store: validated, atomically written score files; the protocol's load_scores hook."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import evaluate
 from odin_pl.protocol import run_protocol
 from odin_pl.score_store import ScoreStore, file_sha256
 from odin_pl.tuning import Grid
-
-from conftest import REPO
-from quickstart_checkpoint import trained_quickstart
 
 SETTINGS = [(1.0, 0.0), (10.0, 0.002)]
 
@@ -66,40 +57,3 @@ def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
     assert computed == [("ood", "test")] and partly.records == first.records
     with pytest.raises(ValueError, match="load_scores gave scores of shape"):
         run_protocol(model, in_set, ood, load_scores=lambda *args: torch.zeros(1, 3), **options)
-
-
-@pytest.fixture(scope="module")
-def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return trained_quickstart(tmp_path_factory)
-
-
-OPTIONS = {"ood": "gaussian,uniform", "num_ood_images": 400, "temperatures": "1,1000", "epsilons": "0,0.002",
-           "logger": False}
-CLI = [arg for k, v in OPTIONS.items() for arg in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
-
-
-def test_an_interrupted_evaluation_resumes_without_rescoring(quickstart_ckpt: str, tmp_path, capsys) -> None:
-    out, scores = tmp_path / "resumed", tmp_path / "resumed" / "scores"
-    command = [sys.executable, "evaluate.py", "--ckpt", quickstart_ckpt, "--output_dir", str(out), *CLI]
-    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (scores / "in_distribution__tune.pt").exists():
-        assert run.poll() is None and time.monotonic() < deadline, "evaluate.py ended before writing scores"
-        time.sleep(0.005)
-    run.kill()
-    run.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in scores.glob("*.pt")}
-    assert not (out / "results.json").exists() and 1 <= len(done) < 6, done
-
-    evaluate.evaluate(quickstart_ckpt, output_dir=str(out), resume=True, **OPTIONS)
-    assert f"Resumed: reused {len(done)} saved score file(s)" in capsys.readouterr().out
-    assert {name: (scores / name).stat().st_mtime_ns for name in done} == done  # not recomputed
-    assert len(list(scores.glob("*.pt"))) == 6
-
-    evaluate.evaluate(quickstart_ckpt, output_dir=str(tmp_path / "uninterrupted"), **OPTIONS)
-    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("resumed", "uninterrupted")]
-    assert results[0]["records"] == results[1]["records"] and results[0]["tuning"] == results[1]["tuning"]
-    assert (out / "table.md").read_text() == (tmp_path / "uninterrupted" / "table.md").read_text()
-    for name in ("in_distribution__tune.pt", "uniform__test.pt"):
-        assert torch.equal(torch.load(scores / name)["scores"],
-                           torch.load(tmp_path / "uninterrupted" / "scores" / name)["scores"])

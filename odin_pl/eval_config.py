@@ -1,0 +1,272 @@
+"""The typed option groups of an evaluation; ``evaluate.py`` builds its command line and config files from them.
+
+Each group checks itself when it is built, so a bad combination fails before any model is loaded:
+
+* :class:`OODOptions`      - which OOD sets, how many images of each, download;
+* :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid;
+* :class:`RuntimeOptions`  - where and how scoring runs (device, processes, precision, batches);
+* :class:`OutputOptions`   - where results go, resume, logging;
+* :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
+* :class:`ProtocolConfig`  - what to evaluate (a checkpoint, or a model + weights + DataModule) and the groups.
+
+List options take a list or comma-separated text (``gaussian,uniform``), on the command line and in YAML alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+
+from odin_pl.analyses import parse_analyses
+from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
+
+TuningMode = Literal["paper", "transfer", "cross", "fixed"]
+Precision = Literal["32-true", "64-true"]
+NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
+
+
+def comma_list(value: str | Sequence[str] | None) -> list[str]:
+    """'a, b' or ['a', 'b'] -> ['a', 'b'] (empty items dropped); None -> []."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+@dataclass
+class OODOptions:
+    """The OOD suite.
+
+    Args:
+        sets: OOD set names or image folders (default: the in-distribution data set's suite of the paper).
+        num_images: use a seeded subset of this many images of each OOD set (default: all).
+        download: download missing sets (the paper's released archives; md5-checked).
+    """
+
+    sets: list[str] | str | None = None
+    num_images: int | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        self.sets = comma_list(self.sets)
+        if self.num_images is not None and self.num_images < 2:
+            raise ValueError(f"--ood.num_images must be at least 2 (a tuning and a test image), got {self.num_images}")
+
+
+@dataclass
+class TuningOptions:
+    """How (T, epsilon) is chosen (paper, section 4.4 and appendix H).
+
+    Args:
+        mode: ``paper``: tune on each OOD set's held-out split; ``transfer``: tune once on ``tune_on`` and report
+            every set with it; ``cross``: every tuning on every set (the paper's tables 10 and 11); ``fixed``: use
+            ``temperature`` and ``epsilon``.
+        tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
+            Uniform images drawn apart from the noise test sets).
+        temperatures: the grid's T values (default: 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000).
+        epsilons: the grid's epsilon values (default: 21 values from 0 to 0.004).
+        n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
+        temperature: T of the ``fixed`` mode.
+        epsilon: epsilon of the ``fixed`` mode.
+    """
+
+    mode: TuningMode = "paper"
+    tune_on: str | None = None
+    temperatures: list[float] | str | None = None
+    epsilons: list[float] | str | None = None
+    n_tune: int = PAPER_TUNING_SIZE
+    temperature: float | None = None
+    epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        fixed = (self.temperature, self.epsilon)
+        if self.mode == "fixed" and None in fixed:
+            raise ValueError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
+        if self.mode != "fixed" and fixed != (None, None):
+            raise ValueError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
+                             f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
+        if (self.mode == "transfer") != (self.tune_on is not None):
+            raise ValueError("--tuning.tune_on SET goes with --tuning.mode transfer (and only with it)")
+        if self.n_tune < 1:
+            raise ValueError(f"--tuning.n_tune must be positive, got {self.n_tune}")
+        self.temperatures = list(parse_floats(self.temperatures, "--tuning.temperatures")
+                                 if self.temperatures is not None else PAPER_TEMPERATURES)
+        self.epsilons = list(parse_floats(self.epsilons, "--tuning.epsilons")
+                             if self.epsilons is not None else PAPER_EPSILONS)
+        self.grid  # noqa: B018  (checks the grid now)
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(tuple(self.temperatures), tuple(self.epsilons))
+
+    @property
+    def fixed(self) -> tuple[float, float] | None:
+        """(T, epsilon) of the fixed mode, else None."""
+        return None if self.mode != "fixed" else (float(self.temperature), float(self.epsilon))
+
+
+@dataclass
+class RuntimeOptions:
+    """Where and how scoring runs.
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        devices: number of processes (one GPU each when there are enough GPUs, else CPU processes); each scores its
+            own shard of every set, no image twice, and the metrics equal a single process's.
+        precision: ``32-true`` or ``64-true`` (double precision: slower; for exact comparisons).
+        batch_size: images per scoring batch.
+        num_workers: DataLoader workers.
+    """
+
+    device: str = "auto"
+    devices: int = 1
+    precision: Precision = "32-true"
+    batch_size: int = 256
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError(f"--runtime.devices must be >= 1, got {self.devices}")
+        if self.batch_size < 1:
+            raise ValueError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
+        if self.precision not in ("32-true", "64-true"):
+            raise ValueError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r} (mixed "
+                             "precision ties the softmax scores of large temperatures)")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.precision == "64-true" else torch.float32
+
+    def resolved_device(self) -> str:
+        """``auto`` -> this process's GPU when there is one, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class OutputOptions:
+    """Where results go.
+
+    Args:
+        dir: output folder (default: the run folder's ``evaluation/`` next to ``checkpoints/``).
+        resume: reuse the saved per-image scores of an interrupted run in ``dir`` (same weights, data, splits and
+            settings) instead of scoring them again.
+        logger: log to W&B (offline without network) or CSV.
+    """
+
+    dir: str | None = None
+    resume: bool = False
+    logger: bool = True
+
+
+@dataclass
+class AnalysesOptions:
+    """The paper's analyses (see ``odin_pl.analyses``).
+
+    Args:
+        names: comma-separated analysis names, or ``all``.
+        images: images per set for the per-image analyses and the distance samples.
+    """
+
+    names: list[str] | str | None = None
+    images: int = 1000
+
+    def __post_init__(self) -> None:
+        self.names = parse_analyses(",".join(comma_list(self.names)))
+        if self.images < 2:
+            raise ValueError(f"--analyses.images must be at least 2, got {self.images}")
+
+
+@dataclass
+class ModelSource:
+    """What to evaluate: ``ckpt`` (a checkpoint of train.py, which records its DataModule; ``data`` replaces it),
+    or ``model`` + ``weights`` + ``data`` (a plain state_dict of any timm or odin_pl model and its in-distribution
+    DataModule).
+
+    Args:
+        ckpt: checkpoint written by train.py.
+        model: instead of ``ckpt``: a model name registered in timm or by odin_pl.
+        weights: the model's state_dict file (read with ``weights_only=True``).
+        trust_pickle: allow ``weights`` to be a whole pickled model (unpickling runs code from the file).
+        data: the in-distribution DataModule (``class_path`` + ``init_args``, as in train.py's configs).
+        data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
+        seed: seed of the tuning/test splits, of the generated noise sets and of image subsets.
+    """
+
+    ckpt: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    trust_pickle: bool = False
+    data: LightningDataModule | None = None
+    data_root: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        foreign = (self.model, self.weights)
+        if self.ckpt is None and (None in foreign or self.data is None):
+            raise ValueError("say what to evaluate: --ckpt PATH (a checkpoint of train.py), or all of --model NAME "
+                             "--weights FILE --data DATAMODULE (or --dataset NAME) for a state_dict of another model")
+        if self.ckpt is not None and foreign != (None, None):
+            raise ValueError("give either --ckpt or --model/--weights, not both")
+
+    @property
+    def weights_file(self) -> Path:
+        """The file holding the evaluated weights (its SHA-256 fingerprints the run's scores)."""
+        return Path(self.ckpt if self.ckpt is not None else self.weights)
+
+    def default_output_dir(self) -> Path:
+        """The run folder's ``evaluation/`` (the parent of ``checkpoints/``), else ``evaluation/`` beside the file."""
+        parent = self.weights_file.resolve().parent
+        return (parent.parent if parent.name == "checkpoints" else parent) / "evaluation"
+
+
+@dataclass
+class ProtocolConfig(ModelSource):
+    """A protocol run: what to evaluate (see :class:`ModelSource`) and the option groups."""
+
+    ood: OODOptions = field(default_factory=OODOptions)
+    tuning: TuningOptions = field(default_factory=TuningOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    analyses: AnalysesOptions = field(default_factory=AnalysesOptions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.analyses.names and self.runtime.devices > 1:
+            raise ValueError("the analyses run in a single process: use them with --runtime.devices 1")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir) if self.output.dir else self.default_output_dir()
+
+
+@dataclass
+class PredictConfig(ModelSource):
+    """Score every image of a folder or named set with a saved detector (see :class:`ModelSource`).
+
+    Args:
+        images: a folder of images, or an OOD set name.
+        detector: a detector file written by the protocol (``<output_dir>/detectors/<set>.json``).
+        num_images: score a seeded subset of this many images (default: all).
+        output_dir: where ``predictions/<set>.csv`` goes (default: the run folder's ``evaluation/``).
+    """
+
+    images: str | None = None
+    detector: str | None = None
+    num_images: int | None = None
+    output_dir: str | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.images is None:
+            raise ValueError("predict needs --images FOLDER_OR_SET (the images to score)")
+        if self.detector is None:
+            raise ValueError("predict needs --detector FILE (the protocol writes them to <output_dir>/detectors/)")
+
+    @property
+    def output_folder(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else self.default_output_dir()

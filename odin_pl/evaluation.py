@@ -1,0 +1,161 @@
+"""One evaluation run: load what to evaluate, run the protocol with saved (resumable) scores, describe the result.
+
+``load_target(source)`` gives the eval-mode model and its in-distribution test set; ``evaluate_protocol`` runs
+:func:`odin_pl.protocol.run_protocol` on it and the OOD sets with a :class:`~odin_pl.score_store.ScoreStore`
+(scores saved as they are computed; reused on ``--output.resume``) and returns a :class:`ProtocolRun`, from which
+the reports, detectors, analyses and logs are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from odin_pl import __version__
+from odin_pl.analyses import AnalysisContext
+from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.convert import load_foreign_model
+from odin_pl.distributed import world
+from odin_pl.eval_config import ModelSource, ProtocolConfig
+from odin_pl.module import ImageClassifier
+from odin_pl.protocol import ProtocolResult, Setting, run_protocol
+from odin_pl.report import cross_table, markdown_table
+from odin_pl.score_store import ScoreStore, file_sha256
+from odin_pl.spec import ImageSpec
+
+IN_DISTRIBUTION = "in_distribution"
+
+
+@dataclass
+class EvaluationTarget:
+    """The eval-mode model, its in-distribution DataModule and the file its weights came from."""
+
+    model: ImageClassifier
+    datamodule: LightningDataModule
+    weights_file: Path
+
+    @property
+    def spec(self) -> ImageSpec:
+        return self.model.image_spec
+
+    @property
+    def test_set(self) -> Dataset:
+        """The in-distribution test set (the DataModule is set up on first use)."""
+        if getattr(self.datamodule, "test_set", None) is None:
+            self.datamodule.setup("test")
+        return self.datamodule.test_set
+
+
+def load_target(source: ModelSource) -> EvaluationTarget:
+    """The model and DataModule of a checkpoint (``source.data`` replaces the checkpoint's DataModule), or of a
+    foreign model's weights and ``source.data``."""
+    if source.ckpt is not None:
+        checkpoint = read_checkpoint(source.ckpt)
+        datamodule = source.data or build_datamodule(checkpoint, data_root=source.data_root)
+        return EvaluationTarget(load_model(checkpoint, source.ckpt), datamodule, Path(source.ckpt))
+    model = load_foreign_model(source.model, source.weights, source.data.image_spec, source.trust_pickle)
+    return EvaluationTarget(model, source.data, Path(source.weights))
+
+
+@dataclass
+class ProtocolRun:
+    """A finished protocol run: its configuration, what was evaluated, and the protocol's result."""
+
+    config: ProtocolConfig
+    spec: ImageSpec
+    backbone: str
+    weights_sha256: str
+    result: ProtocolResult
+    skipped_ood_sets: list[str] = field(default_factory=list)
+    reused_score_files: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return self.config.tuning.mode
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.dataset or 'in-distribution'}, {self.backbone} ({self.mode} mode)"
+
+    @property
+    def table(self) -> str:
+        """Table 2 of the paper (and, in cross mode, tables 10/11) in Markdown."""
+        table = markdown_table(self.result.records, self.title)
+        return table + "\n\n" + cross_table(self.result.records) if self.mode == "cross" else table
+
+    def detector_settings(self) -> dict[str, Setting]:
+        """The (T, epsilon) of each tuning, or of the fixed mode (``fixed``): one detector each."""
+        tuned = {name: (s.temperature, s.epsilon) for name, s in self.result.selections.items()}
+        return tuned or {"fixed": self.config.tuning.fixed}
+
+    def meta(self) -> dict[str, Any]:
+        """What results.json says besides the records."""
+        grid = self.config.tuning.grid
+        return {"checkpoint": str(self.config.weights_file), "version": __version__, "mode": self.mode,
+                "tune_on": self.config.tuning.tune_on, "seed": self.config.seed, "image_spec": self.spec.to_dict(),
+                "skipped_ood_sets": self.skipped_ood_sets, "notes": self.result.notes,
+                "grid": {"temperatures": list(grid.temperatures), "epsilons": list(grid.epsilons)},
+                "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon,
+                                  "tuning_fpr_at_95_tpr": s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid,
+                                  "grid_edge": s.edge_note} for name, s in self.result.selections.items()},
+                "splits": self.result.splits}
+
+
+def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
+                sources: Mapping[str, str], tuning_only: Mapping[str, Dataset]) -> ScoreStore:
+    """The run's score files: fingerprinted by the weights, precision, seed, tuning size, image count and sets."""
+    context = {"weights_sha256": file_sha256(target.weights_file), "float64": config.runtime.precision == "64-true",
+               "seed": config.seed, "n_tune": config.tuning.n_tune, "num_ood_images": config.ood.num_images}
+    sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
+    return ScoreStore(config.output_dir / "scores", context,
+                      {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset)}
+                       for name, dataset in sets.items()})
+
+
+def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset], *,
+                      sources: Mapping[str, str] | None = None, tuning_only: Mapping[str, Dataset] | None = None,
+                      skipped: list[str] | None = None, saved_scores_only: bool = False) -> ProtocolRun:
+    """Run the protocol of ``config`` on the target and the OOD sets; in a process group every process scores its
+    shard and only process 0 saves score files.
+
+    ``saved_scores_only``: take every score from the run folder's saved files (resume), and fail with a message
+    when one is missing instead of scoring (for work on a finished run, such as its analyses).
+    """
+    runtime, tuning = config.runtime, config.tuning
+    device = runtime.resolved_device()
+    target.model.to(device=device, dtype=runtime.dtype)
+    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {})
+    resume = store.load if config.output.resume else None
+
+    def load_saved(name: str, split: str, settings: list[Setting]) -> Tensor:
+        scores = store.load(name, split, settings)
+        if scores is None:
+            raise ValueError(f"{store.path(name, split)} is missing or was made with other weights, data or settings;"
+                             " run the protocol (again) into this folder with --output.resume true first")
+        return scores
+
+    rank = world()[0]
+    result = run_protocol(
+        target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode, grid=tuning.grid,
+        tune_on=tuning.tune_on, tuning_only_datasets=tuning_only, temperature=tuning.temperature,
+        epsilon=tuning.epsilon, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
+        num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
+        load_scores=load_saved if saved_scores_only else resume, progress=rank == 0)
+    return ProtocolRun(config, target.spec, target.model.hparams.backbone, store.context["weights_sha256"], result,
+                       list(skipped or []), store.reused)
+
+
+def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset]
+                     ) -> AnalysisContext:
+    """What the paper's analyses of a run need (its model, sets, result and options)."""
+    config = run.config
+    return AnalysisContext(
+        model=target.model, input_mean=run.spec.mean, input_std=run.spec.std, in_dataset=target.test_set,
+        ood_datasets=ood_datasets, result=run.result, grid=config.tuning.grid,
+        output_dir=config.output_dir / "analyses", seed=config.seed, batch_size=config.runtime.batch_size,
+        device=config.runtime.resolved_device(), num_images=config.analyses.images, class_names=run.spec.class_names)

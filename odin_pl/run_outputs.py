@@ -1,0 +1,57 @@
+"""The files of a protocol run: results (table.md, results.json, results.csv), figures and detectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from odin_pl.detector import ODINDetector
+from odin_pl.evaluation import IN_DISTRIBUTION, ProtocolRun
+from odin_pl.module import ImageClassifier
+from odin_pl.plots import plot_grid, plot_histograms, plot_roc
+from odin_pl.report import write_results
+
+
+@dataclass
+class RunFiles:
+    """What :func:`write_run` wrote."""
+
+    results: list[Path]
+    figures: list[Path]
+    detectors: list[Path]
+
+
+def write_run(run: ProtocolRun, model: ImageClassifier, out: Path) -> RunFiles:
+    """Results, figures (``figures/``) and one detector per tuning (``detectors/``) into ``out``."""
+    return RunFiles(write_results(out, run.result.records, run.meta(), run.table),
+                    write_figures(run, out / "figures"), write_detectors(run, model, out / "detectors"))
+
+
+def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
+    """ROC curves and score histograms per OOD set, and the tuning grid's FPR heatmap per tuned set."""
+    figures = []
+    for name, scores in run.result.test_scores.items():
+        figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
+        figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
+    grid = run.config.tuning.grid
+    for name, selection in run.result.selections.items():
+        figures.append(plot_grid(selection.fpr_grid, grid.temperatures, grid.epsilons,
+                                 (selection.temperature, selection.epsilon), f"tuning on {name}",
+                                 folder / f"grid_{name}.png"))
+    return figures
+
+
+def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> list[Path]:
+    """One :class:`ODINDetector` per tuning (or for the fixed parameters), its threshold at 95% TPR on the
+    in-distribution test split, so that its flags reproduce the reported FPR at 95% TPR."""
+    config = run.config
+    info = {"checkpoint": str(config.weights_file), "weights_sha256": run.weights_sha256,
+            "in_distribution": run.spec.dataset, "mode": run.mode, "seed": config.seed,
+            "n_tune": config.tuning.n_tune, "threshold_split": f"{IN_DISTRIBUTION}/test"}
+    paths = []
+    for name, setting in run.detector_settings().items():
+        in_scores = run.result.in_test_scores[setting]
+        tuned_on = {**info, "ood_set": None if name == "fixed" else name, "n_threshold_images": len(in_scores)}
+        detector = ODINDetector.fit(model, *setting, run.spec, in_scores, tuned_on=tuned_on)
+        paths.append(detector.save(folder / f"{name}.json"))
+    return paths

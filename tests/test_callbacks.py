@@ -1,0 +1,57 @@
+"""ODINEvalCallback: the metrics it logs in fit and validate equal a direct computation; bad settings fail early."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from callbacks import ODINEvalCallback
+from datamodules import DigitsDataModule, build_ood_dataset
+from odin_pl import odin_score
+from odin_pl.metrics import ood_metrics
+from odin_pl.module import ImageClassifier
+
+
+def _tiny_model_and_data() -> tuple[ImageClassifier, DigitsDataModule]:
+    datamodule = DigitsDataModule(batch_size=64, eval_batch_size=128)
+    model = ImageClassifier("hendrycks_mlp", image_spec=datamodule.image_spec.to_dict(), optimizer="adam",
+                            lr=1e-3, lr_milestones=[])
+    return model, datamodule
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate"])
+def test_callback_logs_metrics_equal_to_direct_computation(stage: str, tmp_path) -> None:
+    pl.seed_everything(0)
+    model, datamodule = _tiny_model_and_data()
+    callback = ODINEvalCallback(ood=["uniform"], temperature=100.0, epsilon=0.002, batch_size=100, num_images=150)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[callback], default_root_dir=tmp_path,
+                         num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=datamodule) if stage == "fit" else trainer.validate(model, datamodule=datamodule)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ood/")}
+    assert len(logged) == 2 * 6
+    # Independent computation: score the whole test set (= validation set) and the OOD set directly.
+    model.eval()
+    spec = datamodule.image_spec
+    x_in = torch.stack([datamodule.test_set[i][0] for i in range(len(datamodule.test_set))])
+    ood = build_ood_dataset("uniform", spec, num_images=150)
+    x_out = torch.stack([ood[i][0] for i in range(len(ood))])
+    for method, (t, e) in {"msp": (1.0, 0.0), "odin": (100.0, 0.002)}.items():
+        expected = ood_metrics(odin_score(model, x_in, t, e, spec.std), odin_score(model, x_out, t, e, spec.std))
+        for name, value in expected.items():
+            assert logged[f"ood/uniform/{method}/{name}"] == pytest.approx(value, abs=1e-4), (method, name)
+
+
+def test_callback_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        ODINEvalCallback(temperature=0)
+    with pytest.raises(ValueError, match="epsilon"):
+        ODINEvalCallback(epsilon=-1e-3)
+    with pytest.raises(ValueError, match="at least one OOD set"):
+        ODINEvalCallback(ood=[])
+    with pytest.raises(ValueError, match="unknown OOD set"):
+        ODINEvalCallback(ood=["no_such_set"])
+    with pytest.raises(ValueError, match="must be positive"):
+        build_ood_dataset("uniform", DigitsDataModule().image_spec, num_images=0)
+

@@ -1,0 +1,258 @@
+"""evaluate.py: subcommands, config files, the flat spelling of earlier versions, modes, errors and processes.
+
+The outputs' numbers are guarded by test_golden.py; these tests check what each form of the command does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+import evaluate
+from odin_pl.metrics import ood_metrics
+
+EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
+SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
+         "--output.logger", "false"]
+
+
+def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str, tmp_path) -> None:
+    result = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), *SMALL,
+                            "--ood.num_images", "120"]).result
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["ood"], r["method"]) for r in data["records"]} == {
+        (s, m) for s in ("gaussian", "uniform", "photos") for m in ("msp", "odin")}
+    assert (tmp_path / "results.csv").read_text().count("\n") == 7
+    assert "| gaussian |" in (tmp_path / "table.md").read_text()
+    figures = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert {"roc_gaussian.png", "scores_photos.png", "grid_uniform.png"} <= figures and len(figures) == 9
+    # The digits test set has 599 images: half of it tunes, and the note says so.
+    assert data["splits"]["in_distribution"]["n_tune"] == 299 and any("half" in n for n in data["notes"])
+    tune = set(data["splits"]["gaussian"]["tune_indices"])
+    assert len(tune) == 60 and data["splits"]["gaussian"]["n_test"] == 60
+    for record in result.records:
+        assert record["n_in"] == 300 and record["n_out"] == 60
+        assert all(0 <= record[k] <= 1 for k in ("fpr_at_95_tpr", "auroc", "aupr_in", "aupr_out"))
+        if record["method"] == "msp":
+            assert (record["temperature"], record["epsilon"]) == (1.0, 0.0)
+        else:
+            assert record["temperature"] in (1.0, 1000.0) and record["epsilon"] in (0.0, 0.002)
+    # Metrics recomputed from the saved per-image scores agree with the records.
+    saved_in = torch.load(tmp_path / "scores" / "in_distribution__test.pt")
+    saved_out = torch.load(tmp_path / "scores" / "uniform__test.pt")
+    odin = next(r for r in result.records if r["ood"] == "uniform" and r["method"] == "odin")
+    setting = (odin["temperature"], odin["epsilon"])
+    s_in = saved_in["scores"][saved_in["settings"].index(setting)]
+    s_out = saved_out["scores"][saved_out["settings"].index(setting)]
+    assert ood_metrics(s_in, s_out) == {k: odin[k] for k in ood_metrics(s_in, s_out)}
+
+
+def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> None:
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,uniform", *SMALL]
+    fixed = evaluate.main([*common, "--output.dir", str(tmp_path / "f"), "--tuning.mode", "fixed",
+                           "--tuning.temperature", "10", "--tuning.epsilon", "0.001"]).result
+    assert all(r["temperature"] == 10 and r["epsilon"] == 0.001 for r in fixed.records if r["method"] == "odin")
+    transfer = evaluate.main([*common, "--output.dir", str(tmp_path / "t"), "--tuning.mode", "transfer",
+                              "--tuning.tune_on", "noise", "--tuning.temperatures", "1,100",
+                              "--tuning.epsilons", "0,0.001"]).result
+    chosen = {(r["temperature"], r["epsilon"]) for r in transfer.records if r["method"] == "odin"}
+    assert len(chosen) == 1 and set(transfer.selections) == {"noise"}
+    # MSP is reported on identical test splits whatever the mode.
+    msp = lambda res: {r["ood"]: r["auroc"] for r in res.records if r["method"] == "msp"}  # noqa: E731
+    assert msp(fixed) == msp(transfer)
+
+
+def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: str, tmp_path) -> None:
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,uniform,photos", *SMALL]
+    cross = evaluate.main([*common, "--output.dir", str(tmp_path / "c"), "--tuning.mode", "cross"]).result
+    paper = evaluate.main([*common, "--output.dir", str(tmp_path / "p")]).result
+    odin = {(r["ood"], r["tuned_on"]): r for r in cross.records if r["method"] == "odin"}
+    assert len(odin) == 9
+    for record in paper.records:  # the diagonal is the paper protocol's result
+        key = (record["ood"], record["tuned_on"] if record["method"] == "odin" else None)
+        match = odin[key] if record["method"] == "odin" else next(
+            r for r in cross.records if r["ood"] == record["ood"] and r["method"] == "msp")
+        assert {k: match[k] for k in record} == record
+    for (_, tuned_on), record in odin.items():  # off the diagonal: the tuning set's parameters
+        chosen = cross.selections[tuned_on]
+        assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
+    assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
+
+
+def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: str, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "my_images" / "nested"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        pixels = (torch.rand(20, 30, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).convert("RGBA" if i % 3 else "L").save(folder / f"{i}.png")
+    result = evaluate.main(["--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path / "out"), "--ood",
+                            str(tmp_path / "my_images"), "--temperature", "1000", "--epsilon", "0.001", "--logger",
+                            "false"]).result
+    assert {r["ood"] for r in result.records} == {"my_images"}
+    assert result.records[0]["n_out"] == 6
+
+
+def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
+    out = ["--output.dir", str(tmp_path / "out"), "--output.logger", "false"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate.main(["--ckpt", str(tmp_path / "missing.ckpt"), *out])
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        evaluate.main(["--ckpt", str(garbage), *out])
+    with pytest.raises(ValueError, match="unknown OOD set 'nope'"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--ood", "nope", *out])
+    with pytest.raises(ValueError, match="'fixed' needs both --tuning.temperature and --tuning.epsilon"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--temperature", "10", *out])
+    with pytest.raises(ValueError, match="parameters of mode 'fixed'"):
+        evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.epsilon", "0.001", *out])
+    with pytest.raises(ValueError, match="--tuning.tune_on SET goes with --tuning.mode transfer"):
+        evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.mode", "transfer", *out])
+    with pytest.raises(ValueError, match="tune_on='nope' is not one of the evaluated sets"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--tune_on", "nope", "--ood", "uniform", *out])
+    checkpoint = torch.load(quickstart_ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["num_classes"] = 7  # the weights have a 10-way head
+    mismatched = tmp_path / "mismatch.ckpt"
+    torch.save(checkpoint, mismatched)
+    with pytest.raises(ValueError, match="do not fit backbone 'hendrycks_mlp'"):
+        evaluate.main(["--ckpt", str(mismatched), *out])
+
+
+def test_evaluate_cli_runs_and_reports_errors(quickstart_ckpt: str, tmp_path) -> None:
+    ok = subprocess.run([sys.executable, "evaluate.py", "--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path),
+                         "--ood", "uniform", "--num_ood_images", "50", "--temperature", "1000", "--epsilon",
+                         "0.0014", "--logger", "false"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "| uniform |" in ok.stdout and (tmp_path / "results.json").exists()
+    bad = subprocess.run([sys.executable, "evaluate.py", "--ckpt", str(tmp_path / "nope.ckpt")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("evaluate.py: error: checkpoint") and "does not exist" in \
+        bad.stderr
+
+
+def test_evaluate_on_two_processes_equals_one(quickstart_ckpt: str, tmp_path) -> None:
+    """Sharded scoring over 2 gloo processes (float64) gives exactly the single-process results."""
+    options = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,photos", *SMALL, "--ood.num_images", "90",
+               "--runtime.precision", "64-true"]
+    evaluate.main([*options, "--output.dir", str(tmp_path / "one")])
+    assert evaluate.main([*options, "--output.dir", str(tmp_path / "two"), "--runtime.devices", "2"]) is None
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert one["records"] == two["records"] and one["tuning"] == two["tuning"]
+    # Per-image scores agree to float64 rounding (a batch of other size may sum in another order).
+    for name in ("in_distribution__test", "gaussian__tune", "photos__test"):
+        torch.testing.assert_close(torch.load(tmp_path / "one" / "scores" / f"{name}.pt")["scores"],
+                                   torch.load(tmp_path / "two" / "scores" / f"{name}.pt")["scores"],
+                                   rtol=0, atol=1e-12)
+
+
+RESUMED = ["--ood.sets", "gaussian,uniform", *SMALL, "--ood.num_images", "400"]
+
+
+def test_an_interrupted_evaluation_resumes_without_rescoring(quickstart_ckpt: str, tmp_path, capsys) -> None:
+    out, scores = tmp_path / "resumed", tmp_path / "resumed" / "scores"
+    command = [sys.executable, "evaluate.py", "protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(out), *RESUMED]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (scores / "in_distribution__tune.pt").exists():
+        assert run.poll() is None and time.monotonic() < deadline, "evaluate.py ended before writing scores"
+        time.sleep(0.005)
+    run.kill()
+    run.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in scores.glob("*.pt")}
+    assert not (out / "results.json").exists() and 1 <= len(done) < 6, done
+
+    evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(out), "--output.resume", "true",
+                   *RESUMED])
+    assert f"Resumed: reused {len(done)} saved score file(s)" in capsys.readouterr().out
+    assert {name: (scores / name).stat().st_mtime_ns for name in done} == done  # not recomputed
+    assert len(list(scores.glob("*.pt"))) == 6
+
+    evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "uninterrupted"), *RESUMED])
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("resumed", "uninterrupted")]
+    assert results[0]["records"] == results[1]["records"] and results[0]["tuning"] == results[1]["tuning"]
+    assert (out / "table.md").read_text() == (tmp_path / "uninterrupted" / "table.md").read_text()
+    for name in ("in_distribution__tune.pt", "uniform__test.pt"):
+        assert torch.equal(torch.load(scores / name)["scores"],
+                           torch.load(tmp_path / "uninterrupted" / "scores" / name)["scores"])
+
+
+@pytest.mark.parametrize("config", EVALUATE_CONFIGS, ids=lambda p: p.stem)
+def test_each_evaluate_config_runs_on_the_quickstart(config: Path, quickstart_ckpt: str, tmp_path) -> None:
+    """Every file of configs/evaluate/ runs (on the quickstart, with a small grid) and records its mode."""
+    run = evaluate.main(["protocol", "--config", str(config), "--ckpt", quickstart_ckpt, "--output.dir",
+                         str(tmp_path), "--ood.sets", "gaussian,photos", *SMALL])
+    expected = yaml.safe_load(config.read_text()).get("tuning", {}).get("mode", "paper")
+    assert json.loads((tmp_path / "results.json").read_text())["mode"] == expected == run.mode
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())  # the resolved config, with absolute paths
+    assert saved["tuning"]["mode"] == expected and saved["ckpt"] == str(Path(quickstart_ckpt).resolve())
+    assert saved["output"]["dir"] == str(tmp_path.resolve()) and "config" not in saved
+
+
+def test_the_saved_config_runs_the_same_evaluation_again(quickstart_ckpt: str, tmp_path) -> None:
+    first = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "a"),
+                           "--ood.sets", "uniform", *SMALL])
+    again = evaluate.main(["--config", str(tmp_path / "a" / "config.yaml"), "--output.dir", str(tmp_path / "b")])
+    assert again.result.records == first.result.records
+
+
+def test_print_config_shows_the_resolved_groups(quickstart_ckpt: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(["protocol", "--config", str(REPO / "configs" / "evaluate" / "fixed.yaml"), "--ckpt",
+                       quickstart_ckpt, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["tuning"]["mode"] == "fixed" and printed["tuning"]["temperature"] == 1000
+    assert set(printed) >= {"ckpt", "data", "ood", "tuning", "runtime", "output", "analyses"}
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (["--ckpt", "c"], ["protocol", "--ckpt", "c"]),
+    (["--ckpt", "c", "--tune_on", "all"], ["protocol", "--ckpt", "c", "--tuning.mode", "cross"]),
+    (["--ckpt", "c", "--tune_on=gaussian"], ["protocol", "--ckpt", "c", "--tuning.mode", "transfer",
+                                             "--tuning.tune_on", "gaussian"]),
+    (["--ckpt", "c", "--temperature", "10", "--epsilon", "0.1"],
+     ["protocol", "--ckpt", "c", "--tuning.mode", "fixed", "--tuning.temperature", "10", "--tuning.epsilon", "0.1"]),
+    (["--ckpt", "c", "--float64", "true", "--devices", "2"],
+     ["protocol", "--ckpt", "c", "--runtime.precision", "64-true", "--runtime.devices", "2"]),
+    (["--model", "m", "--dataset", "cifar10"], ["protocol", "--model", "m", "--data",
+                                                "datamodules.cifar.CIFAR10DataModule"]),
+    (["--ckpt", "c", "--predict", "f", "--detector", "d", "--num_ood_images", "5"],
+     ["predict", "--ckpt", "c", "--images", "f", "--detector", "d", "--num_images", "5"]),
+    (["protocol", "--ood.sets", "a,b", "--seed", "3"], ["protocol", "--ood.sets", "a,b", "--seed", "3"]),
+])
+def test_flat_options_of_earlier_versions_get_their_new_spelling(old: list[str], new: list[str]) -> None:
+    modern, notes = evaluate.modernize(old)
+    assert modern == new
+    assert len(notes) == sum(a.startswith("--") and a.split("=")[0] not in new for a in old)
+
+
+def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protocol(quickstart_ckpt: str,
+                                                                                   tmp_path) -> None:
+    options = ["--ood.sets", "gaussian,photos", *SMALL, "--analyses.images", "40"]
+    evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "with"), *options,
+                   "--analyses.names", "sweeps,threshold,accuracy"])
+    evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "later"), *options])
+    scores = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "later" / "scores").iterdir()}
+    outputs = evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps,threshold,accuracy",
+                             "--analyses.images", "40"])
+    assert list(outputs) == ["sweeps", "threshold", "accuracy"]
+    for name in outputs:
+        assert (json.loads((tmp_path / "later" / "analyses" / f"{name}.json").read_text())
+                == json.loads((tmp_path / "with" / "analyses" / f"{name}.json").read_text()))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "later" / "scores").iterdir()} == scores  # no rescoring
+    with pytest.raises(FileNotFoundError, match="config.yaml does not exist"):
+        evaluate.main(["analyses", str(tmp_path / "nothing_here"), "--analyses.names", "sweeps"])
+    (tmp_path / "later" / "scores" / "photos__test.pt").unlink()
+    with pytest.raises(ValueError, match="photos__test.pt is missing"):
+        evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])
