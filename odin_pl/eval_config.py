@@ -7,7 +7,9 @@ Each group checks itself when it is built, so a bad combination fails before any
 * :class:`RuntimeOptions`  - where and how scoring runs (device, processes, precision, batches);
 * :class:`OutputOptions`   - where results go, resume, logging;
 * :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
-* :class:`ProtocolConfig`  - what to evaluate (a checkpoint, or a model + weights + DataModule) and the groups.
+* :class:`ModelSource`     - what to evaluate: a checkpoint, or a model + weights + DataModule;
+* :class:`ProtocolConfig`  - a protocol run (a ModelSource and the groups above);
+* :class:`PredictConfig`   - scoring images with a saved detector (a ModelSource, the images, the detector).
 
 List options take a list or comma-separated text (``gaussian,uniform``), on the command line and in YAML alike.
 """
