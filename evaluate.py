@@ -167,15 +167,19 @@ def _suite(config: ProtocolConfig, target: EvaluationTarget) -> OODSuite:
     return suite
 
 
-def protocol(config: ProtocolConfig) -> ProtocolRun | None:
+def protocol(config: ProtocolConfig, resolved_config: str = "") -> ProtocolRun | None:
     """Run the protocol and write, print and log its results (process 0); returns the run (None after starting
-    ``devices`` processes, whose results are in the output files)."""
+    ``devices`` processes, whose results are in the output files). ``resolved_config`` (YAML) is saved as
+    ``config.yaml`` in the output folder once the model and data have loaded, before any scoring."""
     if config.runtime.devices > 1 and world()[1] == 1:
-        torch.multiprocessing.spawn(_protocol_process, args=(config.runtime.devices, free_port(), config),
-                                    nprocs=config.runtime.devices)
+        torch.multiprocessing.spawn(_protocol_process, nprocs=config.runtime.devices,
+                                    args=(config.runtime.devices, free_port(), config, resolved_config))
         return None
     target = load_target(config)
     suite = _suite(config, target)
+    if resolved_config and world()[0] == 0:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        (config.output_dir / SAVED_CONFIG).write_text(resolved_config)
     run = evaluate_protocol(config, target, suite.datasets, sources=suite.sources, tuning_only=suite.tuning_only,
                             skipped=list(suite.skipped))
     if world()[0] > 0:
@@ -203,11 +207,11 @@ def _run_analyses(run: ProtocolRun, target: EvaluationTarget, suite: OODSuite) -
     return outputs
 
 
-def _protocol_process(rank: int, world_size: int, port: int, config: ProtocolConfig) -> None:
+def _protocol_process(rank: int, world_size: int, port: int, config: ProtocolConfig, resolved_config: str) -> None:
     """One of ``devices`` protocol processes."""
     init_process_group(rank, world_size, port)
     try:
-        protocol(config)
+        protocol(config, resolved_config)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -270,10 +274,7 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     config = _typed(config_class, subparser.instantiate(options))
     if command == "predict":
         return predict(config)
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SAVED_CONFIG).write_text(subparser.dump(_resolve_paths(options, out), skip_none=False))
-    return protocol(config)
+    return protocol(config, subparser.dump(_resolve_paths(options, config.output_dir)))
 
 
 def run_command_line() -> int:

@@ -107,6 +107,7 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     out = ["--output.dir", str(tmp_path / "out"), "--output.logger", "false"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate.main(["--ckpt", str(tmp_path / "missing.ckpt"), *out])
+    assert not (tmp_path / "out").exists()  # a run that cannot start leaves no folder behind
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
