@@ -56,6 +56,10 @@ RENAMED = {
 }
 
 
+# Old flags whose value changes meaning or spelling too (see _legacy_value_flags).
+VALUE_CHANGED = frozenset({"--tune_on", "--temperature", "--epsilon", "--float64", "--dataset"})
+
+
 def _split_flag(token: str) -> tuple[str, str | None]:
     flag, equals, value = token.partition("=")
     return flag, value if equals else None
@@ -91,8 +95,7 @@ def modernize(argv: list[str]) -> tuple[list[str], list[str]]:
     renamed, out, notes, i = RENAMED.get(command, {}), [command], [], 0
     while i < len(rest):
         flag, value = _split_flag(rest[i])
-        if value is None and (flag in renamed or flag in ("--tune_on", "--temperature", "--epsilon", "--float64",
-                                                           "--dataset")) and i + 1 < len(rest):
+        if value is None and (flag in renamed or flag in VALUE_CHANGED) and i + 1 < len(rest):
             value, i = rest[i + 1], i + 1
         new = _legacy_value_flags(flag, value) if value is not None else None
         if new is None and flag in renamed:
