@@ -22,22 +22,23 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from callbacks.prediction_writer import DetectionCSVWriter
 from datamodules.image_folder import ImageFolderDataset
 from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.detector import ODINDetector
-from odin_pl.distributed import free_port, init_process_group, world
+from odin_pl.distributed import world
 from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, PredictConfig, ProtocolConfig
 from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
-from odin_pl.prediction import predict_with_detector
+from odin_pl.prediction import detect_dataset, write_detections
 from odin_pl.run_logging import log_run
 from odin_pl.run_outputs import write_run
+from odin_pl.runtime import start_processes
 
 SUBCOMMANDS = ("protocol", "predict", "analyses")
 SAVED_CONFIG = "config.yaml"
@@ -46,14 +47,19 @@ SAVED_CONFIG = "config.yaml"
 RENAMED = {
     "protocol": {"--ood": "--ood.sets", "--num_ood_images": "--ood.num_images", "--download": "--ood.download",
                  "--temperatures": "--tuning.temperatures", "--epsilons": "--tuning.epsilons",
-                 "--n_tune": "--tuning.n_tune", "--device": "--runtime.device", "--devices": "--runtime.devices",
-                 "--batch_size": "--runtime.batch_size", "--num_workers": "--runtime.num_workers",
+                 "--n_tune": "--tuning.n_tune", "--device": "--runtime.accelerator",
+                 "--runtime.device": "--runtime.accelerator", "--batch_size": "--runtime.batch_size",
+                 "--num_workers": "--runtime.num_workers",
                  "--output_dir": "--output.dir", "--resume": "--output.resume", "--logger": "--output.logger",
                  "--analyses": "--analyses.names", "--analysis_images": "--analyses.images"},
-    "predict": {"--predict": "--images", "--num_ood_images": "--num_images", "--device": "--runtime.device",
-                "--devices": "--runtime.devices", "--batch_size": "--runtime.batch_size",
+    "predict": {"--predict": "--images", "--num_ood_images": "--num_images", "--device": "--runtime.accelerator",
+                "--runtime.device": "--runtime.accelerator", "--batch_size": "--runtime.batch_size",
                 "--num_workers": "--runtime.num_workers"},
+    "analyses": {"--device": "--accelerator"},
 }
+# Lightning's names for the runtime options, accepted as they are (no note): --devices N is --runtime.devices N.
+LIGHTNING_RUNTIME = {flag: f"--runtime.{flag[2:]}" for flag in
+                     ("--accelerator", "--devices", "--num_nodes", "--strategy", "--precision")}
 
 
 # Old flags whose value changes meaning or spelling too (see _legacy_value_flags).
@@ -86,15 +92,21 @@ def _legacy_value_flags(flag: str, value: str) -> list[str] | None:
 
 
 def modernize(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given) and the flat options of
-    earlier versions in their new spelling; and one note per rewritten option."""
+    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given), Lightning's runtime names
+    (``--devices``, ...) in their group and the flat options of earlier versions in their new spelling; and one
+    note per rewritten option of an earlier version."""
     if argv and argv[0] in SUBCOMMANDS:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = ("predict" if any(_split_flag(a)[0] == "--predict" for a in argv) else "protocol"), argv
     renamed, out, notes, i = RENAMED.get(command, {}), [command], [], 0
+    lightning_names = LIGHTNING_RUNTIME if command != "analyses" else {}
     while i < len(rest):
         flag, value = _split_flag(rest[i])
+        if flag in lightning_names:
+            out.append(lightning_names[flag] if value is None else f"{lightning_names[flag]}={value}")
+            i += 1
+            continue
         if value is None and (flag in renamed or flag in VALUE_CHANGED) and i + 1 < len(rest):
             value, i = rest[i + 1], i + 1
         new = _legacy_value_flags(flag, value) if value is not None else None
@@ -123,7 +135,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
     analyses.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
     analyses.add_class_arguments(AnalysesOptions, "analyses")
-    analyses.add_argument("--device", type=str | None, default=None, help="override the run's device")
+    analyses.add_argument("--accelerator", type=str | None, default=None, help="override the run's accelerator")
     subparsers = {"protocol": _config_parser(ProtocolConfig), "predict": _config_parser(PredictConfig),
                   "analyses": analyses}
     helps = {"protocol": "the paper's protocol (the default)", "predict": "score images with a saved detector",
@@ -170,22 +182,24 @@ def _suite(config: ProtocolConfig, target: EvaluationTarget) -> OODSuite:
     return suite
 
 
-def protocol(config: ProtocolConfig, resolved_config: str = "") -> ProtocolRun | None:
-    """Run the protocol and write, print and log its results (process 0); returns the run (None after starting
-    ``devices`` processes, whose results are in the output files). ``resolved_config`` (YAML) is saved as
-    ``config.yaml`` in the output folder once the model and data have loaded, before any scoring."""
-    if config.runtime.devices > 1 and world()[1] == 1:
-        torch.multiprocessing.spawn(_protocol_process, nprocs=config.runtime.devices,
-                                    args=(config.runtime.devices, free_port(), config, resolved_config))
-        return None
+def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_processes: bool = False
+             ) -> ProtocolRun:
+    """Run the protocol on this process's share and, on process 0, write, print and log its results; returns the
+    run (on every process). ``resolved_config`` (YAML) is saved as ``config.yaml`` in the output folder once the
+    model and data have loaded, before any scoring. ``may_start_processes``: see
+    :func:`odin_pl.runtime.start_processes` (true on the command line)."""
+    fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
+    if config.analyses.names and fabric.world_size > 1:
+        raise ValueError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
+                         "with `evaluate.py analyses RUN_DIR`")
     target = load_target(config)
     suite = _suite(config, target)
-    if resolved_config and world()[0] == 0:
+    if resolved_config and fabric.global_rank == 0:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         (config.output_dir / SAVED_CONFIG).write_text(resolved_config)
-    run = evaluate_protocol(config, target, suite.datasets, sources=suite.sources, tuning_only=suite.tuning_only,
-                            skipped=list(suite.skipped))
-    if world()[0] > 0:
+    run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
+                            tuning_only=suite.tuning_only, skipped=list(suite.skipped))
+    if fabric.global_rank > 0:
         return run
     out = config.output_dir
     files = write_run(run, target.model, out)
@@ -210,16 +224,7 @@ def _run_analyses(run: ProtocolRun, target: EvaluationTarget, suite: OODSuite) -
     return outputs
 
 
-def _protocol_process(rank: int, world_size: int, port: int, config: ProtocolConfig, resolved_config: str) -> None:
-    """One of ``devices`` protocol processes."""
-    init_process_group(rank, world_size, port)
-    try:
-        protocol(config, resolved_config)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def analyses(run_dir: Path, options: AnalysesOptions, device: str | None,
+def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
              protocol_parser: ArgumentParser) -> dict[str, AnalysisOutput]:
     """The analyses of a finished run: its config and saved scores give the protocol's result again (nothing is
     scored for the protocol), then the analyses run as with ``protocol --analyses.names``."""
@@ -227,67 +232,92 @@ def analyses(run_dir: Path, options: AnalysesOptions, device: str | None,
     if not saved.is_file():
         raise FileNotFoundError(f"{saved} does not exist: give the output folder of a finished protocol run "
                                 "(it holds config.yaml, results.json and scores/)")
-    options_ns = protocol_parser.parse_path(saved)
+    content = yaml.safe_load(saved.read_text())
+    runtime = content.get("runtime") or {}
+    if "device" in runtime:  # saved by the version before the Fabric runtime
+        runtime["accelerator"] = runtime.pop("device")
+    options_ns = protocol_parser.parse_object(content)
     options_ns.output.dir = str(run_dir)
-    options_ns.runtime.devices = 1
-    if device is not None:
-        options_ns.runtime.device = device
+    options_ns.runtime.devices, options_ns.runtime.num_nodes, options_ns.runtime.strategy = 1, 1, "auto"
+    if accelerator is not None:
+        options_ns.runtime.accelerator = accelerator
     config = _typed(ProtocolConfig, protocol_parser.instantiate(options_ns))
     config.analyses = options
+    fabric = start_processes(config.runtime, may_start_processes=False)
     target = load_target(config)
     suite = _suite(config, target)
-    run = evaluate_protocol(config, target, suite.datasets, sources=suite.sources, tuning_only=suite.tuning_only,
-                            skipped=list(suite.skipped), saved_scores_only=True)
+    run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
+                            tuning_only=suite.tuning_only, skipped=list(suite.skipped), saved_scores_only=True)
     return _run_analyses(run, target, suite)
 
 
-def predict(config: PredictConfig) -> Path:
-    """Score every image of ``config.images`` with a saved detector; returns the CSV's path."""
+def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path:
+    """Score every image of ``config.images`` with a saved detector (each process its share; process 0 writes the
+    CSV); returns the CSV's path."""
+    fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     target = load_target(config)
+    target.model.to(device=fabric.device, dtype=config.runtime.dtype)
     detector = ODINDetector.load(config.detector, target.model)
     spec = target.spec
     dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images)
-    paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
+    detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
+                                num_workers=config.runtime.num_workers)
     csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"
-    runtime = config.runtime
-    predict_with_detector(detector, dataset, DetectionCSVWriter(csv_path, paths, spec.class_names),
-                          device=runtime.resolved_device(), devices=runtime.devices, precision=runtime.precision,
-                          batch_size=runtime.batch_size, num_workers=runtime.num_workers,
-                          root_dir=config.output_folder)
-    print(f"Predictions for {len(dataset)} images ({ood_set_name(config.images)}): {csv_path}")
+    if fabric.global_rank == 0:
+        paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
+        write_detections(csv_path, detections, paths, spec.class_names)
+        print(f"Predictions for {len(dataset)} images ({ood_set_name(config.images)}): {csv_path}")
     return csv_path
 
 
-def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, AnalysisOutput] | None:
-    """Parse ``argv`` (default: the command line) and run its subcommand (``protocol`` when none is given)."""
+def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, AnalysisOutput]:
+    """Parse ``argv`` (default: the command line) and run its subcommand (``protocol`` when none is given).
+
+    Only with the command line (``argv`` None) may a run with several processes start them itself.
+    """
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("-h", "--help"):
         argv, notes = modernize(argv)
-        for note in notes:
+        for note in notes if rank_zero_only.rank == 0 else ():  # processes started by a launcher say it once
             print(f"Note: {note}", file=sys.stderr)
     parser, subparsers = build_parser()
     parsed = parser.parse_args(argv)
     command = parsed.command
     options, subparser = parsed[command], subparsers[command]
     if command == "analyses":
-        return analyses(Path(options.run_dir), subparser.instantiate(options).analyses, options.device,
+        return analyses(Path(options.run_dir), subparser.instantiate(options).analyses, options.accelerator,
                         subparsers["protocol"])
     _prepare_data(options)
     config_class = ProtocolConfig if command == "protocol" else PredictConfig
     config = _typed(config_class, subparser.instantiate(options))
     if command == "predict":
-        return predict(config)
-    return protocol(config, subparser.dump(_resolve_paths(options, config.output_dir)))
+        return predict(config, may_start_processes=from_command_line)
+    return protocol(config, subparser.dump(_resolve_paths(options, config.output_dir)),
+                    may_start_processes=from_command_line)
 
 
 def run_command_line() -> int:
-    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback."""
+    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback; in a
+    run of several processes, a process whose peer stopped ends with one line and status 1."""
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        print(f"evaluate.py: error{_process_label()}: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if world()[1] == 1:
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"evaluate.py: error{_process_label()}: stopped because another process of the run failed (see its "
+              f"message): {first_line}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _process_label() -> str:
+    rank, world_size = world()
+    return f" (process {rank} of {world_size})" if world_size > 1 else ""
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ and 2 processes vs 1.
     goal >= 3.2 (floor on this CPU about 3.5). Runs on --grid_images images (the loop is slow).
 (c) pytorch-ood's ODIN detector / ours at T=1000, epsilon=0.0014, same model and inputs; scores agree up to sign
     (pytorch-ood returns -score) except where an input gradient is exactly 0 (torch.sign gives 0, ODIN +1).
-(d) scoring with 2 processes of 1 thread each vs 1 process of 1 thread (gloo, sharded, gathered); goal >= 1.7.
+(d) scoring with 2 processes of 1 thread each vs 1 process of 1 thread, both through odin-pl's runtime (Lightning
+    Fabric starts the second process; gloo, sharded, gathered); goal >= 1.7.
 The model has random weights (speed does not depend on them). Timings are medians of --repeats runs, the timed
 functions of a part taking turns on each batch.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,8 +34,10 @@ import timm  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import odin_pl  # noqa: E402,F401
-from odin_pl.distributed import free_port, init_process_group  # noqa: E402
+from odin_pl.distributed import world  # noqa: E402
+from odin_pl.eval_config import RuntimeOptions  # noqa: E402
 from odin_pl.protocol import score_dataset  # noqa: E402
+from odin_pl.runtime import start_processes  # noqa: E402
 from odin_pl.scoring import msp_score, odin_score, score_settings  # noqa: E402
 from odin_pl.tuning import Grid  # noqa: E402
 
@@ -116,46 +120,66 @@ def bench_pytorch_ood(model, batches, device, repeats) -> dict[str, float]:
     return {"theirs": theirs, "ours": ours, "max_diff": diff}
 
 
-def _process_worker(rank: int, world_size: int, port: int, images: torch.Tensor, batch_size: int, repeats: int,
-                    out: str, barrier) -> None:
-    """Time scoring ``images`` with ``world_size`` processes: sharded and gathered in a process group (gloo), or,
-    with ``port`` 0, each process scoring its own contiguous part alone (the machine's ceiling for the check)."""
-    torch.set_num_threads(1)
-    if port:
-        init_process_group(rank, world_size, port)
-    else:
-        images = images.tensor_split(world_size)[rank]
+def _time_scoring(images: torch.Tensor, batch_size: int, repeats: int, barrier: Callable[[], object]) -> float:
+    """Median wall time of scoring ``images`` (this process's share, in a process group) at T, EPS; ``barrier``
+    lines the processes up before and after each timed pass, so that the slower one sets the time."""
     model = make_model("cpu")
     dataset = TensorDataset(images, torch.zeros(len(images)))
-    warm = images[:batch_size * (world_size if port else 1)]  # a full batch on every process: the timed shapes are warm
+    warm = images[:batch_size * world()[1]]  # a full batch on every process: the timed shapes are warm
     score_dataset(model, TensorDataset(warm, torch.zeros(len(warm))), [(T, EPS)], input_std=STD,
                   batch_size=batch_size)
     times = []
     for _ in range(repeats):
-        barrier.wait()
+        barrier()
         start = time.perf_counter()
         score_dataset(model, dataset, [(T, EPS)], input_std=STD, batch_size=batch_size)
-        barrier.wait()  # the slower process sets the time
+        barrier()
         times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _runtime_worker(processes: int, images: int, batch_size: int, repeats: int) -> None:
+    """``--worker N``: score through odin-pl's runtime (Fabric; N > 1 starts the other processes by running this
+    command line again), 1 thread per process; process 0 prints the median time."""
+    fabric = start_processes(RuntimeOptions(accelerator="cpu", devices=processes), may_start_processes=True)
+    torch.set_num_threads(1)
+    seconds = _time_scoring(_images(images), batch_size, repeats, fabric.barrier)
+    if fabric.global_rank == 0:
+        print(f"SECONDS {seconds}")
+
+
+def _independent_worker(rank: int, world_size: int, images: torch.Tensor, batch_size: int, repeats: int, out: str,
+                        barrier) -> None:
+    """One of ``world_size`` processes with no process group, each scoring its own contiguous part alone: the
+    machine's ceiling for (d)."""
+    torch.set_num_threads(1)
+    seconds = _time_scoring(images.tensor_split(world_size)[rank], batch_size, repeats, barrier.wait)
     if rank == 0:
-        Path(out).write_text(str(statistics.median(times)))
-    if port:
-        torch.distributed.destroy_process_group()
+        Path(out).write_text(str(seconds))
 
 
-def bench_processes(images: torch.Tensor, batch_size: int, repeats: int) -> dict[str, float]:
-    """Median times of scoring with 1 process, 2 processes (sharded, gathered) and 2 independent processes, each
-    with 1 thread."""
-    os.environ["OMP_NUM_THREADS"] = "1"
+def bench_processes(n_images: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Median times of scoring with 1 process and with 2 (sharded, gathered) through the runtime, and with 2
+    independent processes, each with 1 thread."""
     result = {}
-    for key, world_size, grouped in (("one", 1, True), ("two", 2, True), ("independent", 2, False)):
-        out = Path(f"/tmp/odin_speed_{os.getpid()}_{key}.txt")
-        barrier = torch.multiprocessing.get_context("spawn").Barrier(world_size)
-        torch.multiprocessing.spawn(_process_worker, args=(world_size, free_port() if grouped else 0, images,
-                                                           batch_size, repeats, str(out), barrier), nprocs=world_size)
-        result[key] = float(out.read_text())
-        out.unlink()
+    for key, processes in (("one", 1), ("two", 2)):
+        command = [sys.executable, __file__, "--worker", str(processes), "--images", str(n_images), "--batch_size",
+                   str(batch_size), "--repeats", str(repeats)]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              check=True)
+        result[key] = float(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("SECONDS")))
+    out = Path(f"/tmp/odin_speed_{os.getpid()}_independent.txt")
+    barrier = torch.multiprocessing.get_context("spawn").Barrier(2)
+    torch.multiprocessing.spawn(_independent_worker, nprocs=2,
+                                args=(2, _images(n_images), batch_size, repeats, str(out), barrier))
+    result["independent"] = float(out.read_text())
+    out.unlink()
     return result
+
+
+def _images(n: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(n, 3, 32, 32)
 
 
 def main() -> None:
@@ -166,10 +190,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # (d)'s timed processes
     args = parser.parse_args()
+    if args.worker:
+        _runtime_worker(args.worker, args.images, args.batch_size, args.repeats)
+        return
     skip = set(args.skip.split(","))
-    torch.manual_seed(0)
-    images = torch.randn(args.images, 3, 32, 32)
+    images = _images(args.images)
     model = make_model(args.device)
     batches = [x.to(args.device) for x in images.split(args.batch_size)]
     device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
@@ -191,7 +218,7 @@ def main() -> None:
         rows.append(("(c) pytorch-ood / ours", f"{r['theirs']:.2f}s / {r['ours']:.2f}s", r["theirs"] / r["ours"],
                      f"scores agree: max |ours + theirs| {r['max_diff']:.1e}"))
     if "d" not in skip and args.device == "cpu":
-        r = bench_processes(images, args.batch_size, args.repeats)
+        r = bench_processes(args.images, args.batch_size, args.repeats)
         rows.append(("(d) 1 process / 2 processes (1 thread each)", f"{r['one']:.2f}s / {r['two']:.2f}s",
                      r["one"] / r["two"], ">= 1.7"))
         independent = f"{r['one']:.2f}s / {r['independent']:.2f}s"

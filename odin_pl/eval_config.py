@@ -4,7 +4,7 @@ Each group checks itself when it is built, so a bad combination fails before any
 
 * :class:`OODOptions`      - which OOD sets, how many images of each, download;
 * :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid;
-* :class:`RuntimeOptions`  - where and how scoring runs (device, processes, precision, batches);
+* :class:`RuntimeOptions`  - where and how scoring runs (accelerator, processes, nodes, precision, batches);
 * :class:`OutputOptions`   - where results go, resume, logging;
 * :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
 * :class:`ModelSource`     - what to evaluate: a checkpoint, or a model + weights + DataModule;
@@ -27,7 +27,9 @@ from odin_pl.analyses import parse_analyses
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
 
 TuningMode = Literal["paper", "transfer", "cross", "fixed"]
-Precision = Literal["32-true", "64-true"]
+PRECISIONS = ("32-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp")
 NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
 
 
@@ -111,41 +113,48 @@ class TuningOptions:
 
 @dataclass
 class RuntimeOptions:
-    """Where and how scoring runs.
+    """Where and how scoring runs, in Lightning Fabric's terms (see ``odin_pl.runtime``).
 
     Args:
-        device: ``auto``, ``cpu`` or ``cuda``.
-        devices: number of processes (one GPU each when there are enough GPUs, else CPU processes); each scores its
-            own shard of every set, no image twice, and the metrics equal a single process's.
+        accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        devices: processes per node (one GPU each on GPUs). Default: the number torchrun or SLURM started per
+            node, else 1. From the command line, ``--runtime.devices N`` starts the N processes itself.
+        num_nodes: machines taking part (default: torchrun's or SLURM's count, else 1).
+        strategy: ``auto`` (one process: none; several: ``ddp``) or ``ddp``. Every process scores its own
+            shard of every set, no image twice, and the metrics equal a single process's.
         precision: ``32-true`` or ``64-true`` (double precision: slower; for exact comparisons).
         batch_size: images per scoring batch.
         num_workers: DataLoader workers.
     """
 
-    device: str = "auto"
-    devices: int = 1
-    precision: Precision = "32-true"
+    accelerator: str = "auto"
+    devices: int | None = None
+    num_nodes: int | None = None
+    strategy: str = "auto"
+    precision: str = "32-true"
     batch_size: int = 256
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.devices < 1:
-            raise ValueError(f"--runtime.devices must be >= 1, got {self.devices}")
+        if self.accelerator not in ACCELERATORS:
+            hint = " (to choose a GPU, set CUDA_VISIBLE_DEVICES)" if self.accelerator.startswith("cuda:") else ""
+            raise ValueError(f"--runtime.accelerator must be one of {', '.join(ACCELERATORS)}, got "
+                             f"{self.accelerator!r}{hint}")
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--runtime.{name} must be >= 1, got {getattr(self, name)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--runtime.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r} "
+                             "(scoring keeps a whole model on every process; it needs no sharded strategy)")
         if self.batch_size < 1:
             raise ValueError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
-        if self.precision not in ("32-true", "64-true"):
-            raise ValueError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r} (mixed "
-                             "precision ties the softmax scores of large temperatures)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r}: half-precision"
+                             " softmax at T = 1000 ties scores that differ by 1e-4, so mixed precision is refused")
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float64 if self.precision == "64-true" else torch.float32
-
-    def resolved_device(self) -> str:
-        """``auto`` -> this process's GPU when there is one, else ``cpu``."""
-        if self.device != "auto":
-            return self.device
-        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -237,8 +246,9 @@ class ProtocolConfig(ModelSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.analyses.names and self.runtime.devices > 1:
-            raise ValueError("the analyses run in a single process: use them with --runtime.devices 1")
+        if self.analyses.names and (self.runtime.devices or 1) * (self.runtime.num_nodes or 1) > 1:
+            raise ValueError("the analyses run in a single process: run them with --runtime.devices 1, or later on "
+                             "the finished run with `evaluate.py analyses RUN_DIR`")
 
     @property
     def output_dir(self) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -73,6 +74,8 @@ class ProtocolRun:
     result: ProtocolResult
     skipped_ood_sets: list[str] = field(default_factory=list)
     reused_score_files: list[str] = field(default_factory=list)
+    processes: int = 1
+    threads_per_process: int = 1
 
     @property
     def mode(self) -> str:
@@ -103,7 +106,9 @@ class ProtocolRun:
                 "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon,
                                   "tuning_fpr_at_95_tpr": s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid,
                                   "grid_edge": s.edge_note} for name, s in self.result.selections.items()},
-                "splits": self.result.splits}
+                "splits": self.result.splits,
+                "runtime": {"processes": self.processes, "threads_per_process": self.threads_per_process,
+                            "precision": self.config.runtime.precision}}
 
 
 def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
@@ -118,16 +123,17 @@ def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: 
 
 
 def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset], *,
-                      sources: Mapping[str, str] | None = None, tuning_only: Mapping[str, Dataset] | None = None,
+                      device: torch.device | str = "cpu", sources: Mapping[str, str] | None = None,
+                      tuning_only: Mapping[str, Dataset] | None = None,
                       skipped: list[str] | None = None, saved_scores_only: bool = False) -> ProtocolRun:
-    """Run the protocol of ``config`` on the target and the OOD sets; in a process group every process scores its
-    shard and only process 0 saves score files.
+    """Run the protocol of ``config`` on the target and the OOD sets on ``device`` (this process's: see
+    ``odin_pl.runtime``); in a process group every process scores its shard and only process 0 reads and saves
+    score files.
 
     ``saved_scores_only``: take every score from the run folder's saved files (resume), and fail with a message
     when one is missing instead of scoring (for work on a finished run, such as its analyses).
     """
     runtime, tuning = config.runtime, config.tuning
-    device = runtime.resolved_device()
     target.model.to(device=device, dtype=runtime.dtype)
     store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {})
     resume = store.load if config.output.resume else None
@@ -147,7 +153,8 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
         num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
         load_scores=load_saved if saved_scores_only else resume, progress=rank == 0)
     return ProtocolRun(config, target.spec, target.model.hparams.backbone, store.context["weights_sha256"], result,
-                       list(skipped or []), store.reused)
+                       list(skipped or []), store.reused, processes=world()[1],
+                       threads_per_process=torch.get_num_threads())
 
 
 def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset]
@@ -158,4 +165,5 @@ def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: M
         model=target.model, input_mean=run.spec.mean, input_std=run.spec.std, in_dataset=target.test_set,
         ood_datasets=ood_datasets, result=run.result, grid=config.tuning.grid,
         output_dir=config.output_dir / "analyses", seed=config.seed, batch_size=config.runtime.batch_size,
-        device=config.runtime.resolved_device(), num_images=config.analyses.images, class_names=run.spec.class_names)
+        device=next(target.model.parameters()).device, num_images=config.analyses.images,
+        class_names=run.spec.class_names)

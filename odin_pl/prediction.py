@@ -1,69 +1,61 @@
-"""Run an :class:`~odin_pl.detector.ODINDetector` over a data set in Lightning's predict loop, on any devices.
+"""Score every image of a data set with an :class:`~odin_pl.detector.ODINDetector`, on any number of processes,
+and write one CSV row per image in input order.
 
-``Trainer(use_distributed_sampler=False).predict(DetectorModule(detector, dataset), return_predictions=False)``
-with a writer callback (``callbacks.DetectionCSVWriter``): process r of W predicts the images r, r + W, ...
-(:func:`~odin_pl.distributed.shard_indices`, no padding), so every image is scored exactly once, and each batch's
-outputs carry the images' indices in the data set.
+Process r of W scores the images r, r + W, ... (:func:`~odin_pl.distributed.shard_indices`, no padding), so every
+image is scored exactly once; :func:`~odin_pl.distributed.gather_shards` puts the detections back in input order,
+and process 0 writes the file.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.detector import ODINDetector
-from odin_pl.distributed import shard_indices
+from odin_pl.detector import Detection, ODINDetector
+from odin_pl.distributed import gather_shards, shard_indices, world
+
+COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "odin", "is_ood")
 
 
-class IndexedDataset(Dataset):
-    """``(index, image)`` for the items ``(image, label)`` of a data set."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor]:
-        return index, self.dataset[index][0]
-
-
-class DetectorModule(pl.LightningModule):
-    """The detector's model as a LightningModule whose predict step returns, per batch, the images' ``index``,
-    ``predicted_class``, ``msp``, ``odin`` and ``is_ood``."""
-
-    def __init__(self, detector: ODINDetector, dataset: Dataset, batch_size: int = 256, num_workers: int = 0
-                 ) -> None:
-        super().__init__()
-        self.detector, self.dataset = detector, dataset
-        self.model = detector.model  # a submodule, so that Lightning moves and converts it
-        self.batch_size, self.num_workers = batch_size, num_workers
-
-    def predict_dataloader(self) -> DataLoader:
-        shard = shard_indices(len(self.dataset), self.global_rank, self.trainer.world_size)
-        return DataLoader(Subset(IndexedDataset(self.dataset), shard), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers)
-
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        index, images = batch
-        detection = self.detector.predict_all(images)
-        return {"index": index, "predicted_class": detection.predicted_class, "msp": detection.msp,
-                "odin": detection.odin, "is_ood": detection.is_ood}
+def detect_dataset(detector: ODINDetector, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0
+                   ) -> Detection:
+    """The detections of every image of ``dataset`` (yielding (image, label)), in input order on every process;
+    the images go to the detector model's device and dtype."""
+    parameter = next(detector.model.parameters())
+    rank, world_size = world()
+    shard = Subset(dataset, shard_indices(len(dataset), rank, world_size))
+    parts = [detector.predict_all(images.to(device=parameter.device, dtype=parameter.dtype))
+             for images, _ in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)]
+    local = {}
+    for name in (f.name for f in fields(Detection)):
+        if parts:
+            local[name] = torch.cat([getattr(part, name) for part in parts]).cpu()
+        else:  # a shard with no image (more processes than images): an empty piece of the right type
+            dtype = {"predicted_class": torch.long, "is_ood": torch.bool}.get(name, parameter.dtype)
+            local[name] = torch.empty(0, dtype=dtype)
+    return Detection(**{name: gather_shards(values, len(dataset)) for name, values in local.items()})
 
 
-def predict_with_detector(detector: ODINDetector, dataset: Dataset, writer: Callback, *, device: str = "auto",
-                          devices: int = 1, precision: str = "32-true", batch_size: int = 256, num_workers: int = 0,
-                          root_dir: str | Path | None = None) -> None:
-    """Score every image of ``dataset`` once with ``detector`` on ``devices`` processes (Lightning's predict
-    loop); ``writer`` (e.g. ``callbacks.DetectionCSVWriter``) receives each batch's outputs."""
-    accelerator = "gpu" if device.startswith("cuda") else device
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                         precision=precision, use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[writer],
-                         default_root_dir=root_dir)
-    trainer.predict(DetectorModule(detector, dataset, batch_size, num_workers), return_predictions=False)
+def write_detections(path: str | Path, detections: Detection, paths: Sequence[str | Path] | None = None,
+                     class_names: Sequence[str] = ()) -> Path:
+    """Write one row per image (columns :data:`COLUMNS`) atomically; ``paths`` (the images' files) and
+    ``class_names`` fill the ``path`` and ``class_name`` columns when given. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rows = zip(detections.predicted_class.tolist(), detections.msp.tolist(), detections.odin.tolist(),
+               detections.is_ood.tolist())
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows([index, paths[index] if paths is not None else "", label,
+                          class_names[label] if label < len(class_names) else "", msp, odin, is_ood]
+                         for index, (label, msp, odin, is_ood) in enumerate(rows))
+    os.replace(temporary, path)
+    return path

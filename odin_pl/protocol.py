@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from odin_pl.distributed import all_true, gather_shards, shard_indices, world
+from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_indices, world
 from odin_pl.metrics import ood_metrics
 from odin_pl.scoring import StdLike, check_epsilon, check_model_in_eval, check_temperature, score_settings
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters, split_indices, tuning_size
@@ -126,7 +126,8 @@ def run_protocol(
 
     ``load_scores(set, split, settings)``, asked before each scoring pass, may return saved scores
     [len(settings), n] of exactly that split to use instead (to resume a run); it must check that they come from
-    the same model, data and split. They are used only when every process got them, and skip ``on_scores``.
+    the same model, data and split. In a process group only process 0 asks, and sends what it got to the
+    others; loaded scores skip ``on_scores``.
     """
     check_model_in_eval(model)
     if not ood_datasets:
@@ -150,9 +151,9 @@ def run_protocol(
     result = ProtocolResult()
 
     def score(name: str, split: str, dataset: Dataset, settings: Sequence[Setting]) -> Tensor:
-        if load_scores is not None:
-            saved = load_scores(name, split, settings)
-            if all_true(saved is not None):
+        if load_scores is not None:  # read by process 0 alone, sent to the others
+            saved = broadcast_from_zero(load_scores(name, split, settings) if world()[0] == 0 else None)
+            if saved is not None:
                 if tuple(saved.shape) != (len(settings), len(dataset)):
                     raise ValueError(f"load_scores gave scores of shape {tuple(saved.shape)} for {name}/{split}; "
                                      f"expected {(len(settings), len(dataset))}")

@@ -1,12 +1,14 @@
-"""evaluate.py --predict: a saved detector scores a folder of images through Lightning's predict loop."""
+"""evaluate.py predict: a saved detector scores a folder of images, on one process or several."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import requires_gpu
+from conftest import REPO, requires_gpu
 from PIL import Image
 
 import evaluate
@@ -47,7 +49,7 @@ def _rows(path) -> list[dict[str, str]]:
 def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
     path = evaluate.main(["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--output_dir",
-                          str(tmp_path), "--runtime.batch_size", "4", "--runtime.device", "cpu"])
+                          str(tmp_path), "--runtime.batch_size", "4", "--runtime.accelerator", "cpu"])
     assert path == tmp_path / "predictions" / "images.csv"
     rows = _rows(path)
     files = find_images(images)
@@ -65,16 +67,21 @@ def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> Non
     assert [int(r["predicted_class"]) for r in rows] == detection.predicted_class.tolist()
     assert [r["class_name"] for r in rows] == [r["predicted_class"] for r in rows]  # digits are named "0".."9"
     assert [r["is_ood"] == "True" for r in rows] == detection.is_ood.tolist()
-    assert not list((tmp_path / "predictions").glob(".*part*"))  # the part files are merged and removed
+    assert not list((tmp_path / "predictions").glob(".*"))  # no temporary file left
 
 
+@pytest.mark.slow
 def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
-    """2 ddp_spawn CPU processes (float64) write the same CSV as 1: every image once, rows in input order."""
+    """2 CPU processes (``evaluate.py predict --devices 2``, float64) write the same CSV as 1: every image once,
+    rows in input order."""
     ckpt, detector_path, images = setup
     options = ["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--runtime.batch_size", "3",
-               "--runtime.device", "cpu", "--runtime.precision", "64-true"]
+               "--runtime.accelerator", "cpu", "--runtime.precision", "64-true"]
     one = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "one")]))
-    two = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "two"), "--runtime.devices", "2"]))
+    launched = subprocess.run([sys.executable, "evaluate.py", *options, "--output_dir", str(tmp_path / "two"),
+                               "--devices", "2"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert launched.returncode == 0, launched.stderr
+    two = _rows(tmp_path / "two" / "predictions" / "images.csv")
     assert len(one) == len(two) == 13
     for a, b in zip(one, two):
         assert {k: a[k] for k in ("index", "path", "predicted_class", "is_ood")} == \
@@ -100,8 +107,8 @@ def test_predict_on_the_gpu_equals_the_cpu(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
     options = ["predict", "--ckpt", ckpt, "--images", images, "--detector", detector_path, "--runtime.batch_size", "4",
                "--runtime.precision", "64-true"]
-    cpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "cpu"), "--runtime.device", "cpu"]))
-    gpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "gpu"), "--runtime.device", "cuda"]))
+    cpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "cpu"), "--runtime.accelerator", "cpu"]))
+    gpu = _rows(evaluate.main([*options, "--output_dir", str(tmp_path / "gpu"), "--runtime.accelerator", "cuda"]))
     for a, b in zip(cpu, gpu, strict=True):
         assert [a[k] for k in ("index", "path", "predicted_class", "is_ood")] == \
                [b[k] for k in ("index", "path", "predicted_class", "is_ood")]
