@@ -31,7 +31,7 @@ from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
-from odin_pl.detector import ODINDetector
+from odin_pl.detector import Detector
 from odin_pl.distributed import world
 from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, PredictConfig, ProtocolConfig
 from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
@@ -57,9 +57,12 @@ RENAMED = {
                 "--num_workers": "--runtime.num_workers"},
     "analyses": {"--device": "--accelerator"},
 }
-# Lightning's names for the runtime options, accepted as they are (no note): --devices N is --runtime.devices N.
+# Short spellings accepted as they are (no note): Lightning's runtime names (--devices N is --runtime.devices N)
+# and the protocol's methods.
 LIGHTNING_RUNTIME = {flag: f"--runtime.{flag[2:]}" for flag in
                      ("--accelerator", "--devices", "--num_nodes", "--strategy", "--precision")}
+SHORTHANDS = {"protocol": {**LIGHTNING_RUNTIME, "--methods": "--tuning.methods", "--params": "--tuning.params"},
+              "predict": LIGHTNING_RUNTIME}
 
 
 # Old flags whose value changes meaning or spelling too (see _legacy_value_flags).
@@ -92,19 +95,19 @@ def _legacy_value_flags(flag: str, value: str) -> list[str] | None:
 
 
 def modernize(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given), Lightning's runtime names
-    (``--devices``, ...) in their group and the flat options of earlier versions in their new spelling; and one
-    note per rewritten option of an earlier version."""
+    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given), the short spellings
+    (``--devices``, ``--methods``, ...) in their group and the flat options of earlier versions in their new
+    spelling; and one note per rewritten option of an earlier version."""
     if argv and argv[0] in SUBCOMMANDS:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = ("predict" if any(_split_flag(a)[0] == "--predict" for a in argv) else "protocol"), argv
     renamed, out, notes, i = RENAMED.get(command, {}), [command], [], 0
-    lightning_names = LIGHTNING_RUNTIME if command != "analyses" else {}
+    shorthands = SHORTHANDS.get(command, {})
     while i < len(rest):
         flag, value = _split_flag(rest[i])
-        if flag in lightning_names:
-            out.append(lightning_names[flag] if value is None else f"{lightning_names[flag]}={value}")
+        if flag in shorthands:
+            out.append(shorthands[flag] if value is None else f"{shorthands[flag]}={value}")
             i += 1
             continue
         if value is None and (flag in renamed or flag in VALUE_CHANGED) and i + 1 < len(rest):
@@ -257,7 +260,7 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     target = load_target(config)
     target.model.to(device=fabric.device, dtype=config.runtime.dtype)
-    detector = ODINDetector.load(config.detector, target.model)
+    detector = Detector.load(config.detector, target.model)
     spec = target.spec
     dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images)
     detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
@@ -265,7 +268,7 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"
     if fabric.global_rank == 0:
         paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
-        write_detections(csv_path, detections, paths, spec.class_names)
+        write_detections(csv_path, detections, detector.method.name, paths, spec.class_names)
         print(f"Predictions for {len(dataset)} images ({ood_set_name(config.images)}): {csv_path}")
     return csv_path
 

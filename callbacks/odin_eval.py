@@ -1,4 +1,5 @@
-"""``ODINEvalCallback``: OOD detection metrics of the MSP baseline and ODIN after each validation epoch."""
+"""``ODINEvalCallback``: OOD detection metrics of the MSP baseline, ODIN (and any other method of
+``odin_pl.methods``) after each validation epoch."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.ood import OODDataModule
 from odin_pl.distributed import shard_indices
+from odin_pl.methods import Setting, create_method, score_batch
 from odin_pl.metrics import OODMetrics
-from odin_pl.protocol import MSP
-from odin_pl.scoring import check_epsilon, check_temperature, score_settings
 
 
 class ODINEvalCallback(Callback):
-    """Scores the validation set and each OOD set with MSP and ODIN at a fixed (T, epsilon); logs
-    ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`.
+    """Scores the validation set and each OOD set with ``methods`` at fixed settings (ODIN at ``temperature`` and
+    ``epsilon``); logs ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`.
+
+    ``params``: ``{method: {parameter: value}}``; a parameter left out takes the first value of the method's grid
+    in its tie order (e.g. Energy at T = 1). Methods that need a fit on training data are not offered here.
 
     Works inside ``fit`` (validation under no_grad) and ``validate`` (inference mode). Under DDP every process
     scores its own shard of each set (no sample twice) and the metrics are computed on the gathered scores.
@@ -29,9 +32,15 @@ class ODINEvalCallback(Callback):
 
     def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
                  epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
-                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0) -> None:
-        check_temperature(temperature)
-        check_epsilon(epsilon)
+                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0,
+                 methods: Sequence[str] = ("msp", "odin"), params: dict[str, dict[str, float]] | None = None) -> None:
+        params = {"odin": {"temperature": temperature, "epsilon": epsilon}, **(params or {})}
+        self.settings = {name: _fixed_setting(name, params.get(name, {})) for name in methods}
+        unknown = sorted(set(params) - set(methods) - {"odin"})
+        if unknown:
+            raise ValueError(f"params names {', '.join(unknown)}, not among methods ({', '.join(methods)})")
+        if not self.settings:
+            raise ValueError("ODINEvalCallback needs at least one method (e.g. methods=['msp', 'odin'])")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.ood = [o if isinstance(o, OODDataModule) else
@@ -39,7 +48,6 @@ class ODINEvalCallback(Callback):
                     for o in ood]
         if not self.ood:
             raise ValueError("ODINEvalCallback needs at least one OOD set")
-        self.settings = {"msp": MSP, "odin": (float(temperature), float(epsilon))}
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
 
@@ -64,12 +72,13 @@ class ODINEvalCallback(Callback):
                 metric.update(empty, is_in, torch.empty(0, dtype=torch.long, device=pl_module.device))
         for images, _ in loader:
             images = images.to(pl_module.device, dtype=next(pl_module.parameters()).dtype)
-            scores = score_settings(pl_module, images, list(self.settings.values()), spec.std if spec else None)
+            scores = score_batch(pl_module, images, {m: [s] for m, s in self.settings.items()},
+                                 spec.std if spec else None)
             batch_indices = next(index_iter).to(pl_module.device)
-            for row, method in enumerate(self.settings):
+            for method in self.settings:
                 for key, metric in metrics.items():
                     if key.endswith(f"/{method}"):
-                        metric.update(scores[row], is_in, batch_indices)
+                        metric.update(scores[method][0], is_in, batch_indices)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == TrainerFn.FITTING
@@ -87,3 +96,13 @@ class ODINEvalCallback(Callback):
         logged = {f"ood/{key}/{name}": value for key, metric in metrics.items()
                   for name, value in metric.compute().items()}
         pl_module.log_dict(logged, sync_dist=False)
+
+
+def _fixed_setting(name: str, params: dict[str, float]) -> Setting:
+    """The method's setting: ``params`` where given, else the first of its grid in its tie order."""
+    method = create_method(name)
+    if method.needs_fit:
+        raise ValueError(f"method {name!r} needs a fit on training data: evaluate it with evaluate.py, not in the "
+                         "callback (it would refit every validation epoch)")
+    grid = method.grid({key: [value] for key, value in params.items()})
+    return min(grid, key=method.tie_key)

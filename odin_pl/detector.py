@@ -1,9 +1,10 @@
-"""A deployable ODIN detector: a classifier, its tuned (T, epsilon), input spec and decision threshold.
+"""A deployable detector: a classifier, a method with its tuned setting, the input spec and a decision threshold.
 
-``ODINDetector.fit(...)`` sets the threshold at a target TPR on in-distribution scores
+``Detector.fit(...)`` sets the threshold at a target TPR on in-distribution scores
 (:func:`odin_pl.metrics.threshold_at_tpr`: the largest delta with mean(scores >= delta) >= tpr), ``predict(x)``
 flags ``score < threshold`` as OOD, and ``save`` / ``load`` keep everything but the model's weights in a small,
-human-readable JSON file.
+human-readable JSON file (format version 2 names the method; version 1 files are ODIN detectors and still load).
+:class:`ODINDetector` is the ODIN detector with (T, epsilon) as its arguments.
 """
 
 from __future__ import annotations
@@ -11,53 +12,65 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from odin_pl.methods import Setting, create_method
 from odin_pl.metrics import _as_scores, threshold_at_tpr
-from odin_pl.scoring import (check_epsilon, check_images, check_model_in_eval, check_temperature, logits_and_steps,
-                             max_softmax, perturbed_scores, score_settings)
+from odin_pl.scoring import Batch, max_softmax
 from odin_pl.spec import ImageSpec
 
 FORMAT = "odin_pl.detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "method" and "params"; 1: ODIN's "temperature" and "epsilon"
 
 
 @dataclass(frozen=True)
 class Detection:
-    """Per-image outputs of :meth:`ODINDetector.predict_all`: class, MSP and ODIN scores, OOD flag."""
+    """Per-image outputs of :meth:`Detector.predict_all`: class, MSP, the method's score, OOD flag."""
 
     predicted_class: Tensor
     msp: Tensor
-    odin: Tensor
+    score: Tensor
     is_ood: Tensor
 
 
-class ODINDetector:
-    """ODIN at a fixed (T, epsilon) with a threshold: images scoring below it are flagged OOD.
+class Detector:
+    """A method at a fixed setting with a threshold: images scoring below it are flagged OOD.
 
-    ``model`` takes images normalized with ``input_spec`` (its std makes epsilon a step in [0, 1] pixels) and
-    must be in eval mode. ``tuned_on`` records where the parameters and threshold come from (data, seed, split).
+    ``model`` takes images normalized with ``input_spec`` (its std makes ODIN's epsilon a step in [0, 1] pixels)
+    and must be in eval mode. ``params``: the setting, by name or in the method's parameter order. ``tuned_on``
+    records where the setting and threshold come from (data, seed, split).
     """
 
-    def __init__(self, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,
-                 threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> None:
-        check_temperature(temperature)
-        check_epsilon(epsilon)
+    def __init__(self, model: nn.Module, method: str, params: Mapping[str, float] | Sequence[float],
+                 input_spec: ImageSpec, threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None
+                 ) -> None:
+        self.method = create_method(method)
+        if isinstance(params, Mapping):
+            names = [p.name for p in self.method.params]
+            if set(params) != set(names):
+                raise ValueError(f"method {method!r} takes the parameters ({', '.join(names) or 'none'}), got "
+                                 f"({', '.join(params) or 'none'})")
+            params = [params[name] for name in names]
+        self.setting: Setting = self.method.check_setting(params)
         _check_model_fits(model, input_spec)
         self.model = model
-        self.temperature, self.epsilon = float(temperature), float(epsilon)
         self.input_spec = input_spec
         self.threshold, self.tpr = float(threshold), float(tpr)
         self.tuned_on = dict(tuned_on or {})
 
+    @property
+    def params(self) -> dict[str, float]:
+        return dict(zip((p.name for p in self.method.params), self.setting))
+
     @classmethod
-    def fit(cls, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec, in_scores: Any,
-            tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> "ODINDetector":
-        """A detector whose threshold keeps at least ``tpr`` of the in-distribution ``in_scores`` (ODIN scores at
-        this (T, epsilon))."""
-        detector = cls(model, temperature, epsilon, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on)
+    def fit(cls, model: nn.Module, method: str, params: Mapping[str, float] | Sequence[float],
+            input_spec: ImageSpec, in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None
+            ) -> "Detector":
+        """A detector whose threshold keeps at least ``tpr`` of the in-distribution ``in_scores`` (the method's
+        scores at this setting)."""
+        detector = Detector(model, method, params, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on)
         detector.fit_threshold(in_scores, tpr)
         return detector
 
@@ -66,23 +79,22 @@ class ODINDetector:
         self.threshold, self.tpr = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr), float(tpr)
         return self.threshold
 
+    def _batch(self, x: Tensor) -> Batch:
+        return Batch(self.model, x, self.input_spec.std, self.method.gradient_temperatures([self.setting]))
+
     def score(self, x: Tensor) -> Tensor:
-        """ODIN scores [B] of a normalized batch (higher = more in-distribution)."""
-        return score_settings(self.model, x, [(self.temperature, self.epsilon)], self.input_spec.std)[0]
+        """The method's scores [B] of a normalized batch (higher = more in-distribution)."""
+        return self.method.score(self._batch(x), [self.setting])[0]
 
     def predict_all(self, x: Tensor) -> Detection:
-        """Class from the clean logits, MSP, ODIN score and OOD flag of each image; one forward pass on x (and
-        one on the perturbed x when epsilon > 0)."""
-        check_model_in_eval(self.model)
-        check_images(x, self.model)
-        temperatures = [self.temperature] if self.epsilon > 0 else []
-        logits, steps = logits_and_steps(self.model, x, temperatures, self.input_spec.std)
-        if self.input_spec.num_classes and logits.shape[1] != self.input_spec.num_classes:
-            raise ValueError(f"the model gives {logits.shape[1]} logits but the detector was tuned for "
+        """Class from the clean logits, MSP, the method's score and OOD flag of each image; one forward pass on x
+        (and the method's own, such as ODIN's on the perturbed x)."""
+        batch = self._batch(x)
+        if self.input_spec.num_classes and batch.logits.shape[1] != self.input_spec.num_classes:
+            raise ValueError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
                              f"{self.input_spec.num_classes} classes")
-        odin = (perturbed_scores(self.model, x, steps[0], self.temperature, [self.epsilon])[0] if steps
-                else max_softmax(logits, self.temperature))
-        return Detection(logits.argmax(dim=1), max_softmax(logits, 1.0), odin, odin < self.threshold)
+        score = self.method.score(batch, [self.setting])[0]
+        return Detection(batch.logits.argmax(dim=1), max_softmax(batch.logits, 1.0), score, score < self.threshold)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(is_ood [B] bool, predicted class [B]) of a normalized batch."""
@@ -93,8 +105,8 @@ class ODINDetector:
         from odin_pl import __version__
 
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "odin_pl_version": __version__,
-                "temperature": self.temperature, "epsilon": self.epsilon, "threshold": self.threshold,
-                "tpr": self.tpr, "input_spec": self.input_spec.to_dict(), "tuned_on": self.tuned_on}
+                "method": self.method.name, "params": self.params, "threshold": self.threshold, "tpr": self.tpr,
+                "input_spec": self.input_spec.to_dict(), "tuned_on": self.tuned_on}
 
     def save(self, path: str | Path) -> Path:
         """Write the detector (not the weights) as JSON; returns the path."""
@@ -104,8 +116,10 @@ class ODINDetector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> "ODINDetector":
-        """The detector saved at ``path``, on ``model`` (whose spec and class count must match)."""
+    def load(cls, path: str | Path, model: nn.Module) -> "Detector":
+        """The detector saved at ``path`` (format version 1 or 2), on ``model`` (whose spec and class count must
+        match): an :class:`ODINDetector` for ODIN, else a :class:`Detector` of its method (which
+        ``ODINDetector.load`` refuses)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"detector file {path} does not exist; evaluate.py writes one per tuned set "
@@ -116,15 +130,44 @@ class ODINDetector:
             raise ValueError(f"{path} is not a detector file (invalid JSON: {err})") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path} is not an odin_pl detector file (no \"format\": \"{FORMAT}\")")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has detector format version {data.get('format_version')!r}; this odin_pl "
-                             f"reads version {FORMAT_VERSION} (re-run evaluate.py to write it again)")
+        version = data.get("format_version")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"{path} has detector format version {version!r}; this odin_pl reads versions 1 and "
+                             f"{FORMAT_VERSION} (re-run evaluate.py to write it again)")
         try:
-            spec = ImageSpec.from_dict(data["input_spec"])
-            return cls(model, data["temperature"], data["epsilon"], spec, data["threshold"], data["tpr"],
-                       data.get("tuned_on"))
+            method, params = (("odin", {"temperature": data["temperature"], "epsilon": data["epsilon"]})
+                              if version == 1 else (data["method"], data["params"]))
+            spec, rest = ImageSpec.from_dict(data["input_spec"]), (data["threshold"], data["tpr"], data.get("tuned_on"))
         except KeyError as err:
             raise ValueError(f"{path} lacks the field {err}: not a complete detector file") from err
+        if method == "odin" and isinstance(params, dict) and set(params) == {"temperature", "epsilon"}:
+            return ODINDetector(model, params["temperature"], params["epsilon"], spec, *rest)
+        if cls is ODINDetector:
+            raise ValueError(f"{path} is a detector of the method {method!r}, not ODIN: load it with Detector.load")
+        return Detector(model, method, params, spec, *rest)
+
+
+class ODINDetector(Detector):
+    """The ODIN detector at (T, epsilon)."""
+
+    def __init__(self, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,
+                 threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> None:
+        super().__init__(model, "odin", (temperature, epsilon), input_spec, threshold, tpr, tuned_on)
+
+    @classmethod
+    def fit(cls, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,  # type: ignore[override]
+            in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> "ODINDetector":
+        detector = cls(model, temperature, epsilon, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on)
+        detector.fit_threshold(in_scores, tpr)
+        return detector
+
+    @property
+    def temperature(self) -> float:
+        return self.setting[0]
+
+    @property
+    def epsilon(self) -> float:
+        return self.setting[1]
 
 
 def _check_model_fits(model: nn.Module, spec: ImageSpec) -> None:

@@ -23,7 +23,9 @@ from typing import Literal, Sequence
 import torch
 from lightning.pytorch import LightningDataModule
 
-from odin_pl.analyses import parse_analyses
+from odin_pl.analyses import check_analyses, parse_analyses
+from odin_pl.methods import list_methods
+from odin_pl.protocol import MethodGrid
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
 
 TuningMode = Literal["paper", "transfer", "cross", "fixed"]
@@ -61,23 +63,33 @@ class OODOptions:
 
 @dataclass
 class TuningOptions:
-    """How (T, epsilon) is chosen (paper, section 4.4 and appendix H).
+    """Which methods, and how their parameters are chosen (paper, section 4.4 and appendix H).
 
     Args:
         mode: ``paper``: tune on each OOD set's held-out split; ``transfer``: tune once on ``tune_on`` and report
             every set with it; ``cross``: every tuning on every set (the paper's tables 10 and 11); ``fixed``: use
-            ``temperature`` and ``epsilon``.
+            fixed parameters (ODIN's ``temperature`` and ``epsilon``; each other method's ``params``, else the first
+            of its grid in its tie order).
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
-        temperatures: the grid's T values (default: 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000).
-        epsilons: the grid's epsilon values (default: 21 values from 0 to 0.004).
+        methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...); MSP is the
+            baseline of the paper's table.
+        params: fixed parameter values, ``method.name=value`` (e.g. ``energy.temperature=1``): in fixed mode the
+            values used, in the other modes the one value of that parameter's grid.
+        grids: per method, per parameter, the grid's values (a YAML mapping of lists, e.g. ``{energy:
+            {temperature: [1, 10]}}``); ODIN's are ``temperatures`` and ``epsilons``.
+        temperatures: ODIN's T values (default: 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000).
+        epsilons: ODIN's epsilon values (default: 21 values from 0 to 0.004).
         n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
-        temperature: T of the ``fixed`` mode.
-        epsilon: epsilon of the ``fixed`` mode.
+        temperature: ODIN's T in ``fixed`` mode.
+        epsilon: ODIN's epsilon in ``fixed`` mode.
     """
 
     mode: TuningMode = "paper"
     tune_on: str | None = None
+    methods: list[str] | str = "msp,odin"
+    params: list[str] | str | None = None
+    grids: dict[str, dict[str, list[float]]] | None = None
     temperatures: list[float] | str | None = None
     epsilons: list[float] | str | None = None
     n_tune: int = PAPER_TUNING_SIZE
@@ -85,8 +97,24 @@ class TuningOptions:
     epsilon: float | None = None
 
     def __post_init__(self) -> None:
+        self.methods = list(dict.fromkeys(comma_list(self.methods)))
+        unknown = [m for m in self.methods if m not in list_methods()]
+        if unknown or not self.methods:
+            raise ValueError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
+                             f"registered methods are {', '.join(list_methods())}")
+        self.params = comma_list(self.params)
+        fixed_params = self.fixed_params  # checks the names
+        self.grids = {m: dict(values) for m, values in (self.grids or {}).items()}
+        unknown = sorted(set(self.grids) - set(self.methods))
+        if unknown:
+            raise ValueError(f"--tuning.grids has {', '.join(unknown)}, not among --tuning.methods "
+                             f"({', '.join(self.methods)}): add them there or drop their grids")
+        if "odin" in self.grids and (self.temperatures is not None or self.epsilons is not None):
+            raise ValueError("give ODIN's grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
         fixed = (self.temperature, self.epsilon)
-        if self.mode == "fixed" and None in fixed:
+        odin_fixed = {**dict(zip(("temperature", "epsilon"), fixed)), **fixed_params.get("odin", {})}
+        if self.mode == "fixed" and "odin" in self.methods and None in (odin_fixed.get("temperature"),
+                                                                        odin_fixed.get("epsilon")):
             raise ValueError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
         if self.mode != "fixed" and fixed != (None, None):
             raise ValueError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
@@ -100,14 +128,50 @@ class TuningOptions:
         self.epsilons = list(parse_floats(self.epsilons, "--tuning.epsilons")
                              if self.epsilons is not None else PAPER_EPSILONS)
         self.grid  # noqa: B018  (checks the grid now)
+        self.method_grids()  # checks every method's grid and fixed values now
 
     @property
     def grid(self) -> Grid:
+        """ODIN's (T, epsilon) grid."""
         return Grid(tuple(self.temperatures), tuple(self.epsilons))
 
     @property
+    def fixed_params(self) -> dict[str, dict[str, float]]:
+        """``params`` as ``{method: {parameter: value}}``."""
+        parsed: dict[str, dict[str, float]] = {}
+        for item in self.params:
+            key, equals, value = item.partition("=")
+            method, dot, name = key.strip().partition(".")
+            if not (equals and dot and name):
+                raise ValueError(f"--tuning.params takes method.name=value items (e.g. energy.temperature=1), got "
+                                 f"{item!r}")
+            if method not in self.methods:
+                raise ValueError(f"--tuning.params {item!r}: {method!r} is not among --tuning.methods "
+                                 f"({', '.join(self.methods)})")
+            try:
+                parsed.setdefault(method, {})[name.strip()] = float(value)
+            except ValueError as err:
+                raise ValueError(f"--tuning.params {item!r}: {value!r} is not a number") from err
+        return parsed
+
+    def method_grids(self) -> list[MethodGrid]:
+        """Each method's grid (its values, ``params`` fixing single values) and fixed-mode setting."""
+        fixed_params = self.fixed_params
+        grids = []
+        for name in self.methods:
+            values = dict(self.grids.get(name, {}))
+            fixed = fixed_params.get(name, {})
+            if name == "odin":
+                values = {"temperature": self.temperatures, "epsilon": self.epsilons, **values}
+                if self.mode == "fixed":
+                    fixed = {"temperature": self.temperature, "epsilon": self.epsilon, **fixed}
+            values.update({key: [value] for key, value in fixed.items() if value is not None})
+            grids.append(MethodGrid.of(name, values))
+        return grids
+
+    @property
     def fixed(self) -> tuple[float, float] | None:
-        """(T, epsilon) of the fixed mode, else None."""
+        """ODIN's (T, epsilon) of the fixed mode, else None."""
         return None if self.mode != "fixed" else (float(self.temperature), float(self.epsilon))
 
 
@@ -246,6 +310,7 @@ class ProtocolConfig(ModelSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_analyses(self.analyses.names, self.tuning.methods)
         if self.analyses.names and (self.runtime.devices or 1) * (self.runtime.num_nodes or 1) > 1:
             raise ValueError("the analyses run in a single process: run them with --runtime.devices 1, or later on "
                              "the finished run with `evaluate.py analyses RUN_DIR`")

@@ -24,8 +24,9 @@ from odin_pl.convert import load_foreign_model
 from odin_pl.distributed import world
 from odin_pl.eval_config import ModelSource, ProtocolConfig
 from odin_pl.module import ImageClassifier
-from odin_pl.protocol import ProtocolResult, Setting, run_protocol
-from odin_pl.report import cross_table, markdown_table
+from odin_pl.methods import Plan, Setting
+from odin_pl.protocol import ProtocolResult, run_protocol
+from odin_pl.report import results_tables
 from odin_pl.score_store import ScoreStore, file_sha256
 from odin_pl.spec import ImageSpec
 
@@ -87,25 +88,43 @@ class ProtocolRun:
 
     @property
     def table(self) -> str:
-        """Table 2 of the paper (and, in cross mode, tables 10/11) in Markdown."""
-        table = markdown_table(self.result.records, self.title)
-        return table + "\n\n" + cross_table(self.result.records) if self.mode == "cross" else table
+        """Table 2 of the paper (baseline / ODIN; and, in cross mode, tables 10/11) in Markdown, or with other
+        methods, one row per method and a column per OOD set."""
+        return results_tables(self.result.records, self.title, self.mode == "cross")
 
-    def detector_settings(self) -> dict[str, Setting]:
-        """The (T, epsilon) of each tuning, or of the fixed mode (``fixed``): one detector each."""
-        tuned = {name: (s.temperature, s.epsilon) for name, s in self.result.selections.items()}
-        return tuned or {"fixed": self.config.tuning.fixed}
+    def detector_settings(self) -> dict[str, tuple[str, Setting, str | None]]:
+        """File stem -> (method, setting, tuning set) of each detector the run gives: one per tuning of a tuned
+        method (``<set>`` for ODIN, ``<set>.<method>`` for others) and one per method used with fixed parameters
+        (``fixed`` for ODIN, as before other methods; ``<method>`` for the others)."""
+        detectors = {}
+        for grid in self.result.methods:
+            selections = self.result.selections.get(grid.name, {})
+            for tuned_on, selection in selections.items():
+                stem = tuned_on if grid.name == "odin" else f"{tuned_on}.{grid.name}"
+                detectors[stem] = (grid.name, selection.setting, tuned_on)
+            if not selections:
+                setting = grid.fixed if self.mode == "fixed" else grid.settings[0]
+                detectors["fixed" if grid.name == "odin" else grid.name] = (grid.name, setting, None)
+        return detectors
 
     def meta(self) -> dict[str, Any]:
-        """What results.json says besides the records."""
+        """What results.json says besides the records (``grid`` and ``tuning`` are ODIN's, as before other
+        methods; ``grids`` and ``selections`` hold every method's)."""
         grid = self.config.tuning.grid
+        selections = self.result.selections
         return {"checkpoint": str(self.config.weights_file), "version": __version__, "mode": self.mode,
                 "tune_on": self.config.tuning.tune_on, "seed": self.config.seed, "image_spec": self.spec.to_dict(),
                 "skipped_ood_sets": self.skipped_ood_sets, "notes": self.result.notes,
+                "methods": [m.name for m in self.result.methods],
                 "grid": {"temperatures": list(grid.temperatures), "epsilons": list(grid.epsilons)},
                 "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon,
                                   "tuning_fpr_at_95_tpr": s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid,
-                                  "grid_edge": s.edge_note} for name, s in self.result.selections.items()},
+                                  "grid_edge": s.edge_note} for name, s in selections.get("odin", {}).items()},
+                "grids": {m.name: [list(setting) for setting in m.settings] for m in self.result.methods},
+                "selections": {method: {name: {"params": s.params, "tuning_fpr_at_95_tpr": s.tuning_fpr,
+                                               "tuning_auroc": s.tuning_auroc, "fpr_at_95_tpr_grid": s.fpr_grid,
+                                               "grid_edge": s.edge_note} for name, s in by_set.items()}
+                               for method, by_set in selections.items()},
                 "splits": self.result.splits,
                 "runtime": {"processes": self.processes, "threads_per_process": self.threads_per_process,
                             "precision": self.config.runtime.precision}}
@@ -138,8 +157,8 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {})
     resume = store.load if config.output.resume else None
 
-    def load_saved(name: str, split: str, settings: list[Setting]) -> Tensor:
-        scores = store.load(name, split, settings)
+    def load_saved(name: str, split: str, plan: Plan) -> dict[str, Tensor]:
+        scores = store.load(name, split, plan)
         if scores is None:
             raise ValueError(f"{store.path(name, split)} is missing or was made with other weights, data or settings;"
                              " run the protocol (again) into this folder with --output.resume true first")
@@ -147,9 +166,9 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
 
     rank = world()[0]
     result = run_protocol(
-        target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode, grid=tuning.grid,
-        tune_on=tuning.tune_on, tuning_only_datasets=tuning_only, temperature=tuning.temperature,
-        epsilon=tuning.epsilon, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
+        target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode,
+        methods=tuning.method_grids(), tune_on=tuning.tune_on, tuning_only_datasets=tuning_only,
+        n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
         num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
         load_scores=load_saved if saved_scores_only else resume, progress=rank == 0)
     return ProtocolRun(config, target.spec, target.model.hparams.backbone, store.context["weights_sha256"], result,

@@ -1,5 +1,5 @@
-"""Score every image of a data set with an :class:`~odin_pl.detector.ODINDetector`, on any number of processes,
-and write one CSV row per image in input order.
+"""Score every image of a data set with a :class:`~odin_pl.detector.Detector`, on any number of processes, and
+write one CSV row per image in input order.
 
 Process r of W scores the images r, r + W, ... (:func:`~odin_pl.distributed.shard_indices`, no padding), so every
 image is scored exactly once; :func:`~odin_pl.distributed.gather_shards` puts the detections back in input order,
@@ -17,13 +17,13 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.detector import Detection, ODINDetector
+from odin_pl.detector import Detection, Detector
 from odin_pl.distributed import gather_shards, shard_indices, world
 
-COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "odin", "is_ood")
+COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "<method>", "is_ood")  # <method>: its score
 
 
-def detect_dataset(detector: ODINDetector, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0
+def detect_dataset(detector: Detector, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0
                    ) -> Detection:
     """The detections of every image of ``dataset`` (yielding (image, label)), in input order on every process;
     the images go to the detector model's device and dtype."""
@@ -42,20 +42,21 @@ def detect_dataset(detector: ODINDetector, dataset: Dataset, *, batch_size: int 
     return Detection(**{name: gather_shards(values, len(dataset)) for name, values in local.items()})
 
 
-def write_detections(path: str | Path, detections: Detection, paths: Sequence[str | Path] | None = None,
-                     class_names: Sequence[str] = ()) -> Path:
-    """Write one row per image (columns :data:`COLUMNS`) atomically; ``paths`` (the images' files) and
-    ``class_names`` fill the ``path`` and ``class_name`` columns when given. Returns the path."""
+def write_detections(path: str | Path, detections: Detection, method: str,
+                     paths: Sequence[str | Path] | None = None, class_names: Sequence[str] = ()) -> Path:
+    """Write one row per image (columns :data:`COLUMNS`, the score's named after ``method``) atomically; ``paths``
+    (the images' files) and ``class_names`` fill the ``path`` and ``class_name`` columns when given. Returns the
+    path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    rows = zip(detections.predicted_class.tolist(), detections.msp.tolist(), detections.odin.tolist(),
+    rows = zip(detections.predicted_class.tolist(), detections.msp.tolist(), detections.score.tolist(),
                detections.is_ood.tolist())
     with temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
+        writer.writerow([method if column == "<method>" else column for column in COLUMNS])
         writer.writerows([index, paths[index] if paths is not None else "", label,
-                          class_names[label] if label < len(class_names) else "", msp, odin, is_ood]
-                         for index, (label, msp, odin, is_ood) in enumerate(rows))
+                          class_names[label] if label < len(class_names) else "", msp, score, is_ood]
+                         for index, (label, msp, score, is_ood) in enumerate(rows))
     os.replace(temporary, path)
     return path

@@ -7,15 +7,16 @@ Modes:
 * ``cross``    - tune on every OOD set and report every set with every set's (T, epsilon) (paper, tables 10
   and 11); the main table uses each set's own tuning, as ``paper`` does;
 * ``fixed``    - use the given (T, epsilon), no tuning.
-Every mode reports on the same seeded test splits, and MSP (T=1, epsilon=0) is reported beside ODIN on them.
-Scoring passes are shared: the in-distribution tuning split is scored over the grid once for all OOD sets, and
-its test split once for the union of chosen settings.
+The modes apply to every method (``odin_pl.methods``; default: MSP, the baseline, and ODIN): each method with more
+than one setting is tuned on the same splits by the same rule, and all are reported on the same seeded test splits.
+Scoring passes are shared: the in-distribution tuning split is scored over every method's grid once for all OOD
+sets (one forward pass per batch for all methods), and its test split once for the union of chosen settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,22 +24,23 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_indices, world
+from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
-from odin_pl.scoring import StdLike, check_epsilon, check_model_in_eval, check_temperature, score_settings
-from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_parameters, split_indices, tuning_size
+from odin_pl.scoring import StdLike, check_model_in_eval
+from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
 
-Setting = tuple[float, float]
-MSP: Setting = (1.0, 0.0)
-ScoresHook = Callable[[str, str, Sequence[Setting], Tensor], None]
-ScoresLoader = Callable[[str, str, Sequence[Setting]], Tensor | None]
+MSP: Setting = (1.0, 0.0)  # ODIN's setting that equals the MSP baseline
+ScoresHook = Callable[[str, str, Plan, dict[str, Tensor]], None]
+ScoresLoader = Callable[[str, str, Plan], "dict[str, Tensor] | None"]
 
 
-def score_dataset(
-    model: nn.Module, dataset: Dataset, settings: Sequence[Setting], *, input_std: StdLike = None,
-    batch_size: int = 256, num_workers: int = 0, device: str | torch.device | None = None,
-    forward_batch_size: int | None = None, desc: str | None = None,
-) -> Tensor:
-    """Scores [len(settings), len(dataset)] (on the CPU) of every image of a data set yielding (image, label).
+def score_plan(
+    model: nn.Module, dataset: Dataset, plan: Plan, *, input_std: StdLike = None, batch_size: int = 256,
+    num_workers: int = 0, device: str | torch.device | None = None, forward_batch_size: int | None = None,
+    desc: str | None = None,
+) -> dict[str, Tensor]:
+    """Scores [len(settings), len(dataset)] (on the CPU) per method of ``plan`` of every image of a data set
+    yielding (image, label); one forward pass per batch serves all methods.
 
     In a process group, each process scores its own shard and all get the gathered scores in dataset order.
     """
@@ -47,14 +49,51 @@ def score_dataset(
     rank, world_size = world()
     shard = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks = []
+    chunks: dict[str, list[Tensor]] = {name: [] for name in plan}
     for images, _ in tqdm(loader, desc=desc, disable=desc is None or rank > 0, leave=False):
         images = images.to(device=device, dtype=dtype, non_blocking=True)
-        chunks.append(score_settings(model, images, settings, input_std, forward_batch_size).cpu())
+        for name, scores in score_batch(model, images, plan, input_std, forward_batch_size).items():
+            chunks[name].append(scores.cpu())
     if len(dataset) == 0:
         raise ValueError(f"{desc or 'the data set'} is empty: nothing to score")
-    local = torch.cat(chunks, dim=1) if chunks else torch.empty(len(settings), 0, dtype=dtype)
-    return gather_shards(local, len(dataset))
+    return {name: gather_shards(torch.cat(chunks[name], dim=1) if chunks[name] else
+                                torch.empty(len(plan[name]), 0, dtype=dtype), len(dataset)) for name in plan}
+
+
+def score_dataset(model: nn.Module, dataset: Dataset, settings: Sequence[Setting], **options: Any) -> Tensor:
+    """ODIN's scores [len(settings), len(dataset)] for (T, epsilon) settings (see :func:`score_plan`)."""
+    return score_plan(model, dataset, {"odin": settings}, **options)["odin"]
+
+
+@dataclass(frozen=True)
+class MethodGrid:
+    """A method of a protocol run: the settings it is tuned over (its grid, in the product order of its
+    parameters) and the one it uses in fixed mode (default: the grid's first in the method's tie order)."""
+
+    name: str
+    settings: tuple[Setting, ...]
+    fixed: Setting | None = None
+
+    @classmethod
+    def of(cls, name: str, values: Mapping[str, Sequence[float]] | None = None,
+           fixed: Sequence[float] | None = None) -> "MethodGrid":
+        """The method's grid (its default values, or ``values`` per parameter) and fixed setting."""
+        method = create_method(name)
+        settings = tuple(method.grid(values))
+        return cls(name, settings, method.check_setting(fixed) if fixed is not None else
+                   min(settings, key=method.tie_key))
+
+    @property
+    def tuned(self) -> bool:
+        return len(self.settings) > 1
+
+
+def default_methods(grid: Grid = Grid(), temperature: float | None = None, epsilon: float | None = None
+                    ) -> list[MethodGrid]:
+    """The paper's pair: MSP (the baseline) and ODIN over ``grid`` (fixed mode: ``temperature``, ``epsilon``)."""
+    fixed = (temperature, epsilon) if temperature is not None and epsilon is not None else None
+    return [MethodGrid.of("msp"),
+            MethodGrid.of("odin", {"temperature": grid.temperatures, "epsilon": grid.epsilons}, fixed)]
 
 
 @dataclass
@@ -82,16 +121,23 @@ class SetSplit:
 
 @dataclass
 class ProtocolResult:
-    """One record per OOD set and method, the selections, the splits, notes for the user, the test-split scores
-    per OOD set and method as (in-distribution, OOD) pairs, and the tuning splits' scores over the whole grid
-    ([len(grid.settings), n] per set, ``in_distribution`` included), and the in-distribution test split's scores
-    per setting reported on it."""
+    """What a protocol run found:
+
+    * ``records``: per OOD set and method, the metrics on the test splits (one per tuning in cross mode);
+    * ``test_scores``: per OOD set and method, the (in-distribution, OOD) test-split scores of its main entry;
+    * ``tuning_scores``: per tuned method and set (``in_distribution`` included), the tuning split's scores over
+      the method's grid [len(settings), n];
+    * ``in_test_scores``: the in-distribution test split's scores per (method, setting) reported on it;
+    * ``selections``: per tuned method and tuning set, the chosen setting;
+    * ``methods``: the run's methods; ``splits``; ``notes`` for the user.
+    """
 
     records: list[dict] = field(default_factory=list)
     test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
-    tuning_scores: dict[str, Tensor] = field(default_factory=dict)
-    in_test_scores: dict[Setting, Tensor] = field(default_factory=dict)
-    selections: dict[str, Selection] = field(default_factory=dict)
+    tuning_scores: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    in_test_scores: dict[tuple[str, Setting], Tensor] = field(default_factory=dict)
+    selections: dict[str, dict[str, Selection]] = field(default_factory=dict)
+    methods: list[MethodGrid] = field(default_factory=list)
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -108,6 +154,7 @@ def run_protocol(
     *,
     input_std: StdLike = None,
     mode: Literal["paper", "transfer", "cross", "fixed"] = "paper",
+    methods: Sequence[MethodGrid] | None = None,
     grid: Grid = Grid(),
     tune_on: str | None = None,
     tuning_only_datasets: Mapping[str, Dataset] | None = None,
@@ -122,47 +169,53 @@ def run_protocol(
     on_scores: ScoresHook | None = None,
     load_scores: ScoresLoader | None = None,
 ) -> ProtocolResult:
-    """Run the protocol; ``on_scores(set, split, settings, scores)`` sees every score tensor as it is computed.
+    """Run the protocol for ``methods`` (default: MSP and ODIN over ``grid``, fixed mode at ``temperature`` and
+    ``epsilon``); ``on_scores(set, split, plan, scores)`` sees every pass's scores as they are computed.
 
-    ``load_scores(set, split, settings)``, asked before each scoring pass, may return saved scores
-    [len(settings), n] of exactly that split to use instead (to resume a run); it must check that they come from
+    ``load_scores(set, split, plan)``, asked before each scoring pass, may return saved scores (per method,
+    [len(settings), n]) of exactly that split to use instead (to resume a run); it must check that they come from
     the same model, data and split. In a process group only process 0 asks, and sends what it got to the
     others; loaded scores skip ``on_scores``.
     """
     check_model_in_eval(model)
+    if methods is None:
+        if mode == "fixed" and None in (temperature, epsilon):
+            raise ValueError("mode 'fixed' needs both temperature and epsilon")
+        methods = default_methods(grid, temperature, epsilon)
+    methods = list(methods)
+    if not methods:
+        raise ValueError("no method to evaluate: give at least one (see odin_pl.methods.list_methods())")
     if not ood_datasets:
         raise ValueError("no OOD set to evaluate: give at least one")
     tuning_only = dict(tuning_only_datasets or {})
     for name, dataset in [("in-distribution set", in_dataset), *ood_datasets.items(), *tuning_only.items()]:
         if len(dataset) == 0:
             raise ValueError(f"{name!r} is empty: nothing to evaluate (check its folder or image count)")
-    if mode == "fixed":
-        if temperature is None or epsilon is None:
-            raise ValueError("mode 'fixed' needs both temperature and epsilon")
-        check_temperature(temperature)
-        check_epsilon(epsilon)
-    elif mode == "transfer":
+    if mode == "transfer":
         if tune_on not in ood_datasets and tune_on not in tuning_only:
             known = sorted([*ood_datasets, *tuning_only])
             raise ValueError(f"tune_on={tune_on!r} is not one of the evaluated sets {known}")
-    elif mode not in ("paper", "cross"):
+    elif mode not in ("paper", "cross", "fixed"):
         raise ValueError(f"unknown mode {mode!r}; use 'paper', 'transfer', 'cross' or 'fixed'")
 
-    result = ProtocolResult()
+    result = ProtocolResult(methods=methods)
 
-    def score(name: str, split: str, dataset: Dataset, settings: Sequence[Setting]) -> Tensor:
+    def score(name: str, split: str, dataset: Dataset, plan: dict[str, list[Setting]]) -> dict[str, Tensor]:
         if load_scores is not None:  # read by process 0 alone, sent to the others
-            saved = broadcast_from_zero(load_scores(name, split, settings) if world()[0] == 0 else None)
+            saved = broadcast_from_zero(load_scores(name, split, plan) if world()[0] == 0 else None)
             if saved is not None:
-                if tuple(saved.shape) != (len(settings), len(dataset)):
-                    raise ValueError(f"load_scores gave scores of shape {tuple(saved.shape)} for {name}/{split}; "
-                                     f"expected {(len(settings), len(dataset))}")
+                expected = {m: (len(s), len(dataset)) for m, s in plan.items()}
+                shapes = {m: tuple(t.shape) for m, t in saved.items()}
+                if shapes != expected:
+                    raise ValueError(f"load_scores gave scores of shapes {shapes} for {name}/{split}; "
+                                     f"expected {expected}")
                 return saved
-        scores = score_dataset(model, dataset, settings, input_std=input_std, batch_size=batch_size,
-                               num_workers=num_workers, device=device,
-                               desc=f"{name}/{split} ({len(settings)} settings)" if progress else None)
+        total = sum(len(s) for s in plan.values())
+        scores = score_plan(model, dataset, plan, input_std=input_std, batch_size=batch_size,
+                            num_workers=num_workers, device=device,
+                            desc=f"{name}/{split} ({total} settings)" if progress else None)
         if on_scores is not None:
-            on_scores(name, split, settings, scores)
+            on_scores(name, split, plan, scores)
         return scores
 
     in_split = SetSplit.make(len(in_dataset), split_seed(seed, "in"), n_tune)
@@ -173,40 +226,53 @@ def run_protocol(
             result.notes.append(f"{name} has only {split.n} images: half of it ({len(split.tune)}) is used for "
                                 f"tuning instead of {PAPER_TUNING_SIZE}")
 
-    # 1. Tuning: (T, epsilon) per OOD set (paper, cross), one for all (transfer), or given (fixed).
-    if mode != "fixed":
-        in_tune = score("in_distribution", "tune", Subset(in_dataset, in_split.tune.tolist()), grid.settings)
-        result.tuning_scores["in_distribution"] = in_tune
+    # 1. Tuning: per tuned method, a setting per OOD set (paper, cross), one for all (transfer); none in fixed mode.
+    tuned = [m for m in methods if m.tuned] if mode != "fixed" else []
+    if tuned:
+        tuning_plan = {m.name: list(m.settings) for m in tuned}
+        in_tune = score("in_distribution", "tune", Subset(in_dataset, in_split.tune.tolist()), tuning_plan)
+        for m in tuned:
+            result.tuning_scores[m.name] = {"in_distribution": in_tune[m.name]}
+            result.selections[m.name] = {}
         for name in [tune_on] if mode == "transfer" else list(ood_datasets):
             tune_set = tuning_only[name] if name in tuning_only else Subset(ood_datasets[name],
                                                                             splits[name].tune.tolist())
-            result.tuning_scores[name] = score(name, "tune", tune_set, grid.settings)
-            result.selections[name] = select_parameters(grid, in_tune, result.tuning_scores[name])
-    # For each test set, the (tuned_on, setting) pairs to report; the first one is its main-table ODIN entry.
-    reported: dict[str, list[tuple[str | None, Setting]]] = {}
+            out_tune = score(name, "tune", tune_set, tuning_plan)
+            for m in tuned:
+                result.tuning_scores[m.name][name] = out_tune[m.name]
+                result.selections[m.name][name] = select_setting(create_method(m.name), m.settings, in_tune[m.name],
+                                                                 out_tune[m.name])
+    # For each test set and method, the (tuned_on, setting) pairs to report; the first is its main-table entry.
+    reported: dict[str, dict[str, list[tuple[str | None, Setting]]]] = {}
     for name in ood_datasets:
-        tuned = {"fixed": [None], "paper": [name], "transfer": [tune_on],
-                 "cross": [name, *(t for t in ood_datasets if t != name)]}[mode]
-        reported[name] = [(t, (float(temperature), float(epsilon)) if t is None else
-                           (result.selections[t].temperature, result.selections[t].epsilon)) for t in tuned]
+        tunings = {"paper": [name], "transfer": [tune_on], "cross": [name, *(t for t in ood_datasets if t != name)]}
+        reported[name] = {m.name: ([(t, result.selections[m.name][t].setting) for t in tunings[mode]]
+                                   if m in tuned else [(None, m.fixed if mode == "fixed" else m.settings[0])])
+                          for m in methods}
 
     # 2. Test splits: the in-distribution one once for every setting needed, then each OOD set.
-    in_settings = list(dict.fromkeys([MSP, *(s for pairs in reported.values() for _, s in pairs)]))
-    in_test = dict(zip(in_settings, score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()),
-                                          in_settings)))
-    result.in_test_scores = in_test
+    def test_plan(names: Sequence[str]) -> dict[str, list[Setting]]:
+        return {m.name: list(dict.fromkeys(s for n in names for _, s in reported[n][m.name])) for m in methods}
+
+    in_plan = test_plan(list(ood_datasets))
+    in_test = score("in_distribution", "test", Subset(in_dataset, in_split.test.tolist()), in_plan)
+    result.in_test_scores = {(m, s): in_test[m][row] for m, settings in in_plan.items()
+                             for row, s in enumerate(settings)}
     for name, dataset in ood_datasets.items():
-        settings = list(dict.fromkeys([MSP, *(s for _, s in reported[name])]))
-        out_test = dict(zip(settings, score(name, "test", Subset(dataset, splits[name].test.tolist()), settings)))
-        main_setting = reported[name][0][1]
-        result.test_scores[name] = {"msp": (in_test[MSP], out_test[MSP]),
-                                    "odin": (in_test[main_setting], out_test[main_setting])}
-        for method, tuned_on, setting in [("msp", None, MSP), *(("odin", t, s) for t, s in reported[name])]:
-            record = {"ood": name, "method": method, **ood_metrics(in_test[setting], out_test[setting]),
-                      "temperature": setting[0], "epsilon": setting[1],
-                      "n_in": len(in_split.test), "n_out": len(splits[name].test), "tuned_on": tuned_on}
-            if tuned_on is not None:
-                selection = result.selections[tuned_on]
-                record.update(tuning_fpr_at_95_tpr=selection.tuning_fpr, grid_edge=selection.edge_note)
-            result.records.append(record)
+        plan = test_plan([name])
+        scores = score(name, "test", Subset(dataset, splits[name].test.tolist()), plan)
+        out_test = {(m, s): scores[m][row] for m, settings in plan.items() for row, s in enumerate(settings)}
+        result.test_scores[name] = {m.name: (result.in_test_scores[m.name, reported[name][m.name][0][1]],
+                                             out_test[m.name, reported[name][m.name][0][1]]) for m in methods}
+        for m in methods:
+            method = create_method(m.name)
+            for tuned_on, setting in reported[name][m.name]:
+                key = (m.name, setting)
+                record = {"ood": name, "method": m.name, **ood_metrics(result.in_test_scores[key], out_test[key]),
+                          **method.named(setting), "n_in": len(in_split.test), "n_out": len(splits[name].test),
+                          "tuned_on": tuned_on}
+                if tuned_on is not None:
+                    selection = result.selections[m.name][tuned_on]
+                    record.update(tuning_fpr_at_95_tpr=selection.tuning_fpr, grid_edge=selection.edge_note)
+                result.records.append(record)
     return result

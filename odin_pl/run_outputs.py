@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from odin_pl.detector import ODINDetector
+from odin_pl.detector import Detector
 from odin_pl.evaluation import IN_DISTRIBUTION, ProtocolRun
 from odin_pl.module import ImageClassifier
 from odin_pl.plots import plot_grid, plot_histograms, plot_roc
@@ -28,13 +28,14 @@ def write_run(run: ProtocolRun, model: ImageClassifier, out: Path) -> RunFiles:
 
 
 def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
-    """ROC curves and score histograms per OOD set, and the tuning grid's FPR heatmap per tuned set."""
+    """ROC curves and score histograms per OOD set (every method), and ODIN's tuning-grid FPR heatmap per tuned
+    set."""
     figures = []
     for name, scores in run.result.test_scores.items():
         figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
         figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
     grid = run.config.tuning.grid
-    for name, selection in run.result.selections.items():
+    for name, selection in run.result.selections.get("odin", {}).items():  # ODIN's (T, epsilon) heatmap
         figures.append(plot_grid(selection.fpr_grid, grid.temperatures, grid.epsilons,
                                  (selection.temperature, selection.epsilon), f"tuning on {name}",
                                  folder / f"grid_{name}.png"))
@@ -42,16 +43,17 @@ def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
 
 
 def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> list[Path]:
-    """One :class:`ODINDetector` per tuning (or for the fixed parameters), its threshold at 95% TPR on the
-    in-distribution test split, so that its flags reproduce the reported FPR at 95% TPR."""
+    """One :class:`Detector` per tuning of each method (or for its fixed setting; see
+    :meth:`ProtocolRun.detector_settings`), its threshold at 95% TPR on the in-distribution test split, so that its
+    flags reproduce the reported FPR at 95% TPR."""
     config = run.config
     info = {"checkpoint": str(config.weights_file), "weights_sha256": run.weights_sha256,
             "in_distribution": run.spec.dataset, "mode": run.mode, "seed": config.seed,
             "n_tune": config.tuning.n_tune, "threshold_split": f"{IN_DISTRIBUTION}/test"}
     paths = []
-    for name, setting in run.detector_settings().items():
-        in_scores = run.result.in_test_scores[setting]
-        tuned_on = {**info, "ood_set": None if name == "fixed" else name, "n_threshold_images": len(in_scores)}
-        detector = ODINDetector.fit(model, *setting, run.spec, in_scores, tuned_on=tuned_on)
-        paths.append(detector.save(folder / f"{name}.json"))
+    for stem, (method, setting, ood_set) in run.detector_settings().items():
+        in_scores = run.result.in_test_scores[method, setting]
+        tuned_on = {**info, "ood_set": ood_set, "n_threshold_images": len(in_scores)}
+        detector = Detector.fit(model, method, setting, run.spec, in_scores, tuned_on=tuned_on)
+        paths.append(detector.save(folder / f"{stem}.json"))
     return paths

@@ -1,9 +1,10 @@
 """Per-image score files that say what produced them, written atomically, so that an evaluation can resume.
 
-``<folder>/<set>__<split>.pt`` holds ``{"settings": [(T, epsilon), ...], "scores": Tensor[len(settings), n],
-"context": {...}}``. The context is the run's fixed facts (a fingerprint of the weights, dtype, seeds, tuning size,
-...) plus the set's own (its source and size); with the seed, tuning size and set size it fixes the split indices.
-:meth:`ScoreStore.load` returns scores only when settings and context both match.
+``<folder>/<set>__<split>.pt`` holds ``{"plan": {method: [setting, ...]}, "scores": {method: Tensor[len(settings),
+n]}, "context": {...}}``. The context is the run's fixed facts (a fingerprint of the weights, dtype, seeds, tuning
+size, ...) plus the set's own (its source and size); with the seed, tuning size and set size it fixes the split
+indices. :meth:`ScoreStore.load` returns scores only when plan and context both match (a file of another plan, or
+of an earlier version, is scored again).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-Setting = tuple[float, float]
+Plan = Mapping[str, Sequence[Sequence[float]]]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -25,8 +26,8 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _settings(settings: Sequence[Setting]) -> list[tuple[float, float]]:
-    return [(float(t), float(e)) for t, e in settings]
+def _plan(plan: Plan) -> dict[str, list[list[float]]]:
+    return {method: [[float(v) for v in setting] for setting in settings] for method, settings in plan.items()}
 
 
 class ScoreStore:
@@ -46,17 +47,17 @@ class ScoreStore:
     def _context(self, name: str) -> dict[str, Any]:
         return {**self.context, "set": self.sets.get(name)}
 
-    def save(self, name: str, split: str, settings: Sequence[Setting], scores: Tensor) -> None:
+    def save(self, name: str, split: str, plan: Plan, scores: Mapping[str, Tensor]) -> None:
         """Write the scores atomically (a temporary file renamed into place: never a half-written file)."""
         path = self.path(name, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"settings": _settings(settings), "scores": scores.cpu(), "context": self._context(name)},
-                   temporary)
+        torch.save({"plan": _plan(plan), "scores": {m: t.cpu() for m, t in scores.items()},
+                    "context": self._context(name)}, temporary)
         os.replace(temporary, path)
 
-    def load(self, name: str, split: str, settings: Sequence[Setting]) -> Tensor | None:
-        """The saved scores of (set, split) for exactly these settings and this context, else None."""
+    def load(self, name: str, split: str, plan: Plan) -> dict[str, Tensor] | None:
+        """The saved scores of (set, split) for exactly this plan and this context, else None."""
         path = self.path(name, split)
         if not path.is_file():
             return None
@@ -65,7 +66,7 @@ class ScoreStore:
         except Exception:  # unreadable (foreign or damaged file): score again
             return None
         if (not isinstance(saved, dict) or saved.get("context") != self._context(name)
-                or _settings(saved.get("settings", [])) != _settings(settings)):
+                or saved.get("plan") != _plan(plan)):
             return None
         self.reused.append(path.name)
         return saved["scores"]

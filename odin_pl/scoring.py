@@ -132,6 +132,54 @@ def perturbed_scores(
     return torch.cat(out) if out else x.new_zeros(0, batch)
 
 
+class Batch:
+    """A normalized batch x and the work that scoring methods share on it (see ``odin_pl.methods``).
+
+    ``logits``: f(x) from one forward pass, for every method and setting that scores the clean input.
+    ``step(T)``: ODIN's input step for temperature T (one backward each, on that same forward's graph), for the
+    ``gradient_temperatures`` asked for when the batch was made.
+    ``forward_batch_size``: the most images per forward pass of perturbed copies (default: the batch size).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, input_std: StdLike = None,
+                 gradient_temperatures: Sequence[float] = (), forward_batch_size: int | None = None) -> None:
+        check_model_in_eval(model)
+        check_images(x, model)
+        self.model, self.x, self.input_std, self.forward_batch_size = model, x, input_std, forward_batch_size
+        temperatures = list(dict.fromkeys(float(t) for t in gradient_temperatures))
+        if temperatures:
+            self.logits, steps = logits_and_steps(model, x, temperatures, input_std)
+        else:
+            std_view(input_std, x)  # checks it
+            with torch.no_grad():
+                self.logits, steps = _forward(model, x), []
+        self._steps = dict(zip(temperatures, steps))
+
+    def step(self, temperature: float) -> Tensor:
+        if float(temperature) not in self._steps:
+            raise KeyError(f"no input gradient at T = {temperature}: pass it in gradient_temperatures")
+        return self._steps[float(temperature)]
+
+
+def odin_gradient_temperatures(settings: Sequence[tuple[float, float]]) -> list[float]:
+    """The distinct temperatures of the settings that perturb the input (epsilon > 0)."""
+    return list(dict.fromkeys(float(t) for t, e in settings if e > 0))
+
+
+def odin_rows(batch: Batch, settings: Sequence[tuple[float, float]]) -> Tensor:
+    """ODIN scores [len(settings), B] of a batch: epsilon = 0 from its clean logits, every other setting from
+    the perturbed input along its temperature's step (one gradient per T serves all its epsilons)."""
+    out = batch.x.new_empty(len(settings), batch.x.shape[0])
+    for row, (temperature, epsilon) in enumerate(settings):
+        if epsilon == 0:
+            out[row] = max_softmax(batch.logits, temperature)
+    for temperature in odin_gradient_temperatures(settings):
+        rows = [i for i, (t, e) in enumerate(settings) if float(t) == temperature and e > 0]
+        out[rows] = perturbed_scores(batch.model, batch.x, batch.step(temperature), temperature,
+                                     [settings[i][1] for i in rows], batch.forward_batch_size)
+    return out
+
+
 def score_settings(
     model: nn.Module, x: Tensor, settings: Sequence[tuple[float, float]], input_std: StdLike = None,
     forward_batch_size: int | None = None,
@@ -144,24 +192,8 @@ def score_settings(
     for temperature, epsilon in settings:
         check_temperature(temperature)
         check_epsilon(epsilon)
-    check_model_in_eval(model)
-    check_images(x, model)
-    grad_temperatures = list(dict.fromkeys(float(t) for t, e in settings if e > 0))
-    if grad_temperatures:
-        logits, steps = logits_and_steps(model, x, grad_temperatures, input_std)
-    else:
-        std_view(input_std, x)
-        with torch.no_grad():
-            logits, steps = _forward(model, x), []
-    out = x.new_empty(len(settings), x.shape[0])
-    for row, (temperature, epsilon) in enumerate(settings):
-        if epsilon == 0:
-            out[row] = max_softmax(logits, temperature)
-    for temperature, step in zip(grad_temperatures, steps):
-        rows = [i for i, (t, e) in enumerate(settings) if float(t) == temperature and e > 0]
-        out[rows] = perturbed_scores(model, x, step, temperature, [settings[i][1] for i in rows],
-                                     forward_batch_size)
-    return out
+    batch = Batch(model, x, input_std, odin_gradient_temperatures(settings), forward_batch_size)
+    return odin_rows(batch, settings)
 
 
 def odin_score(

@@ -1,15 +1,20 @@
-"""The paper's tuning protocol (section 4.4): held-out splits, the (T, epsilon) grid and the selection rule."""
+"""The paper's tuning protocol (section 4.4): held-out splits, the (T, epsilon) grid and the selection rule (for
+any method: its grid and tie order come from ``odin_pl.methods``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
 from odin_pl.metrics import auroc_rows, fpr_at_tpr_rows
+
+if TYPE_CHECKING:
+    from odin_pl.methods import Method
 
 PAPER_TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 PAPER_EPSILONS = tuple(0.004 * i / 20 for i in range(21))  # 21 evenly spaced values, 0 .. 0.004
@@ -36,21 +41,30 @@ class Grid:
 
 @dataclass(frozen=True)
 class Selection:
-    """The chosen (T, epsilon), its tuning metrics, and FPR at 95% TPR over the whole grid [n_T, n_eps]."""
+    """A method's chosen setting (``params``: name -> value), its tuning metrics, FPR at 95% TPR over the whole
+    grid (nested by parameter: [n_T][n_eps] for ODIN; one number for a method without parameters) and the labels
+    of the parameters whose choice lies on the grid's edge."""
 
-    temperature: float
-    epsilon: float
+    method: str
+    setting: tuple[float, ...]
+    params: dict[str, float]
     tuning_fpr: float
     tuning_auroc: float
-    fpr_grid: list[list[float]] = field(repr=False)
-    temperature_on_edge: bool = False
-    epsilon_on_edge: bool = False
+    fpr_grid: Any = field(repr=False)
+    edges: tuple[str, ...] = ()
+
+    @property
+    def temperature(self) -> float:
+        return self.params["temperature"]
+
+    @property
+    def epsilon(self) -> float:
+        return self.params["epsilon"]
 
     @property
     def edge_note(self) -> str:
         """A warning when the optimum sits on the grid's edge (the true optimum may lie outside it)."""
-        edges = [name for name, on in (("T", self.temperature_on_edge), ("epsilon", self.epsilon_on_edge)) if on]
-        return f"{' and '.join(edges)} on the grid edge" if edges else ""
+        return f"{' and '.join(self.edges)} on the grid edge" if self.edges else ""
 
 
 def tuning_size(n: int, requested: int = PAPER_TUNING_SIZE) -> int:
@@ -66,28 +80,44 @@ def split_indices(n: int, n_tune: int, seed: int) -> tuple[Tensor, Tensor]:
     return order[:n_tune].sort().values, order[n_tune:].sort().values
 
 
-def select_parameters(grid: Grid, in_scores: Tensor, out_scores: Tensor) -> Selection:
-    """Pick (T, epsilon) minimizing FPR at 95% TPR; ties: higher AUROC, then larger T, then smaller epsilon.
+def select_setting(method: Method, settings: Sequence[tuple[float, ...]], in_scores: Tensor, out_scores: Tensor
+                   ) -> Selection:
+    """The setting minimizing FPR at 95% TPR on the tuning scores; ties: higher AUROC, then ``method.tie_key``.
 
-    ``in_scores`` / ``out_scores``: [len(grid.settings), n] scores of the tuning images for each setting.
+    ``in_scores`` / ``out_scores``: [len(settings), n] scores of the tuning images for each setting; ``settings``
+    is the method's grid in product order of its parameters. A choice at the largest value of a parameter, or at
+    the smallest unless that is the parameter's natural floor (epsilon = 0), is flagged as lying on the edge.
     """
-    settings = grid.settings
     if in_scores.shape[0] != len(settings) or out_scores.shape[0] != len(settings):
         raise ValueError(f"expected scores for {len(settings)} settings, got {in_scores.shape[0]} and "
                          f"{out_scores.shape[0]}")
     s_in, s_out = in_scores.double().cpu(), out_scores.double().cpu()
     fprs, aurocs = fpr_at_tpr_rows(s_in, s_out).tolist(), auroc_rows(s_in, s_out).tolist()
-    best = min(range(len(settings)),
-               key=lambda i: (fprs[i], -aurocs[i], -settings[i][0], settings[i][1]))
-    temperature, epsilon = settings[best]
-    n_eps = len(grid.epsilons)
-    return Selection(
-        temperature=temperature, epsilon=epsilon, tuning_fpr=fprs[best], tuning_auroc=aurocs[best],
-        fpr_grid=[fprs[i:i + n_eps] for i in range(0, len(fprs), n_eps)],
-        temperature_on_edge=len(grid.temperatures) > 1 and temperature in (min(grid.temperatures),
-                                                                           max(grid.temperatures)),
-        epsilon_on_edge=len(grid.epsilons) > 1 and epsilon == max(grid.epsilons),  # epsilon < 0 is meaningless
-    )
+    best = min(range(len(settings)), key=lambda i: (fprs[i], -aurocs[i], method.tie_key(settings[i])))
+    chosen = tuple(settings[best])
+    axes = [list(dict.fromkeys(s[j] for s in settings)) for j in range(len(method.params))]
+    shape = [len(axis) for axis in axes]
+    full_grid = math.prod(shape) == len(settings)
+    edges = tuple(param.label for param, axis, value in zip(method.params, axes, chosen)
+                  if len(axis) > 1 and (value == max(axis) or (value == min(axis) and value != param.floor)))
+    return Selection(method=method.name, setting=chosen, params=method.named(chosen), tuning_fpr=fprs[best],
+                     tuning_auroc=aurocs[best], fpr_grid=_nested(fprs, shape) if full_grid else fprs, edges=edges)
+
+
+def _nested(values: list[float], shape: list[int]) -> Any:
+    """A flat row-major list as nested lists of ``shape`` (a scalar for the empty shape)."""
+    if not shape:
+        return values[0]
+    step = len(values) // shape[0]
+    return [_nested(values[i:i + step], shape[1:]) for i in range(0, len(values), step)] if len(shape) > 1 \
+        else values
+
+
+def select_parameters(grid: Grid, in_scores: Tensor, out_scores: Tensor) -> Selection:
+    """ODIN's (T, epsilon) on ``grid`` (see :func:`select_setting`; ties: larger T, then smaller epsilon)."""
+    from odin_pl.methods import create_method  # the methods import this module's grid constants
+
+    return select_setting(create_method("odin"), grid.settings, in_scores, out_scores)
 
 
 def parse_floats(values: str | Sequence[float], name: str) -> tuple[float, ...]:

@@ -17,6 +17,12 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def saved_scores(path: Path, method: str, setting: tuple[float, ...]) -> torch.Tensor:
+    """One method's scores at one setting from a score file of the protocol (``scores/<set>__<split>.pt``)."""
+    saved = torch.load(path)
+    return saved["scores"][method][saved["plan"][method].index([float(v) for v in setting])]
+
+
 def shared_dataset(relative: str) -> Path:
     """Path of a folder of ../shared/datasets, or skip the test when it is absent."""
     path = SHARED_DATASETS / relative

@@ -187,10 +187,10 @@ def test_sweeps_are_the_tuning_split_metrics(tiny_run) -> None:
     assert data["split"] == "tuning" and not data["skipped"] and len(data["lines"]) == 3
     line = data["lines"]["vs_epsilon_at_T=1000"]
     row = context.grid.settings.index((1000.0, 0.004))
-    expected = ood_metrics(context.result.tuning_scores["in_distribution"][row],
-                           context.result.tuning_scores["dark"][row])
+    expected = ood_metrics(context.result.tuning_scores["odin"]["in_distribution"][row],
+                           context.result.tuning_scores["odin"]["dark"][row])
     assert line["sets"]["dark"]["auroc"][-1] == expected["auroc"]
-    selection = context.result.selections["dark"]
+    selection = context.result.selections["odin"]["dark"]
     assert line["sets"]["dark"]["fpr_at_95_tpr"] == selection.fpr_grid[-1]  # T = 1000 is the grid's last row
 
 
@@ -198,7 +198,7 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     context, _ = tiny_run
     result = context.result
     odin = {r["ood"]: r for r in result.records if r["method"] == "odin"}
-    threshold = _data(tiny_run, "threshold")["sets"]["noise"]
+    threshold = _data(tiny_run, "threshold")["sets"]["noise"]["odin"]
     assert threshold["fpr_at_95_tpr"] == odin["noise"]["fpr_at_95_tpr"]
     accuracy = _data(tiny_run, "accuracy")
     assert accuracy["n"] == 110 and len(accuracy["tpr"]) == 50 and accuracy["tpr"][-1] == 0.99
@@ -208,7 +208,7 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     dark = tuning["sets"]["dark"]
     assert dark["tuning_sizes"] == list(range(2, 21, 2)) and tuning["notes"]
     # At the protocol's tuning size the OOD tuning images are the protocol's own: the same selection.
-    protocol_choice = (result.selections["dark"].temperature, result.selections["dark"].epsilon)
+    protocol_choice = result.selections["odin"]["dark"].setting
     assert (dark["temperature"][4], dark["epsilon"][4]) == protocol_choice
     # Only images of the protocol's test split miss scores: the OOD tuning images beyond the protocol's over the
     # grid, and the test images at settings chosen here but not by the protocol. The in-distribution tuning split
@@ -218,7 +218,8 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     extra = dark["n_tune"] - len(result.splits["dark"]["tune_indices"])
     assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(context.grid.settings) - len(known["dark"]))
                                                     + dark["n_test"] * len(chosen["dark"] - known["dark"]))
-    in_missing = set.union(*chosen.values()) - set(result.in_test_scores)
+    in_known = {s for m, s in result.in_test_scores if m == "odin"} | {(1.0, 0.0)}  # MSP's are ODIN's at (1, 0)
+    in_missing = set.union(*chosen.values()) - in_known
     assert tuning["in_distribution"]["n_test"] == 110
     assert tuning["newly_scored_pairs"]["in_distribution"] == 110 * len(in_missing)
     taylor = _data(tiny_run, "taylor")

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, saved_scores
 from torch import nn
 
 import evaluate
 from datamodules import build_ood_dataset
-from odin_pl import ODINDetector, msp_score, odin_score
+from odin_pl import Detector, ODINDetector, msp_score, odin_score
 from odin_pl.checkpoint import load_model, read_checkpoint
 from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
 from odin_pl.spec import ImageSpec
@@ -53,7 +53,7 @@ def test_predict_matches_the_scoring_functions(epsilon: float) -> None:
         detection = detector.predict_all(x)
         is_ood, predicted = detector.predict(x)
     expected = odin_score(model, x, 100.0, epsilon, SPEC.std)
-    assert torch.equal(detection.odin, expected) and torch.equal(detector.score(x), expected)
+    assert torch.equal(detection.score, expected) and torch.equal(detector.score(x), expected)
     assert torch.equal(detection.msp, msp_score(model, x))
     assert torch.equal(predicted, model(x).argmax(dim=1)) and torch.equal(detection.predicted_class, predicted)
     assert torch.equal(is_ood, expected < detector.threshold) and 0 < int(is_ood.sum()) < len(x)
@@ -76,7 +76,8 @@ def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
                             tuned_on={"ood_set": "gaussian", "seed": 3})
     path = detector.save(tmp_path / "d" / "detector.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "odin_pl.detector" and data["format_version"] == 1 and data["odin_pl_version"]
+    assert data["format"] == "odin_pl.detector" and data["format_version"] == 2 and data["odin_pl_version"]
+    assert data["method"] == "odin" and data["params"] == {"temperature": 1000.0, "epsilon": 0.0014}
     assert data["input_spec"]["std"] == [0.25, 0.5] and data["tuned_on"] == {"ood_set": "gaussian", "seed": 3}
     loaded = ODINDetector.load(path, model)
     assert (loaded.temperature, loaded.epsilon, loaded.threshold, loaded.tpr) == (1000.0, 0.0014, 0.123456789012345,
@@ -90,9 +91,22 @@ def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"temperature": 1}))
     with pytest.raises(ValueError, match="not an odin_pl detector file"):
         ODINDetector.load(tmp_path / "other.json", model)
-    (tmp_path / "v2.json").write_text(json.dumps({**data, "format_version": 2}))
-    with pytest.raises(ValueError, match="format version 2"):
-        ODINDetector.load(tmp_path / "v2.json", model)
+    (tmp_path / "v3.json").write_text(json.dumps({**data, "format_version": 3}))
+    with pytest.raises(ValueError, match="format version 3"):
+        ODINDetector.load(tmp_path / "v3.json", model)
+    # A file of format version 1 (before the method registry: ODIN's temperature and epsilon) still loads.
+    version1 = {**{k: v for k, v in data.items() if k not in ("method", "params")}, "format_version": 1,
+                "temperature": 1000.0, "epsilon": 0.0014}
+    (tmp_path / "v1.json").write_text(json.dumps(version1))
+    old = ODINDetector.load(tmp_path / "v1.json", model)
+    assert (old.method.name, old.setting, old.threshold) == ("odin", (1000.0, 0.0014), detector.threshold)
+    (tmp_path / "energy.json").write_text(json.dumps({**data, "method": "energy", "params": {"epsilon": 0.1}}))
+    with pytest.raises(ValueError, match=r"method 'energy' takes the parameters \(temperature\)"):
+        Detector.load(tmp_path / "energy.json", model)
+    (tmp_path / "energy.json").write_text(json.dumps({**data, "method": "energy", "params": {"temperature": 1}}))
+    assert Detector.load(tmp_path / "energy.json", model).setting == (1.0,)
+    with pytest.raises(ValueError, match="method 'energy', not ODIN: load it with Detector.load"):
+        ODINDetector.load(tmp_path / "energy.json", model)
     (tmp_path / "partial.json").write_text(json.dumps({k: v for k, v in data.items() if k != "threshold"}))
     with pytest.raises(ValueError, match="lacks the field 'threshold'"):
         ODINDetector.load(tmp_path / "partial.json", model)
@@ -135,9 +149,9 @@ def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process
     result = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--ood.sets",
                             "gaussian,uniform", "--ood.num_images", "100", "--tuning.temperatures", "1,1000",
                             "--tuning.epsilons", "0,0.002", "--output.logger", "false"]).result
-    assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["gaussian.json", "uniform.json"]
+    assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["gaussian.json", "msp.json",
+                                                                          "uniform.json"]
     model = load_model(read_checkpoint(quickstart_ckpt))
-    saved_in = torch.load(tmp_path / "scores" / "in_distribution__test.pt")
     for name in ("gaussian", "uniform"):
         detector = ODINDetector.load(tmp_path / "detectors" / f"{name}.json", model)
         record = next(r for r in result.records if r["ood"] == name and r["method"] == "odin")
@@ -145,9 +159,8 @@ def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process
         assert (detector.temperature, detector.epsilon) == setting and detector.tuned_on["ood_set"] == name
         assert detector.tuned_on["threshold_split"] == "in_distribution/test"
         # The threshold is the test split's 95%-TPR threshold, so the flags reproduce the reported FPR.
-        s_in = saved_in["scores"][saved_in["settings"].index(setting)]
-        saved_out = torch.load(tmp_path / "scores" / f"{name}__test.pt")
-        s_out = saved_out["scores"][saved_out["settings"].index(setting)]
+        s_in = saved_scores(tmp_path / "scores" / "in_distribution__test.pt", "odin", setting)
+        s_out = saved_scores(tmp_path / "scores" / f"{name}__test.pt", "odin", setting)
         assert detector.threshold == threshold_at_tpr(s_in.double(), 0.95)
         assert float((s_out >= detector.threshold).double().mean()) == record["fpr_at_95_tpr"]
     # A fresh process gives the same scores and flags on the same images.

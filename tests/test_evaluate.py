@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, saved_scores
 
 import evaluate
 from odin_pl.metrics import ood_metrics
@@ -46,12 +46,10 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
         else:
             assert record["temperature"] in (1.0, 1000.0) and record["epsilon"] in (0.0, 0.002)
     # Metrics recomputed from the saved per-image scores agree with the records.
-    saved_in = torch.load(tmp_path / "scores" / "in_distribution__test.pt")
-    saved_out = torch.load(tmp_path / "scores" / "uniform__test.pt")
     odin = next(r for r in result.records if r["ood"] == "uniform" and r["method"] == "odin")
     setting = (odin["temperature"], odin["epsilon"])
-    s_in = saved_in["scores"][saved_in["settings"].index(setting)]
-    s_out = saved_out["scores"][saved_out["settings"].index(setting)]
+    s_in = saved_scores(tmp_path / "scores" / "in_distribution__test.pt", "odin", setting)
+    s_out = saved_scores(tmp_path / "scores" / "uniform__test.pt", "odin", setting)
     assert ood_metrics(s_in, s_out) == {k: odin[k] for k in ood_metrics(s_in, s_out)}
 
 
@@ -64,7 +62,7 @@ def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> No
                               "--tuning.tune_on", "noise", "--tuning.temperatures", "1,100",
                               "--tuning.epsilons", "0,0.001"]).result
     chosen = {(r["temperature"], r["epsilon"]) for r in transfer.records if r["method"] == "odin"}
-    assert len(chosen) == 1 and set(transfer.selections) == {"noise"}
+    assert len(chosen) == 1 and set(transfer.selections["odin"]) == {"noise"}
     # MSP is reported on identical test splits whatever the mode.
     msp = lambda res: {r["ood"]: r["auroc"] for r in res.records if r["method"] == "msp"}  # noqa: E731
     assert msp(fixed) == msp(transfer)
@@ -82,7 +80,7 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
             r for r in cross.records if r["ood"] == record["ood"] and r["method"] == "msp")
         assert {k: match[k] for k in record} == record
     for (_, tuned_on), record in odin.items():  # off the diagonal: the tuning set's parameters
-        chosen = cross.selections[tuned_on]
+        chosen = cross.selections["odin"][tuned_on]
         assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
     assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
 
@@ -170,8 +168,10 @@ def test_an_interrupted_evaluation_resumes_without_rescoring(quickstart_ckpt: st
     assert results[0]["records"] == results[1]["records"] and results[0]["tuning"] == results[1]["tuning"]
     assert (out / "table.md").read_text() == (tmp_path / "uninterrupted" / "table.md").read_text()
     for name in ("in_distribution__tune.pt", "uniform__test.pt"):
-        assert torch.equal(torch.load(scores / name)["scores"],
-                           torch.load(tmp_path / "uninterrupted" / "scores" / name)["scores"])
+        resumed, uninterrupted = (torch.load(folder / name)["scores"] for folder in (scores, tmp_path /
+                                                                                     "uninterrupted" / "scores"))
+        assert resumed.keys() == uninterrupted.keys()
+        assert all(torch.equal(resumed[m], uninterrupted[m]) for m in resumed)
 
 
 @pytest.mark.parametrize("config", EVALUATE_CONFIGS, ids=lambda p: p.stem)
@@ -226,7 +226,7 @@ def test_flat_options_of_earlier_versions_get_their_new_spelling(old: list[str],
     assert modern == new
     # one note per rewritten flag of an earlier version; Lightning's names (--devices) need none
     assert len(notes) == sum(a.startswith("--") and a.split("=")[0] not in new
-                             and a.split("=")[0] not in evaluate.LIGHTNING_RUNTIME for a in old)
+                             and a.split("=")[0] not in evaluate.SHORTHANDS["protocol"] for a in old)
 
 
 def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protocol(quickstart_ckpt: str,
@@ -255,3 +255,56 @@ def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protoc
     (tmp_path / "later" / "scores" / "photos__test.pt").unlink()
     with pytest.raises(ValueError, match="photos__test.pt is missing"):
         evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])
+
+
+LOGIT_METHODS = ["--methods", "msp,odin,energy,maxlogit,entropy",
+                 "--tuning.grids", '{"energy": {"temperature": [1, 10]}}']
+
+
+def test_protocol_with_every_logit_method(quickstart_ckpt: str, tmp_path) -> None:
+    """Five methods on the same splits: MSP and ODIN as in a default run, Energy tuned by the same rule, every
+    record recomputable from the saved scores, one detector per tuning or fixed method, the methods table."""
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,photos", *SMALL]
+    default = evaluate.main([*common, "--output.dir", str(tmp_path / "default")])
+    run = evaluate.main([*common, *LOGIT_METHODS, "--output.dir", str(tmp_path / "all")])
+    by_method = {m: [r for r in run.result.records if r["method"] == m] for m in ("msp", "odin", "energy")}
+    assert [r for r in run.result.records if r["method"] in ("msp", "odin")] == default.result.records
+    assert sorted(r["method"] for r in run.result.records if r["ood"] == "gaussian") == sorted(
+        ["msp", "odin", "energy", "maxlogit", "entropy"])
+    for record in by_method["energy"]:
+        selection = run.result.selections["energy"][record["ood"]]
+        assert record["tuned_on"] == record["ood"] and record["temperature"] == selection.params["temperature"]
+        folder = tmp_path / "all" / "scores"
+        setting = (record["temperature"],)
+        metrics = ood_metrics(saved_scores(folder / "in_distribution__test.pt", "energy", setting),
+                              saved_scores(folder / f"{record['ood']}__test.pt", "energy", setting))
+        assert metrics == {k: record[k] for k in metrics}
+    table = (tmp_path / "all" / "table.md").read_text()
+    assert "| method | gaussian | photos |" in table and "| entropy |" in table and "baseline (MSP" not in table
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert results["methods"] == ["msp", "odin", "energy", "maxlogit", "entropy"]
+    assert set(results["selections"]) == {"odin", "energy"} and results["grids"]["energy"] == [[1.0], [10.0]]
+    assert sorted(p.name for p in (tmp_path / "all" / "detectors").iterdir()) == [
+        "entropy.json", "gaussian.energy.json", "gaussian.json", "maxlogit.json", "msp.json", "photos.energy.json",
+        "photos.json"]
+    rows = evaluate.main(["predict", "--ckpt", quickstart_ckpt, "--images", "gaussian", "--num_images", "20",
+                          "--detector", str(tmp_path / "all" / "detectors" / "gaussian.energy.json"),
+                          "--output_dir", str(tmp_path / "predict")]).read_text().splitlines()
+    assert rows[0] == "index,path,predicted_class,class_name,msp,energy,is_ood" and len(rows) == 21
+
+
+def test_method_parameters_on_the_command_line(quickstart_ckpt: str, tmp_path) -> None:
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian", *SMALL, "--methods", "msp,energy"]
+    fixed_by_params = evaluate.main([*common, "--params", "energy.temperature=10", "--output.dir",
+                                     str(tmp_path / "a")]).result
+    energy = [r for r in fixed_by_params.records if r["method"] == "energy"]
+    assert [(r["temperature"], r["tuned_on"]) for r in energy] == [(10.0, None)] and not fixed_by_params.selections
+    fixed_mode = evaluate.main([*common, "--tuning.mode", "fixed", "--output.dir", str(tmp_path / "b")]).result
+    assert [r["temperature"] for r in fixed_mode.records if r["method"] == "energy"] == [1.0]  # the paper's T
+    with pytest.raises(ValueError, match="unknown or no method \\(nope\\)"):
+        evaluate.main([*common[:-1], "msp,nope", "--output.dir", str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="'odin' is not among --tuning.methods"):
+        evaluate.main([*common, "--params", "odin.temperature=10", "--output.dir", str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="'sweeps' studies ODIN .* needs the method\\(s\\) odin"):
+        evaluate.main([*common, "--analyses.names", "sweeps", "--output.dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()

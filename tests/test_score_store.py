@@ -11,26 +11,33 @@ from odin_pl.protocol import run_protocol
 from odin_pl.score_store import ScoreStore, file_sha256
 from odin_pl.tuning import Grid
 
-SETTINGS = [(1.0, 0.0), (10.0, 0.002)]
+PLAN = {"msp": [()], "odin": [(1.0, 0.0), (10.0, 0.002)]}
 
 
-def test_store_returns_scores_only_for_the_same_settings_and_context(tmp_path) -> None:
+def test_store_returns_scores_only_for_the_same_plan_and_context(tmp_path) -> None:
     context, sets = {"weights_sha256": "abc", "seed": 0}, {"gaussian": {"source": "gaussian", "n": 20}}
     store = ScoreStore(tmp_path, context, sets)
-    scores = torch.rand(2, 10)
-    store.save("gaussian", "tune", SETTINGS, scores)
+    scores = {"msp": torch.rand(1, 10), "odin": torch.rand(2, 10)}
+    store.save("gaussian", "tune", PLAN, scores)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.pt"]  # no temporary file left
-    assert torch.equal(store.load("gaussian", "tune", [(1, 0), (10, 0.002)]), scores)
+    loaded = store.load("gaussian", "tune", {"msp": [[]], "odin": [(1, 0), (10, 0.002)]})
+    assert loaded.keys() == scores.keys() and all(torch.equal(loaded[m], scores[m]) for m in scores)
     assert store.reused == ["gaussian__tune.pt"]
-    assert store.load("gaussian", "tune", SETTINGS[:1]) is None
-    assert store.load("gaussian", "test", SETTINGS) is None
-    assert ScoreStore(tmp_path, {**context, "weights_sha256": "def"}, sets).load("gaussian", "tune", SETTINGS) is None
+    assert store.load("gaussian", "tune", {"odin": PLAN["odin"]}) is None  # another plan
+    assert store.load("gaussian", "tune", {**PLAN, "odin": PLAN["odin"][:1]}) is None
+    assert store.load("gaussian", "test", PLAN) is None
+    assert ScoreStore(tmp_path, {**context, "weights_sha256": "def"}, sets).load("gaussian", "tune", PLAN) is None
     assert ScoreStore(tmp_path, context, {"gaussian": {"source": "gaussian", "n": 21}}).load(
-        "gaussian", "tune", SETTINGS) is None
+        "gaussian", "tune", PLAN) is None
     (tmp_path / "uniform__tune.pt").write_bytes(b"truncated")
-    assert store.load("uniform", "tune", SETTINGS) is None
-    saved = torch.load(tmp_path / "gaussian__tune.pt")  # the format test_pipeline.py reads
-    assert saved["settings"] == SETTINGS and saved["context"] == {**context, "set": sets["gaussian"]}
+    assert store.load("uniform", "tune", PLAN) is None
+    saved = torch.load(tmp_path / "gaussian__tune.pt")
+    assert saved["plan"] == {"msp": [[]], "odin": [[1.0, 0.0], [10.0, 0.002]]}
+    assert saved["context"] == {**context, "set": sets["gaussian"]}
+    # A file of the version before the method registry (one ODIN settings list) is scored again, not misread.
+    torch.save({"settings": PLAN["odin"], "scores": scores["odin"], "context": saved["context"]},
+               tmp_path / "gaussian__tune.pt")
+    assert store.load("gaussian", "tune", PLAN) is None
 
 
 def test_file_fingerprint_is_the_sha256_of_its_bytes(tmp_path) -> None:
@@ -55,5 +62,5 @@ def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
     partly = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
                           load_scores=store.load, **options)
     assert computed == [("ood", "test")] and partly.records == first.records
-    with pytest.raises(ValueError, match="load_scores gave scores of shape"):
-        run_protocol(model, in_set, ood, load_scores=lambda *args: torch.zeros(1, 3), **options)
+    with pytest.raises(ValueError, match="load_scores gave scores of shapes"):
+        run_protocol(model, in_set, ood, load_scores=lambda *args: {"msp": torch.zeros(1, 3)}, **options)

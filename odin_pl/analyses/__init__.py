@@ -23,7 +23,12 @@ ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "taylor": taylor.run,                  # equation (3), appendices D and E
 }
 
-__all__ = ["ANALYSES", "AnalysisContext", "AnalysisOutput", "parse_analyses", "run_analyses", "scalar_metrics"]
+# Analyses of ODIN's own mechanism (T and epsilon), or of its tuning beside the MSP baseline: the methods they need.
+NEEDS_METHODS = {"sweeps": ("odin",), "logit-stats": ("odin",), "gradient-norms": ("odin",), "taylor": ("odin",),
+                 "tuning-size": ("msp", "odin")}
+
+__all__ = ["ANALYSES", "AnalysisContext", "AnalysisOutput", "check_analyses", "parse_analyses", "run_analyses",
+           "scalar_metrics"]
 
 
 def parse_analyses(names: str | None) -> list[str]:
@@ -38,8 +43,18 @@ def parse_analyses(names: str | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
+def check_analyses(names: list[str], methods: list[str]) -> None:
+    """Raise a ValueError when an analysis needs a method the run does not evaluate."""
+    for name in names:
+        missing = [m for m in NEEDS_METHODS.get(name, ()) if m not in methods]
+        if missing:
+            raise ValueError(f"the analysis {name!r} studies ODIN (beside the MSP baseline) and needs the "
+                             f"method(s) {', '.join(missing)}: add them to --tuning.methods or drop {name!r}")
+
+
 def run_analyses(names: list[str], context: AnalysisContext) -> dict[str, AnalysisOutput]:
     """Run the named analyses; returns what each one wrote."""
+    check_analyses(names, [m.name for m in context.result.methods])
     return {name: ANALYSES[name](context) for name in names}
 
 

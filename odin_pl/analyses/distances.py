@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
+from odin_pl.report import main_records
 
 
 def _off_diagonal_mean(matrix: Tensor) -> Tensor:
@@ -51,8 +52,8 @@ def run(ctx: AnalysisContext) -> AnalysisOutput:
         return ctx.cached(("pixels", name, m), lambda: torch.cat(
             [x.double().cpu() * std + mean for x, _ in ctx.batches(name, ctx.sample(name)[:m])]).to(ctx.device))
 
-    fpr = {name: {"msp": msp["fpr_at_95_tpr"], "odin": odin["fpr_at_95_tpr"]}
-           for name, (msp, odin) in ctx.reported().items()}
+    fpr = {name: {method: record["fpr_at_95_tpr"] for method, record in methods.items()}
+           for name, methods in main_records(ctx.result.records).items()}
     sets = {}
     for name in ctx.ood_datasets:
         m = min(len(ctx.sample(IN)), len(ctx.sample(name)))

@@ -17,7 +17,7 @@ METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR (%)"), ("auroc", "AUROC (%)"))
 
 
 def run(ctx: AnalysisContext) -> AnalysisOutput:
-    scores = ctx.result.tuning_scores
+    scores = ctx.result.tuning_scores.get("odin", {})
     sets = [name for name in scores if name != IN]
     if not sets:
         return ctx.write("sweeps", {"skipped": "no tuning-split scores: the protocol ran with fixed (T, epsilon)"},

@@ -1,9 +1,9 @@
 """The detector's threshold delta, from the protocol's test-split scores (paper, appendix H and I).
 
-* ``threshold`` (Figure 13): TPR(delta) = mean(S_in >= delta) and FPR(delta) = mean(S_out >= delta) at each set's
-  chosen (T, epsilon), with delta* (95% TPR) marked.
+* ``threshold`` (Figure 13): TPR(delta) = mean(S_in >= delta) and FPR(delta) = mean(S_out >= delta) for each set
+  and method at its main-table setting, with delta* (95% TPR) marked.
 * ``accuracy`` (Figure 16): classification accuracy on the in-distribution test images with S >= delta and with
-  S < delta, where delta is the threshold for TPR = 50%, 51%, ..., 99%, for the baseline and each reported setting.
+  S < delta, where delta is the threshold for TPR = 50%, 51%, ..., 99%, for every method and setting reported.
 """
 
 from __future__ import annotations
@@ -12,38 +12,54 @@ import matplotlib.pyplot as plt
 import torch
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
+from odin_pl.methods import create_method
 from odin_pl.metrics import threshold_at_tpr
-from odin_pl.protocol import MSP
+from odin_pl.report import main_records
 
 N_THRESHOLDS = 201
 TPRS = tuple(p / 100 for p in range(50, 100))
 
 
-def _setting_label(temperature: float, epsilon: float) -> str:
-    return f"T={temperature:g}, eps={epsilon:g}"
+def _setting_label(method: str, setting: tuple[float, ...]) -> str:
+    """'baseline (MSP)', 'ODIN T=1000, eps=0.0014', 'energy T=1', 'maxlogit'."""
+    if method == "msp":
+        return "baseline (MSP)"
+    if method == "odin":
+        return f"ODIN T={setting[0]:g}, eps={setting[1]:g}"
+    labels = [p.label for p in create_method(method).params]
+    return " ".join([method, ", ".join(f"{label}={value:g}" for label, value in zip(labels, setting))]).strip()
 
 
 def run_threshold(ctx: AnalysisContext) -> AnalysisOutput:
-    sets = {}
-    for name, (_, odin) in ctx.reported().items():
-        s_in, s_out = (s.double() for s in ctx.result.test_scores[name]["odin"])
-        pooled = torch.cat([s_in, s_out])
-        deltas = torch.linspace(pooled.min().item(), pooled.max().item(), N_THRESHOLDS, dtype=torch.float64)
-        sets[name] = {"temperature": odin["temperature"], "epsilon": odin["epsilon"], "thresholds": deltas.tolist(),
-                      "tpr": (s_in[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
-                      "fpr": (s_out[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
-                      "threshold_at_95_tpr": threshold_at_tpr(s_in, 0.95), "fpr_at_95_tpr": odin["fpr_at_95_tpr"]}
+    """Per OOD set and method other than the MSP baseline (ODIN alone in the default run, as in the paper), the TPR
+    and FPR curves."""
+    methods = [g.name for g in ctx.result.methods if g.name != "msp"] or ["msp"]
+    sets: dict[str, dict] = {}
+    for name, records in main_records(ctx.result.records).items():
+        for method in methods:
+            record = records[method]
+            s_in, s_out = (s.double() for s in ctx.result.test_scores[name][method])
+            pooled = torch.cat([s_in, s_out])
+            deltas = torch.linspace(pooled.min().item(), pooled.max().item(), N_THRESHOLDS, dtype=torch.float64)
+            params = create_method(method).params
+            setting = tuple(float(record[p.name]) for p in params)
+            sets.setdefault(name, {})[method] = {
+                "params": {p.name: value for p, value in zip(params, setting)},
+                "label": _setting_label(method, setting), "thresholds": deltas.tolist(),
+                "tpr": (s_in[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
+                "fpr": (s_out[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
+                "threshold_at_95_tpr": threshold_at_tpr(s_in, 0.95), "fpr_at_95_tpr": record["fpr_at_95_tpr"]}
     return ctx.write("threshold", {"split": "test", "sets": sets}, _threshold_figure(sets))
 
 
 def _threshold_figure(sets: dict) -> plt.Figure:
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.2), squeeze=False)
-    for ax, (name, curve) in zip(axes[0], sets.items()):
+    panels = [(name, curve) for name, by_method in sets.items() for curve in by_method.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (name, curve) in zip(axes[0], panels):
         ax.plot(curve["thresholds"], [100 * v for v in curve["tpr"]], color="tab:red", label="TPR")
         ax.plot(curve["thresholds"], [100 * v for v in curve["fpr"]], color="tab:blue", label="FPR")
         ax.axvline(curve["threshold_at_95_tpr"], color="0.5", ls="--", lw=0.8, label="95% TPR")
-        label = _setting_label(curve["temperature"], curve["epsilon"])
-        ax.set(xlabel="threshold delta", ylabel="%", title=f"{name} ({label})")
+        ax.set(xlabel="threshold delta", ylabel="%", title=f"{name} ({curve['label']})")
         ax.locator_params(axis="x", nbins=4)
     axes[0][0].legend(fontsize=7)
     return fig
@@ -54,11 +70,11 @@ def run_accuracy(ctx: AnalysisContext) -> AnalysisOutput:
     logits, labels = ctx.forward(IN, test)
     correct = (logits.argmax(dim=1) == labels).double()
     curves = {}
-    for setting, s_in in ctx.result.in_test_scores.items():  # MSP and every (T, epsilon) the protocol reported
+    for (method, setting), s_in in ctx.result.in_test_scores.items():  # every method and setting reported
         s_in = s_in.double()
         above = [s_in >= threshold_at_tpr(s_in, tpr) for tpr in TPRS]
-        label = "baseline (MSP)" if setting == MSP else f"ODIN {_setting_label(*setting)}"
-        curves[label] = {"above": [_mean(correct[a]) for a in above], "below": [_mean(correct[~a]) for a in above]}
+        curves[_setting_label(method, setting)] = {"above": [_mean(correct[a]) for a in above],
+                                                   "below": [_mean(correct[~a]) for a in above]}
     data = {"split": "test", "n": len(test), "accuracy": correct.mean().item(), "tpr": list(TPRS), "curves": curves}
     return ctx.write("accuracy", data, _accuracy_figure(data))
 

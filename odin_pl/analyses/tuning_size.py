@@ -56,10 +56,12 @@ def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
     cache = ScoreCache(len(dataset), lambda indices, settings: score_dataset(
         ctx.model, Subset(dataset, indices.tolist()), settings, input_std=ctx.input_std, batch_size=ctx.batch_size,
         device=ctx.device))
-    if name in ctx.result.tuning_scores:
-        cache.add(_protocol_indices(ctx, name), ctx.grid.settings, ctx.result.tuning_scores[name])
-    if name == IN:
-        tested = ctx.result.in_test_scores
+    odin_tuning = ctx.result.tuning_scores.get("odin", {})
+    if name in odin_tuning:
+        cache.add(_protocol_indices(ctx, name), ctx.grid.settings, odin_tuning[name])
+    if name == IN:  # MSP's scores are ODIN's at (T, epsilon) = (1, 0)
+        tested = {MSP: ctx.result.in_test_scores["msp", ()],
+                  **{s: t for (method, s), t in ctx.result.in_test_scores.items() if method == "odin"}}
     else:
         odin = ctx.reported()[name][1]
         scores = ctx.result.test_scores[name]
