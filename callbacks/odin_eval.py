@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.ood import OODDataModule
 from odin_pl.distributed import shard_indices
+from odin_pl.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
 from odin_pl.protocol import MSP
 from odin_pl.scoring import check_epsilon, check_temperature, score_settings
@@ -19,7 +20,9 @@ from odin_pl.scoring import check_epsilon, check_temperature, score_settings
 
 class ODINEvalCallback(Callback):
     """Scores the validation set and each OOD set with MSP and ODIN at a fixed (T, epsilon); logs
-    ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`.
+    ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`, or
+    ``ood/<name>/<set>/<method>/<metric>`` with a ``name``. Several callbacks in one run need distinct names
+    (refused at setup otherwise: their numbers would share keys).
 
     Works inside ``fit`` (validation under no_grad) and ``validate`` (inference mode). Under DDP every process
     scores its own shard of each set (no sample twice) and the metrics are computed on the gathered scores.
@@ -29,8 +32,11 @@ class ODINEvalCallback(Callback):
 
     def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
                  epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
-                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0) -> None:
+                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0, name: str | None = None
+                 ) -> None:
         check_temperature(temperature)
+        if name is not None and (not name or "/" in name):
+            raise ValueError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
         check_epsilon(epsilon)
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -42,8 +48,15 @@ class ODINEvalCallback(Callback):
         self.settings = {"msp": MSP, "odin": (float(temperature), float(epsilon))}
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
+        self.name = name
+        self.prefix = f"ood/{name}/" if name else "ood/"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if any(isinstance(c, ODINEvalCallback) and c is not self and c.prefix == self.prefix
+               for c in trainer.callbacks):
+            raise ValueError(f"two ODINEvalCallbacks would both log under {self.prefix}<set>/<method>/<metric>: give "
+                             "each a distinct name (ODINEvalCallback(name=...), in a config "
+                             "`init_args: {name: ...}`)")
         datamodule = trainer.datamodule
         spec = getattr(datamodule, "image_spec", None) or getattr(pl_module, "image_spec", None)
         if spec is None:
@@ -84,6 +97,5 @@ class ODINEvalCallback(Callback):
             ood.setup()
             subset = {k: m for k, m in metrics.items() if k.startswith(f"{ood.name}/")}
             self._score(trainer, pl_module, ood.dataset, subset, is_in=False)
-        logged = {f"ood/{key}/{name}": value for key, metric in metrics.items()
-                  for name, value in metric.compute().items()}
-        pl_module.log_dict(logged, sync_dist=False)
+        log_global(pl_module, {f"{self.prefix}{key}/{name}": value for key, metric in metrics.items()
+                               for name, value in metric.compute().items()})
