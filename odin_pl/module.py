@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import timm
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 import odin_pl.models  # noqa: F401  (registers the project's models with timm)
@@ -167,9 +168,9 @@ class ImageClassifier(pl.LightningModule):
         record["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When a trainer resumes from ``checkpoint``, keep its generator states for :meth:`on_train_epoch_start`
-        (restoring them now would let the sanity check and the set-up draw from them)."""
-        if self._trainer is not None:
+        """When a trainer resumes ``fit`` from ``checkpoint``, keep its generator states for
+        :meth:`on_train_epoch_start` (restoring them now would let the sanity check and the set-up draw from them)."""
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
             self._resumed_rng_states = (checkpoint.get("odin_pl") or {}).get("rng_states")
 
     def on_train_epoch_start(self) -> None:
