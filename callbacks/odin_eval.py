@@ -35,11 +35,11 @@ class ODINEvalCallback(Callback):
                  every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0, name: str | None = None
                  ) -> None:
         check_temperature(temperature)
-        if name is not None and (not name or "/" in name):
-            raise ValueError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
         check_epsilon(epsilon)
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if name is not None and (not name or "/" in name):
+            raise ValueError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
         self.ood = [o if isinstance(o, OODDataModule) else
                     OODDataModule(o, data_root=data_root, batch_size=batch_size, seed=seed, num_images=num_images)
                     for o in ood]
