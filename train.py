@@ -7,27 +7,36 @@ Resume an interrupted run with ``--ckpt_path PATH`` (or ``last``); ``validate``/
 Without ``--config`` the quickstart config is used. Several ``--config`` files compose, later ones overriding
 earlier ones, on top of ``configs/trainer/default.yaml``, which is always loaded first (see ``configs/README.md``).
 
-Checkpoints are added here rather than in a config: a YAML list such as ``trainer.callbacks`` is replaced, not
-merged, by a later config, and whether a "best" checkpoint may be kept depends on the data. Unless the configured
-callbacks already hold a ``ModelCheckpoint`` (as the quickstart's do) or ``trainer.enable_checkpointing`` is false,
-one is added that writes ``<trainer.default_root_dir>/checkpoints/last.ckpt`` after every epoch and, only when the
-DataModule holds out a validation split (``val_split > 0``), ``best.ckpt`` at the highest ``val/acc``; the test
-accuracy is then that of ``best.ckpt``, which is the checkpoint printed for evaluation. With ``val_split = 0`` (the
-paper's configs) validation runs on the test set, so nothing is selected on it.
+Checkpoints (``callbacks.RunCheckpoint``) are added here rather than in a config: a YAML list such as
+``trainer.callbacks`` is replaced, not merged, by a later config, and whether a "best" checkpoint may be kept depends
+on the data. Unless ``trainer.enable_checkpointing`` is false, ``<trainer.default_root_dir>/checkpoints/last.ckpt``
+is written atomically after every epoch and, only when the DataModule holds out a validation split
+(``val_split > 0``), ``best.ckpt`` at the highest ``val/acc``; the test accuracy is then that of ``best.ckpt``,
+which is the checkpoint printed for evaluation. With ``val_split = 0`` (the paper's configs) validation runs on the
+test set, so nothing is selected on it. A new run replaces the checkpoints of a finished run in its folder and
+refuses to start over an unfinished one (resume it with ``--ckpt_path last``, or choose another folder).
+``--trainer.fast_dev_run`` writes no checkpoint and starts no logger.
+
+Data are checked before a logger run is created. On the command line, user errors end in one line
+(``train.py: error: ...``) and exit status 2.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.run_checkpoint import RunCheckpoint
 from datamodules.base import ImageDataModule
+from odin_pl.checkpoint import run_progress
+from odin_pl.console import quiet_console
 from odin_pl.loggers import default_logger, describe_logger
 from odin_pl.module import ImageClassifier
 
@@ -37,20 +46,13 @@ TRAINER_DEFAULTS = ROOT / "configs" / "trainer" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test")
 
 
-def checkpoint_callback(dirpath: str | Path, select_best: bool) -> ModelCheckpoint:
-    """``last.ckpt`` after every epoch and, with ``select_best``, ``best.ckpt`` at the highest ``val/acc``.
-
-    File names are fixed (a new run in the same folder overwrites them), so the path to evaluate is known.
-    """
-    return ModelCheckpoint(dirpath=dirpath, filename="best", monitor="val/acc" if select_best else None, mode="max",
-                           save_top_k=1 if select_best else 0, save_last=True, enable_version_counter=False)
-
-
 class TrainCLI(LightningCLI):
-    """The LightningCLI of train.py: the checkpoint callback added (see the module docstring), a default logger,
-    and after ``fit`` the test accuracy and the next command."""
+    """The LightningCLI of train.py: the checkpoint callback and a default logger added, the run folder and the
+    data checked before the run starts (see the module docstring), and after ``fit`` the test accuracy and the
+    next command."""
 
     checkpoint_path = ""  # after fit: the checkpoint to evaluate
+    run_checkpoint: RunCheckpoint | None = None  # None with trainer.enable_checkpointing false
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -60,29 +62,54 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--experiment", type=str, default="train", help="run name (logger, output folders)")
         parser.add_argument("--skip_test", type=bool, default=False, help="fit: do not report test accuracy at the end")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        """Parse ``args``: train.py passes the command line itself, with its defaults added (LightningCLI's own
+        method warns about receiving both)."""
+        self.config = parser.parse_args(args)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer, with :func:`checkpoint_callback` added as the module docstring says."""
+        """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints`` and,
+        unless a logger is configured, :func:`odin_pl.loggers.default_logger` (no logger with fast_dev_run)."""
         config = self._get(self.config_init, "trainer", default={})
         configured = config.get("callbacks") or []
         callbacks: list[Callback] = list(configured) if isinstance(configured, list) else [configured]
-        if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint)
-                                                                        for c in callbacks):
-            dirpath = Path(config.get("default_root_dir") or os.getcwd()) / "checkpoints"
-            callbacks.append(checkpoint_callback(dirpath, getattr(self.datamodule, "val_split", 0) > 0))
+        root = Path(config.get("default_root_dir") or os.getcwd())
+        if config.get("enable_checkpointing") is not False:
+            self.run_checkpoint = RunCheckpoint(str(root / "checkpoints"), getattr(self.datamodule, "val_split", 0) > 0)
+            callbacks.append(self.run_checkpoint)
+        if config.get("logger") is None:
+            kwargs.setdefault("logger", False if config.get("fast_dev_run") else
+                              default_logger(root, name=self._get(self.config, "experiment")))
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
-    def _default_logger(self) -> None:
-        """No logger chosen in the config: W&B (offline without network) or CSV."""
-        if self._get(self.config, "trainer").logger is None:
-            self.trainer.logger = default_logger(self.trainer.default_root_dir,
-                                                 name=self._get(self.config, "experiment"))
+    def _before_run(self) -> None:
+        """Refuse a run that would lose work or resume nothing, then load the data: both before a logger run is
+        created."""
+        self._check_checkpoint_folder()
+        self.datamodule.prepare_data()
+        self.datamodule.setup(self.subcommand)
 
-    before_fit = before_validate = before_test = _default_logger
+    before_fit = before_validate = before_test = _before_run
+
+    def _check_checkpoint_folder(self) -> None:
+        ckpt_path = self._get(self.config, "ckpt_path")
+        last = Path(self.run_checkpoint.dirpath, "last.ckpt") if self.run_checkpoint is not None else None
+        if ckpt_path == "last" and (last is None or not last.is_file()):
+            raise ValueError(f"--ckpt_path last: there is no checkpoint to resume "
+                             f"({last or 'trainer.enable_checkpointing is off'}); start a new run without "
+                             "--ckpt_path, or set --trainer.default_root_dir to the folder of the run to resume")
+        if self.subcommand != "fit" or ckpt_path is not None or last is None or self.trainer.fast_dev_run:
+            return
+        if last.is_file():
+            finished, epochs = run_progress(last)
+            if not finished:
+                raise ValueError(f"{last} is from a run that stopped after {epochs} epoch(s) without finishing: "
+                                 "resume it with --ckpt_path last, or train into another folder with "
+                                 "--trainer.default_root_dir DIR")
 
     def after_fit(self) -> None:
         """Report test accuracy (of best.ckpt when one is kept), then print the checkpoint and what to run next."""
-        trainer = self.trainer
-        callback = trainer.checkpoint_callback
+        trainer, callback = self.trainer, self.run_checkpoint
         best = callback.best_model_path if callback is not None else ""
         if not self._get(self.config, "skip_test"):
             trainer.test(self.model, datamodule=self.datamodule, verbose=True, ckpt_path=best or None)
@@ -94,7 +121,8 @@ class TrainCLI(LightningCLI):
                 print(f"Checkpoint: {self.checkpoint_path}\nEvaluate it with:\n  python evaluate.py --ckpt "
                       f"{self.checkpoint_path}")
             else:
-                print("No checkpoint was saved (trainer.enable_checkpointing is off)")
+                why = "--trainer.fast_dev_run" if trainer.fast_dev_run else "trainer.enable_checkpointing is off"
+                print(f"No checkpoint was written ({why})")
 
 
 def with_defaults(args: list[str], run: bool = True) -> list[str]:
@@ -112,10 +140,16 @@ def with_defaults(args: list[str], run: bool = True) -> list[str]:
 def build_cli(args: list[str], run: bool = True) -> TrainCLI:
     """Parse ``args`` and run the subcommand (``fit`` when none is given); with ``run=False`` only parse the fit
     configuration and build model, data and trainer."""
+    quiet_console()
     defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
     return TrainCLI(ImageClassifier, ImageDataModule, subclass_mode_data=True, run=run, args=with_defaults(args, run),
                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
                     parser_kwargs={name: defaults for name in SUBCOMMANDS} if run else defaults)
+
+
+def with_train_flags(message: str) -> str:
+    """``message`` with evaluate.py's ``--data_root`` (which data errors name) as train.py spells it."""
+    return re.sub(r"--data_root\b", "--data.init_args.data_root", message)
 
 
 def main(args: list[str] | None = None) -> str:
@@ -123,5 +157,15 @@ def main(args: list[str] | None = None) -> str:
     return build_cli(sys.argv[1:] if args is None else args).checkpoint_path
 
 
+def run_command_line() -> int:
+    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"train.py: error: {with_train_flags(str(err))}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command_line())

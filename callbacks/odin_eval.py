@@ -14,12 +14,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datamodules.ood import OODDataModule
 from odin_pl.distributed import shard_indices
 from odin_pl.methods import Setting, create_method, score_batch
+from odin_pl.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
 
 
 class ODINEvalCallback(Callback):
     """Scores the validation set and each OOD set with ``methods`` at fixed settings (ODIN at ``temperature`` and
-    ``epsilon``); logs ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`.
+    ``epsilon``); logs ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`, or
+    ``ood/<name>/<set>/<method>/<metric>`` with a ``name``. Several callbacks in one run need distinct names
+    (refused at setup otherwise: their numbers would share keys).
 
     ``params``: ``{method: {parameter: value}}``; a parameter left out takes the first value of the method's grid
     in its tie order (e.g. Energy at T = 1). Methods that need a fit on training data are not offered here.
@@ -32,10 +35,10 @@ class ODINEvalCallback(Callback):
 
     def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
                  epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
-                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0,
+                 every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0, name: str | None = None,
                  methods: Sequence[str] = ("msp", "odin"), params: dict[str, dict[str, float]] | None = None) -> None:
         params = {"odin": {"temperature": temperature, "epsilon": epsilon}, **(params or {})}
-        self.settings = {name: _fixed_setting(name, params.get(name, {})) for name in methods}
+        self.settings = {method: _fixed_setting(method, params.get(method, {})) for method in methods}
         unknown = sorted(set(params) - set(methods) - {"odin"})
         if unknown:
             raise ValueError(f"params names {', '.join(unknown)}, not among methods ({', '.join(methods)})")
@@ -43,6 +46,8 @@ class ODINEvalCallback(Callback):
             raise ValueError("ODINEvalCallback needs at least one method (e.g. methods=['msp', 'odin'])")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if name is not None and (not name or "/" in name):
+            raise ValueError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
         self.ood = [o if isinstance(o, OODDataModule) else
                     OODDataModule(o, data_root=data_root, batch_size=batch_size, seed=seed, num_images=num_images)
                     for o in ood]
@@ -50,8 +55,15 @@ class ODINEvalCallback(Callback):
             raise ValueError("ODINEvalCallback needs at least one OOD set")
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
+        self.name = name
+        self.prefix = f"ood/{name}/" if name else "ood/"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if any(isinstance(c, ODINEvalCallback) and c is not self and c.prefix == self.prefix
+               for c in trainer.callbacks):
+            raise ValueError(f"two ODINEvalCallbacks would both log under {self.prefix}<set>/<method>/<metric>: give "
+                             "each a distinct name (ODINEvalCallback(name=...), in a config "
+                             "`init_args: {name: ...}`)")
         datamodule = trainer.datamodule
         spec = getattr(datamodule, "image_spec", None) or getattr(pl_module, "image_spec", None)
         if spec is None:
@@ -93,9 +105,8 @@ class ODINEvalCallback(Callback):
             ood.setup()
             subset = {k: m for k, m in metrics.items() if k.startswith(f"{ood.name}/")}
             self._score(trainer, pl_module, ood.dataset, subset, is_in=False)
-        logged = {f"ood/{key}/{name}": value for key, metric in metrics.items()
-                  for name, value in metric.compute().items()}
-        pl_module.log_dict(logged, sync_dist=False)
+        log_global(pl_module, {f"{self.prefix}{key}/{name}": value for key, metric in metrics.items()
+                               for name, value in metric.compute().items()})
 
 
 def _fixed_setting(name: str, params: dict[str, float]) -> Setting:

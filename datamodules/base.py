@@ -8,8 +8,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from datamodules.sampling import EpochSampler, EpochSeededDataset, ShardSampler, run_seed
 from odin_pl.spec import ImageSpec
 
 DATA_ROOT_ENV = "ODIN_PL_DATA"
@@ -74,21 +75,32 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             else:
                 self.train_set, self.val_set = train, self.test_set
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        """Training: shuffled and augmented as a function of (run seed, epoch, index) (``datamodules.sampling``);
+        evaluation: this process's unpadded shard, in order. The loader's own generator seeds its workers, so
+        making an iterator draws nothing from the global generators."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, drop_last=False,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        seed = run_seed(self.seed)
+        if train:
+            trainer = self.trainer
+            epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+            sampler: Sampler = EpochSampler(dataset, seed, epoch)
+            dataset = EpochSeededDataset(dataset, seed)
+        else:
+            sampler = ShardSampler(dataset)
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=False, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

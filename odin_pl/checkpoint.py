@@ -1,14 +1,41 @@
-"""Rebuild what evaluation needs from a training checkpoint: the model and its in-distribution DataModule."""
+"""Training checkpoints: written atomically, the state of the run that wrote them, and what evaluation rebuilds
+from them (the model and its in-distribution DataModule)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from odin_pl.module import ImageClassifier
+
+RUN_KEY = "run"  # checkpoint["odin_pl"]["run"]: {"finished": bool, "epochs": int} of the run that wrote it
+
+
+def replace_atomically(staging: str | Path, path: str | Path) -> None:
+    """Put the complete file ``staging`` in place of ``path``: flush it to disk, rename it (atomic within one
+    filesystem: ``staging`` must lie beside ``path``), then flush the folder, so that a crash at any moment leaves
+    either the old or the new file at ``path``."""
+    with open(staging, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(staging, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def run_progress(path: str | Path) -> tuple[bool, int]:
+    """(whether the run that wrote the checkpoint ``path`` finished, the epochs it completed). Only the pickled
+    header is read (tensors are memory-mapped). Checkpoints that do not say are counted as finished: train.py
+    wrote them at the end of training only."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    run = (checkpoint.get("odin_pl") or {}).get(RUN_KEY) or {"finished": True, "epochs": checkpoint.get("epoch", 0)}
+    return bool(run["finished"]), int(run["epochs"])
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def default_logger(save_dir: str | Path, project: str = "odin-pl", name: str | N
         return CSVLogger(save_dir=str(save_dir), name=name or "csv")
     offline = mode in ("offline", "dryrun") or (mode != "online" and not _wandb_can_sync())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=offline)
+    logger = WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=offline)
+    logger._wandb_init.pop("anonymous")  # Lightning passes anonymous=None, which wandb warns has no effect
+    return logger
 
 
 def describe_logger(logger: Logger | None) -> str:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import timm
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 import odin_pl.models  # noqa: F401  (registers the project's models with timm)
+from odin_pl.epoch_metrics import ClassificationTotals, log_global
+from odin_pl.rng import rng_states, set_rng_states
 from odin_pl.spec import ImageSpec
 
 
@@ -58,6 +62,8 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"lr_milestones are fractions of training in (0, 1), got {list(lr_milestones)}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
+        self._totals = ClassificationTotals()
+        self._resumed_rng_states: dict[str, Any] | None = None
         if image_spec is not None:
             self._build(ImageSpec.from_dict(image_spec))
 
@@ -91,24 +97,36 @@ class ImageClassifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True,
+                      batch_size=len(y), sync_dist=True)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        x, y = batch
+        self._totals.update(self(x), y)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    test_step = validation_step
+
+    def _start_evaluation(self) -> None:
+        self._totals.reset(self.device)
+
+    def _log_evaluation(self, stage: str) -> None:
+        """``<stage>/loss`` and ``<stage>/acc`` over all images of all processes (see odin_pl.epoch_metrics)."""
+        totals = self._totals.compute(partial(self.trainer.strategy.reduce, reduce_op="sum"))
+        log_global(self, {f"{stage}/{name}": value for name, value in totals.items()}, prog_bar=True)
+
+    on_validation_epoch_start = on_test_epoch_start = _start_evaluation
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
 
     def _parameter_groups(self) -> list[dict]:
         decay = self.hparams.weight_decay
@@ -140,8 +158,22 @@ class ImageClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record which DataModule class built the data, so evaluate.py can rebuild it."""
+        """Record which DataModule class built the data (evaluate.py rebuilds it) and the global generators'
+        states (a resumed run continues them)."""
+        record = checkpoint.setdefault("odin_pl", {})
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
             cls = type(datamodule)
-            checkpoint["odin_pl"] = {"datamodule_class": f"{cls.__module__}.{cls.__qualname__}"}
+            record["datamodule_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        record["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When a trainer resumes ``fit`` from ``checkpoint``, keep its generator states for
+        :meth:`on_train_epoch_start` (restoring them now would let the sanity check and the set-up draw from them)."""
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            self._resumed_rng_states = (checkpoint.get("odin_pl") or {}).get("rng_states")
+
+    def on_train_epoch_start(self) -> None:
+        if self._resumed_rng_states is not None:
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None

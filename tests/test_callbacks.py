@@ -55,3 +55,26 @@ def test_callback_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         build_ood_dataset("uniform", DigitsDataModule().image_spec, num_images=0)
 
+
+
+def _validate_with(callbacks: list[ODINEvalCallback], tmp_path) -> dict[str, float]:
+    model, datamodule = _tiny_model_and_data()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                         default_root_dir=tmp_path)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ood/")}
+
+
+def test_named_callbacks_log_under_their_names_and_unnamed_twins_are_refused(tmp_path) -> None:
+    def callback(epsilon: float, name: str | None = None) -> ODINEvalCallback:
+        return ODINEvalCallback(ood=["uniform"], temperature=10.0, epsilon=epsilon, num_images=50, name=name)
+
+    logged = _validate_with([callback(0.0, "clean"), callback(0.004, "perturbed")], tmp_path)
+    assert len(logged) == 2 * 2 * 6 and {k.split("/")[1] for k in logged} == {"clean", "perturbed"}
+    assert logged["ood/clean/uniform/odin/auroc"] != logged["ood/perturbed/uniform/odin/auroc"]
+    assert logged["ood/clean/uniform/msp/auroc"] == logged["ood/perturbed/uniform/msp/auroc"]
+    for twins in ([callback(0.0), callback(0.004)], [callback(0.0, "a"), callback(0.004, "a")]):
+        with pytest.raises(ValueError, match="distinct name"):
+            _validate_with(twins, tmp_path)
+    with pytest.raises(ValueError, match="without '/'"):
+        callback(0.0, "a/b")

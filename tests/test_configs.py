@@ -73,12 +73,10 @@ def _quick_args(tmp_path: Path, data_name: str) -> list[str]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_starts_training(experiment: str, tmp_path: Path) -> None:
-    """fast_dev_run: one training step, one validation and one test batch at batch 2; the last checkpoint only."""
+    """fast_dev_run: one training step, one validation and one test batch at batch 2; no checkpoint."""
     cli = train.build_cli(["--config", _config("experiment", experiment), "--trainer.fast_dev_run", "true",
                            *_quick_args(tmp_path, _data_name(experiment))])
-    ckpt = cli.checkpoint_path
-    assert Path(ckpt) == tmp_path / "run" / "checkpoints" / "last.ckpt" and Path(ckpt).is_file()
-    assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # val_split = 0: nothing is selected
+    assert cli.checkpoint_path == "" and not (tmp_path / "run" / "checkpoints").exists()
     assert cli.trainer.global_step == 1 and "test/acc" in cli.trainer.callback_metrics
     assert cli.model.hparams.backbone == _yaml("experiment", experiment)["model"]["backbone"]
     assert cli.model.hparams.num_classes == {"cifar80": 80, "cifar100": 100}.get(_data_name(experiment), 10)
@@ -150,7 +148,7 @@ def test_best_checkpoint_only_with_a_validation_split(tmp_path: Path) -> None:
     assert Path(ckpt) == folder / "best.ckpt" and sorted(p.name for p in folder.iterdir()) == ["best.ckpt",
                                                                                               "last.ckpt"]
     state = torch.load(ckpt, weights_only=True)["callbacks"]
-    (best,) = [v for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    (best,) = [v for k, v in state.items() if k.startswith("RunCheckpoint")]
     assert best["best_model_path"] == ckpt and best["best_model_score"] is not None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, free_port
 
 import evaluate
 from odin_pl.eval_config import RuntimeOptions
@@ -27,12 +26,6 @@ SMALL = ["--ood.sets", "gaussian,photos", "--ood.num_images", "200", "--tuning.t
          "--tuning.epsilons", "0,0.002", "--output.logger", "false", "--runtime.precision", "64-true"]
 SCORE_FILES = ("in_distribution__tune", "in_distribution__test", "gaussian__tune", "photos__test")
 TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _evaluate_command(ckpt: str, out: Path) -> list[str]:
@@ -100,7 +93,7 @@ def test_two_processes_from_the_command_line_equal_one(quickstart_ckpt: str, ref
 @pytest.mark.slow
 def test_torchrun_on_one_node_equals_one_process(quickstart_ckpt: str, reference: Path, tmp_path) -> None:
     out = tmp_path / "torchrun"
-    command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                *_evaluate_command(quickstart_ckpt, out)]  # no --devices: torchrun's count
     _assert_ok(_run_all([(command, _clean_env())]))
     _assert_equals_reference(out, reference, processes=2)
@@ -111,7 +104,7 @@ def test_two_simulated_nodes_equal_one_process_and_only_rank_zero_writes(quickst
                                                                          tmp_path) -> None:
     """Two ``torchrun --nnodes 2`` launches on 127.0.0.1; each node is told its own output folder, so the folder
     of node 1 shows whether any process but global rank 0 wrote a file."""
-    port = str(_free_port())
+    port = str(free_port())
     folders = [tmp_path / "node0", tmp_path / "node1"]
     commands = [(["-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
                   "--master_addr", "127.0.0.1", "--master_port", port, *_evaluate_command(quickstart_ckpt, folder)],
@@ -132,7 +125,7 @@ def _slurm_env(rank: int, port: int) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_slurm_job_of_two_tasks_equals_one_process(quickstart_ckpt: str, reference: Path, tmp_path) -> None:
-    port, out = _free_port(), tmp_path / "slurm"
+    port, out = free_port(), tmp_path / "slurm"
     _assert_ok(_run_all([(_evaluate_command(quickstart_ckpt, out), _slurm_env(rank, port)) for rank in (0, 1)]))
     _assert_equals_reference(out, reference, processes=2)
 
@@ -140,7 +133,7 @@ def test_a_slurm_job_of_two_tasks_equals_one_process(quickstart_ckpt: str, refer
 @pytest.mark.slow
 def test_a_failing_process_ends_the_whole_run_within_seconds(quickstart_ckpt: str, tmp_path) -> None:
     """Task 1 cannot read its checkpoint after the process group is up; task 0 must not wait for it."""
-    port, out = _free_port(), tmp_path / "failing"
+    port, out = free_port(), tmp_path / "failing"
     commands = [(_evaluate_command(ckpt, out), _slurm_env(rank, port))
                 for rank, ckpt in enumerate([quickstart_ckpt, str(tmp_path / "missing.ckpt")])]
     start = time.monotonic()

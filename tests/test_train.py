@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from lightning.fabric.plugins.io import torch_io
 
 import train
+from conftest import REPO
+from odin_pl.checkpoint import run_progress
+from odin_pl.rng import set_rng_states
 
 
 def test_quickstart_checkpoint_records_what_evaluation_needs(quickstart_ckpt: str) -> None:
@@ -17,6 +31,89 @@ def test_quickstart_checkpoint_records_what_evaluation_needs(quickstart_ckpt: st
     assert hp["image_spec"]["size"] == 8 and hp["image_spec"]["channels"] == 1
     assert hp["image_spec"]["dataset"] == "digits" and len(hp["image_spec"]["std"]) == 1
     assert checkpoint["odin_pl"]["datamodule_class"] == "datamodules.digits.DigitsDataModule"
+    assert run_progress(quickstart_ckpt) == (True, 2)
+
+
+def test_checkpoint_restores_the_torch_numpy_and_python_generators(quickstart_ckpt: str) -> None:
+    states = torch.load(quickstart_ckpt, weights_only=True)["odin_pl"]["rng_states"]
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    set_rng_states(states)
+    first = draws()
+    set_rng_states(states)
+    assert draws() == first
+
+
+def test_a_checkpoint_torn_mid_write_leaves_the_previous_last_ckpt(quickstart_ckpt: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's writer dies halfway through the file it was given; last.ckpt is still the previous one."""
+    folder = tmp_path / "run"
+    shutil.copytree(Path(quickstart_ckpt).parents[1], folder)
+    last = folder / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def torn_save(checkpoint: dict, path: str) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", torn_save)
+    with pytest.raises(OSError, match="mid-write"):
+        train.main(["--trainer.default_root_dir", str(folder), "--ckpt_path", "last", "--trainer.max_epochs", "3",
+                    "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    assert last.read_bytes() == before
+
+
+def test_resuming_without_a_checkpoint_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", "--ckpt_path", "last", "--trainer.default_root_dir", str(tmp_path),
+                                      "--trainer.logger", "false"])
+    assert train.run_command_line() == 2
+    error = capsys.readouterr().err
+    assert error.startswith("train.py: error: --ckpt_path last: there is no checkpoint to resume")
+    assert error.count("\n") == 1 and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_rerun_into_a_finished_run_replaces_its_checkpoint_and_prints_it(quickstart_ckpt: str, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """``--trainer.default_root_dir`` moves the checkpoints; a finished run's last.ckpt is replaced (no
+    last-v1.ckpt), so the printed path, the one the README evaluates, is the newest model."""
+    folder = tmp_path / "run"
+    shutil.copytree(Path(quickstart_ckpt).parents[1], folder)
+    before = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    ckpt = train.main(["--trainer.default_root_dir", str(folder), "--trainer.max_epochs", "1", "--trainer.logger",
+                       "false", "--trainer.callbacks", "[]", "--skip_test", "true", "--seed_everything", "1"])
+    assert Path(ckpt) == folder / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
+    after = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+    assert f"Checkpoint: {ckpt}\nEvaluate it with:" in capsys.readouterr().out
+
+
+def test_fast_dev_run_writes_no_checkpoint_and_starts_no_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert train.main(["--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]) == ""
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "wandb").exists()
+    output = capsys.readouterr().out
+    assert "Evaluate it with" not in output and "No checkpoint was written (--trainer.fast_dev_run)" in output
+
+
+def test_missing_data_is_reported_with_train_flags_before_a_logger_run(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(REPO / "configs" / "experiment" / "mlp_mnist.yaml"),
+                                      "--data.init_args.data_root", str(tmp_path / "empty"),
+                                      "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert train.run_command_line() == 2
+    error = capsys.readouterr().err
+    assert error.startswith("train.py: error: MNIST not found")
+    assert "--data.init_args.data_root" in error and "--data_root" not in error
+    assert not (tmp_path / "run" / "wandb").exists()
 
 
 
@@ -35,7 +132,7 @@ def test_fit_is_the_default_subcommand_and_validate_and_test_load_the_checkpoint
     checkpoint and report the same test accuracy as the fit's final test."""
     monkeypatch.chdir(tmp_path)
     quick = ["--trainer.max_epochs", "1", "--trainer.logger", "false", "--seed_everything", "0"]
-    # No callbacks: the quickstart's own checkpoint callback writes to a fixed folder; train.py adds its default one.
+    # No callbacks: the quickstart's ODINEvalCallback is not needed here; train.py adds the checkpoint callback.
     plain = train.build_cli([*quick, "--trainer.default_root_dir", "a", "--trainer.callbacks", "[]"])
     explicit = train.build_cli(["fit", *quick, "--trainer.default_root_dir", "b", "--trainer.callbacks", "[]"])
     assert plain.subcommand == explicit.subcommand == "fit"
@@ -48,3 +145,73 @@ def test_fit_is_the_default_subcommand_and_validate_and_test_load_the_checkpoint
     assert float(tested.trainer.callback_metrics["test/acc"]) == fit_accuracy
     validated = train.build_cli(["validate", *quick, "--ckpt_path", plain.checkpoint_path])
     assert "val/acc" in validated.trainer.callback_metrics
+
+
+# --- Runs in fresh processes: an uninterrupted run, and runs killed with SIGKILL and resumed --------------------
+
+# The quickstart with dropout, an augmenting DataModule (tests/train_helpers.py), 3 epochs of 4 batches.
+RESUME_ARGS = ["--data", "train_helpers.AugmentedDigits", "--model.backbone", "dropout_mlp",
+               "--model.weight_decay_scope", "all", "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
+               "--trainer.limit_val_batches", "2", "--trainer.deterministic", "true", "--trainer.enable_model_summary",
+               "false", "--skip_test", "true"]
+KILL_AFTER_EPOCH = 1
+
+
+def _train_in_process(folder: Path, *args: str, **env: str) -> tuple[int, str]:
+    """``python train.py ARGS`` in a new process writing to ``folder``: (exit status, console output)."""
+    console = folder / "console.txt"
+    with open(console, "w") as out:  # a file, not a pipe: killed runs leave DataLoader workers that hold pipes open
+        done = subprocess.run([sys.executable, str(REPO / "train.py"), *args, "--trainer.default_root_dir",
+                               str(folder)], cwd=folder, stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+                                   **env})
+    return done.returncode, console.read_text()
+
+
+def _same(a: object, b: object) -> bool:
+    """Nested dicts/lists of tensors and plain values are equal (tensors by torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """The resume tests' run without a kill, as a user runs it (W&B offline): (last.ckpt, console output)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    status, console = _train_in_process(folder, *RESUME_ARGS, "--trainer.callbacks", "[]", WANDB_MODE="offline")
+    assert status == 0, console
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True), console
+
+
+def test_a_normal_run_prints_no_warning_a_user_cannot_act_on(uninterrupted: tuple[dict, str]) -> None:
+    console = uninterrupted[1]
+    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist"):
+        assert note not in console, note
+    assert "W&B run saved offline" in console and "Checkpoint: " in console
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_killed_run_resumes_exactly(uninterrupted: tuple[dict, str], workers: int, tmp_path: Path) -> None:
+    """Killed (SIGKILL) during the epoch after epoch 1's checkpoint, then resumed with ``--ckpt_path last``: the
+    same weights and optimizer state as the uninterrupted run (which loaded its data without workers)."""
+    args = [*RESUME_ARGS, "--data.init_args.num_workers", str(workers), "--trainer.logger", "false"]
+    kill = json.dumps([{"class_path": "train_helpers.KillAfterEpoch", "init_args": {"epoch": KILL_AFTER_EPOCH}}])
+    status, console = _train_in_process(tmp_path, *args, "--trainer.callbacks", kill)
+    assert status == -signal.SIGKILL, console
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert run_progress(last) == (False, KILL_AFTER_EPOCH + 1)  # a crash loses at most the epoch in progress
+    if workers == 0:  # a new run over the unfinished one is refused, with the way out
+        with pytest.raises(ValueError, match="stopped after 2 epoch.*--ckpt_path last.*--trainer.default_root_dir"):
+            train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    status, console = _train_in_process(tmp_path, *args, "--trainer.callbacks", "[]", "--ckpt_path", "last")
+    assert status == 0, console
+    resumed, reference = torch.load(last, weights_only=True), uninterrupted[0]
+    assert resumed["global_step"] == reference["global_step"] == 12 and run_progress(last)[0]
+    assert _same(resumed["state_dict"], reference["state_dict"])
+    assert _same(resumed["optimizer_states"], reference["optimizer_states"])
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
