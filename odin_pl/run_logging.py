@@ -13,15 +13,17 @@ from odin_pl.analyses import AnalysisOutput, scalar_metrics
 from odin_pl.evaluation import ProtocolRun
 from odin_pl.loggers import default_logger, describe_logger
 from odin_pl.plots import roc_points
+from odin_pl.report import main_records
 
 FIGURE_KINDS = ("roc", "scores", "grid")  # one W&B panel per kind: images of one size
 ROC_POINTS = 500  # points per logged ROC curve
 
 
 def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dict[str, float]:
-    """``ood/<set>/<method>/<metric>`` for every numeric field of every record, and the analyses' scalars."""
-    metrics = {f"ood/{r['ood']}/{r['method']}/{k}": v for r in run.result.records for k, v in r.items()
-               if isinstance(v, float)}
+    """``ood/<set>/<method>/<metric>`` for every numeric field of each set's and method's main record (tuned on the
+    set itself in cross mode: one record per key), and the analyses' scalars."""
+    metrics = {f"ood/{name}/{method}/{k}": v for name, records in main_records(run.result.records).items()
+               for method, r in records.items() for k, v in r.items() if isinstance(v, float)}
     for name, output in analyses.items():
         metrics.update(scalar_metrics(output.numbers, f"analyses/{name}"))
     return metrics

@@ -4,6 +4,7 @@ on a tiny model, and ``evaluate.py --analyses all`` on the quickstart checkpoint
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from odin_pl.analyses.score_cache import ScoreCache
 from odin_pl.analyses.taylor import convergence_order, expansion_error, proposition1_gap, second_order_score
 from odin_pl.analyses.tuning_size import appendix_h_split, tuning_sizes
 from odin_pl.metrics import ood_metrics
-from odin_pl.protocol import run_protocol
+from odin_pl.protocol import MethodGrid, run_protocol
 from odin_pl.scoring import max_softmax
 from odin_pl.tuning import Grid
 
@@ -122,18 +123,19 @@ def test_gradient_norm_equals_float64_autograd_with_respect_to_pixels() -> None:
 
 def test_score_cache_scores_only_missing_pairs() -> None:
     calls = []
+    a, b = ("odin", (1.0, 0.0)), ("energy", (2.0,))
 
-    def scorer(indices, settings):
-        calls.append((indices.tolist(), list(settings)))
-        return torch.tensor([[t * 100 + e * 1000 + i for i in indices.tolist()] for t, e in settings])
+    def scorer(indices, keys):
+        calls.append((indices.tolist(), list(keys)))
+        return torch.tensor([[setting[0] * 100 + i for i in indices.tolist()] for _, setting in keys])
 
     cache = ScoreCache(6, scorer)
-    cache.add(torch.tensor([0, 1, 2]), [(1.0, 0.0), (2.0, 0.0)], torch.tensor([[0.0, 1, 2], [200, 201, 202]]))
-    cache.add(torch.tensor([3, 4]), [(1.0, 0.0)], torch.tensor([[3.0, 4]]))
-    got = cache.get(torch.tensor([4, 0, 5]), [(1.0, 0.0), (2.0, 0.0)])
+    cache.add(torch.tensor([0, 1, 2]), [a, b], torch.tensor([[0.0, 1, 2], [200, 201, 202]]))
+    cache.add(torch.tensor([3, 4]), [("odin", [1, 0])], torch.tensor([[3.0, 4]]))  # the same key, spelt otherwise
+    got = cache.get(torch.tensor([4, 0, 5]), [a, b])
     assert got.tolist() == [[4, 0, 105], [204, 200, 205]]
-    assert sorted(calls) == [([4], [(2.0, 0.0)]), ([5], [(1.0, 0.0), (2.0, 0.0)])] and cache.computed == 3
-    cache.get(torch.tensor([5, 4]), [(2.0, 0.0)])
+    assert sorted(calls) == [([4], [b]), ([5], [a, b])] and cache.computed == 3
+    cache.get(torch.tensor([5, 4]), [b])
     assert len(calls) == 2
 
 
@@ -208,17 +210,19 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     dark = tuning["sets"]["dark"]
     assert dark["tuning_sizes"] == list(range(2, 21, 2)) and tuning["notes"]
     # At the protocol's tuning size the OOD tuning images are the protocol's own: the same selection.
-    protocol_choice = result.selections["odin"]["dark"].setting
-    assert (dark["temperature"][4], dark["epsilon"][4]) == protocol_choice
+    assert dark["methods"]["odin"]["params"][4] == result.selections["odin"]["dark"].params
+    assert list(dark["methods"]) == ["odin"] and "baseline_fpr_at_95_tpr" in dark
     # Only images of the protocol's test split miss scores: the OOD tuning images beyond the protocol's over the
-    # grid, and the test images at settings chosen here but not by the protocol. The in-distribution tuning split
-    # is the protocol's (no new scores); its test split misses the settings no OOD set reported.
-    chosen = {name: set(zip(v["temperature"], v["epsilon"])) | {(1.0, 0.0)} for name, v in tuning["sets"].items()}
-    known = {name: {(1.0, 0.0), (r["temperature"], r["epsilon"])} for name, r in odin.items()}
+    # grid (but its chosen setting), and the test images at settings chosen here but not by the protocol (the
+    # baseline's are known). The in-distribution tuning split is the protocol's (no new scores); its test split
+    # misses the settings no OOD set reported.
+    chosen = {name: {(p["temperature"], p["epsilon"]) for p in v["methods"]["odin"]["params"]}
+              for name, v in tuning["sets"].items()}
+    known = {name: {(r["temperature"], r["epsilon"])} for name, r in odin.items()}
     extra = dark["n_tune"] - len(result.splits["dark"]["tune_indices"])
-    assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(context.grid.settings) - len(known["dark"]))
+    assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(context.grid.settings) - 1)
                                                     + dark["n_test"] * len(chosen["dark"] - known["dark"]))
-    in_known = {s for m, s in result.in_test_scores if m == "odin"} | {(1.0, 0.0)}  # MSP's are ODIN's at (1, 0)
+    in_known = {s for m, s in result.in_test_scores if m == "odin"}
     in_missing = set.union(*chosen.values()) - in_known
     assert tuning["in_distribution"]["n_test"] == 110
     assert tuning["newly_scored_pairs"]["in_distribution"] == 110 * len(in_missing)
@@ -244,3 +248,23 @@ def test_evaluate_rejects_unknown_analyses_before_scoring(quickstart_ckpt: str, 
         evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--analyses.names",
                        "sweeps,nope", "--output.logger", "false"])
     assert not (tmp_path / "results.json").exists()
+
+
+def test_generic_analyses_run_for_other_methods_and_odin_ones_refuse(tiny_run, tmp_path) -> None:
+    """threshold, accuracy, distances and tuning-size for MSP and a tuned Energy; sweeps (ODIN's) refuses."""
+    base, _ = tiny_run
+    methods = [MethodGrid.of("msp"), MethodGrid.of("energy", {"temperature": (1.0, 10.0, 100.0)})]
+    result = run_protocol(base.model, base.in_dataset, base.ood_datasets, input_std=base.input_std, methods=methods,
+                          n_tune=10, batch_size=64, progress=False)
+    context = replace(base, result=result, output_dir=tmp_path)
+    outputs = run_analyses(["threshold", "accuracy", "distances", "tuning-size"], context)
+    energy = {r["ood"]: r for r in result.records if r["method"] == "energy"}
+    threshold = outputs["threshold"].numbers["sets"]["dark"]
+    assert list(threshold) == ["energy"] and threshold["energy"]["fpr_at_95_tpr"] == energy["dark"]["fpr_at_95_tpr"]
+    curves = {"baseline (MSP)", *(f"energy T={r['temperature']:g}" for r in energy.values())}
+    assert set(outputs["accuracy"].numbers["curves"]) == curves
+    assert set(outputs["distances"].numbers["sets"]["dark"]["fpr_at_95_tpr"]) == {"msp", "energy"}
+    sizes = outputs["tuning-size"].numbers["sets"]["dark"]
+    assert sizes["methods"]["energy"]["params"][4] == result.selections["energy"]["dark"].params
+    with pytest.raises(ValueError, match="'sweeps' studies ODIN's T and epsilon"):
+        run_analyses(["sweeps"], context)

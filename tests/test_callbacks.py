@@ -78,3 +78,30 @@ def test_named_callbacks_log_under_their_names_and_unnamed_twins_are_refused(tmp
             _validate_with(twins, tmp_path)
     with pytest.raises(ValueError, match="without '/'"):
         callback(0.0, "a/b")
+
+
+def test_callback_monitors_other_methods_at_their_params(tmp_path) -> None:
+    """methods= and params=: Energy at T = 10 and MaxLogit logged beside MSP, equal to a direct computation in
+    float64 up to the float32 rounding of a logged value (1e-7); an unknown or unused method is refused when the
+    callback is made."""
+    pl.seed_everything(0)
+    callback = ODINEvalCallback(ood=["uniform"], num_images=60, methods=["msp", "energy", "maxlogit"],
+                                params={"energy": {"temperature": 10.0}})
+    model, datamodule = _tiny_model_and_data()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                         default_root_dir=tmp_path, precision="64-true")
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ood/")}
+    assert {k.split("/")[2] for k in logged} == {"msp", "energy", "maxlogit"}
+    model.eval()
+    x_in = torch.stack([datamodule.test_set[i][0] for i in range(len(datamodule.test_set))]).double()
+    ood = build_ood_dataset("uniform", datamodule.image_spec, num_images=60)
+    x_out = torch.stack([ood[i][0] for i in range(len(ood))]).double()
+    with torch.no_grad():
+        energy = [10.0 * torch.logsumexp(model(x) / 10.0, dim=1) for x in (x_in, x_out)]
+    for name, value in ood_metrics(*energy).items():
+        assert logged[f"ood/uniform/energy/{name}"] == pytest.approx(value, abs=1e-7)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        ODINEvalCallback(methods=["msp", "nope"])
+    with pytest.raises(ValueError, match="params names energy, not among methods"):
+        ODINEvalCallback(methods=["msp"], params={"energy": {"temperature": 1.0}})

@@ -18,6 +18,7 @@ from conftest import REPO, saved_scores
 
 import evaluate
 from odin_pl.metrics import ood_metrics
+from odin_pl.run_logging import run_metrics
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
@@ -70,7 +71,8 @@ def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> No
 
 def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: str, tmp_path) -> None:
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,uniform,photos", *SMALL]
-    cross = evaluate.main([*common, "--output.dir", str(tmp_path / "c"), "--tuning.mode", "cross"]).result
+    cross_run = evaluate.main([*common, "--output.dir", str(tmp_path / "c"), "--tuning.mode", "cross"])
+    cross = cross_run.result
     paper = evaluate.main([*common, "--output.dir", str(tmp_path / "p")]).result
     odin = {(r["ood"], r["tuned_on"]): r for r in cross.records if r["method"] == "odin"}
     assert len(odin) == 9
@@ -83,6 +85,11 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
         chosen = cross.selections["odin"][tuned_on]
         assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
     assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
+    # Logged metrics: one key per set, method and metric, from the set's own tuning (not the last one reported).
+    logged = run_metrics(cross_run, {})
+    main = [r for r in cross.records if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
+    assert len(main) == 6 and logged == {f"ood/{r['ood']}/{r['method']}/{k}": v for r in main for k, v in r.items()
+                                         if isinstance(v, float)}
 
 
 def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: str, tmp_path) -> None:
@@ -305,6 +312,6 @@ def test_method_parameters_on_the_command_line(quickstart_ckpt: str, tmp_path) -
         evaluate.main([*common[:-1], "msp,nope", "--output.dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="'odin' is not among --tuning.methods"):
         evaluate.main([*common, "--params", "odin.temperature=10", "--output.dir", str(tmp_path / "c")])
-    with pytest.raises(ValueError, match="'sweeps' studies ODIN .* needs the method\\(s\\) odin"):
+    with pytest.raises(ValueError, match="'sweeps' studies ODIN's T and epsilon and needs the method\\(s\\) odin"):
         evaluate.main([*common, "--analyses.names", "sweeps", "--output.dir", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()

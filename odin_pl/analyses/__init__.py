@@ -23,9 +23,8 @@ ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "taylor": taylor.run,                  # equation (3), appendices D and E
 }
 
-# Analyses of ODIN's own mechanism (T and epsilon), or of its tuning beside the MSP baseline: the methods they need.
-NEEDS_METHODS = {"sweeps": ("odin",), "logit-stats": ("odin",), "gradient-norms": ("odin",), "taylor": ("odin",),
-                 "tuning-size": ("msp", "odin")}
+# Analyses of ODIN's own mechanism (T and epsilon): the method they need.
+NEEDS_METHODS = {"sweeps": ("odin",), "logit-stats": ("odin",), "gradient-norms": ("odin",), "taylor": ("odin",)}
 
 __all__ = ["ANALYSES", "AnalysisContext", "AnalysisOutput", "check_analyses", "parse_analyses", "run_analyses",
            "scalar_metrics"]
@@ -48,8 +47,8 @@ def check_analyses(names: list[str], methods: list[str]) -> None:
     for name in names:
         missing = [m for m in NEEDS_METHODS.get(name, ()) if m not in methods]
         if missing:
-            raise ValueError(f"the analysis {name!r} studies ODIN (beside the MSP baseline) and needs the "
-                             f"method(s) {', '.join(missing)}: add them to --tuning.methods or drop {name!r}")
+            raise ValueError(f"the analysis {name!r} studies ODIN's T and epsilon and needs the method(s) "
+                             f"{', '.join(missing)}: add them to --tuning.methods or drop {name!r}")
 
 
 def run_analyses(names: list[str], context: AnalysisContext) -> dict[str, AnalysisOutput]:
