@@ -8,6 +8,8 @@ Subcommands (``python evaluate.py SUBCOMMAND --help``; each takes ``--config FIL
 * ``predict`` - score a folder of images (or a named set) with a saved detector; writes
   ``predictions/<set>.csv``.
 * ``analyses RUN_DIR`` - the paper's analyses of a finished protocol run, from its config.yaml and saved scores.
+* ``bootstrap RUN_DIR`` - bootstrap intervals of a finished protocol run, from its saved scores (results rewritten).
+* ``aggregate RUN_DIR RUN_DIR ... --output DIR`` - mean ± std over evaluations of one setting (e.g. seeds).
 
 This file parses and dispatches; the work is in ``odin_pl.evaluation`` (the run), ``odin_pl.run_outputs``
 (files), ``odin_pl.run_logging`` (logger), ``odin_pl.analyses`` and ``datamodules.suite`` (the OOD sets).
@@ -33,14 +35,16 @@ from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.detector import Detector
 from odin_pl.distributed import world
-from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, PredictConfig, ProtocolConfig
+from odin_pl.aggregate import aggregate_runs, aggregate_table
+from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig
 from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
 from odin_pl.prediction import detect_dataset, write_detections
 from odin_pl.run_logging import log_run
+from odin_pl.report import write_results
 from odin_pl.run_outputs import write_run
 from odin_pl.runtime import start_processes
 
-SUBCOMMANDS = ("protocol", "predict", "analyses")
+SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
 SAVED_CONFIG = "config.yaml"
 
 # Flat options of earlier versions: old flag -> new flag (per subcommand); values keep their meaning.
@@ -132,17 +136,26 @@ def _config_parser(config_class: type) -> ArgumentParser:
 
 
 def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
-    """``evaluate.py protocol | predict | analyses``, built from the typed groups of ``odin_pl.eval_config``;
-    and the parser of each subcommand."""
-    parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses")
+    """``evaluate.py protocol | predict | analyses | bootstrap | aggregate``, built from the typed groups of
+    ``odin_pl.eval_config``; and the parser of each subcommand."""
+    parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses, "
+                            "bootstrap, aggregate")
     analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
     analyses.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
     analyses.add_class_arguments(AnalysesOptions, "analyses")
     analyses.add_argument("--accelerator", type=str | None, default=None, help="override the run's accelerator")
+    bootstrap = ArgumentParser(description="Bootstrap intervals for a finished protocol run, from its saved scores")
+    bootstrap.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
+    bootstrap.add_class_arguments(BootstrapOptions, "bootstrap")
+    aggregate = ArgumentParser(description="Mean and standard deviation over finished evaluations of one setting")
+    aggregate.add_argument("run_dirs", nargs="+", type=str, help="two or more protocol output folders (results.json)")
+    aggregate.add_argument("--output", type=str, required=True, help="where aggregate.json and aggregate.md go")
     subparsers = {"protocol": _config_parser(ProtocolConfig), "predict": _config_parser(PredictConfig),
-                  "analyses": analyses}
+                  "analyses": analyses, "bootstrap": bootstrap, "aggregate": aggregate}
     helps = {"protocol": "the paper's protocol (the default)", "predict": "score images with a saved detector",
-             "analyses": "the paper's analyses of a finished protocol run"}
+             "analyses": "the paper's analyses of a finished protocol run",
+             "bootstrap": "bootstrap intervals of a finished protocol run, from its saved scores",
+             "aggregate": "mean ± std over finished evaluations (e.g. training seeds)"}
     subcommands = parser.add_subcommands(required=True, dest="command")
     for name, subparser in subparsers.items():
         subcommands.add_subcommand(name, subparser, help=helps[name])
@@ -229,8 +242,34 @@ def _run_analyses(run: ProtocolRun, target: EvaluationTarget, suite: OODSuite) -
 
 def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
              protocol_parser: ArgumentParser) -> dict[str, AnalysisOutput]:
-    """The analyses of a finished run: its config and saved scores give the protocol's result again (nothing is
-    scored for the protocol), then the analyses run as with ``protocol --analyses.names``."""
+    """The analyses of a finished run, as with ``protocol --analyses.names``."""
+    run, target, suite = _finished_run(run_dir, protocol_parser, accelerator, analyses=options)
+    return _run_analyses(run, target, suite)
+
+
+def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: ArgumentParser) -> list[Path]:
+    """Bootstrap intervals of a finished run: results.json, results.csv and table.md written again with them."""
+    if not options.resamples:
+        raise ValueError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
+    run, _, _ = _finished_run(run_dir, protocol_parser, bootstrap=options)
+    paths = write_results(run_dir, run.result.records, run.meta(), run.table)
+    print(run.table)
+    print(f"Intervals ({options.resamples} paired resamples per set): {', '.join(map(str, paths))}")
+    return paths
+
+
+def aggregate(run_dirs: list[str], output: Path) -> dict[str, Any]:
+    """Mean and sample standard deviation of every metric over finished evaluations of one setting."""
+    result = aggregate_runs(run_dirs, output)
+    print(aggregate_table(result))
+    print(f"Aggregate of {result['n_runs']} evaluations: {output / 'aggregate.json'}, {output / 'aggregate.md'}")
+    return result
+
+
+def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: str | None = None,
+                  **groups: Any) -> tuple[ProtocolRun, EvaluationTarget, OODSuite]:
+    """A finished run again, in one process: its config.yaml (option ``groups`` replaced) and its saved scores
+    give the protocol's result (nothing is scored)."""
     saved = run_dir / SAVED_CONFIG
     if not saved.is_file():
         raise FileNotFoundError(f"{saved} does not exist: give the output folder of a finished protocol run "
@@ -245,13 +284,14 @@ def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
     if accelerator is not None:
         options_ns.runtime.accelerator = accelerator
     config = _typed(ProtocolConfig, protocol_parser.instantiate(options_ns))
-    config.analyses = options
+    for name, value in groups.items():
+        setattr(config, name, value)
     fabric = start_processes(config.runtime, may_start_processes=False)
     target = load_target(config)
     suite = _suite(config, target)
     run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
                             tuning_only=suite.tuning_only, skipped=list(suite.skipped), saved_scores_only=True)
-    return _run_analyses(run, target, suite)
+    return run, target, suite
 
 
 def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path:
@@ -273,7 +313,7 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     return csv_path
 
 
-def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, AnalysisOutput]:
+def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, AnalysisOutput] | list[Path] | dict:
     """Parse ``argv`` (default: the command line) and run its subcommand (``protocol`` when none is given).
 
     Only with the command line (``argv`` None) may a run with several processes start them itself.
@@ -291,6 +331,10 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     if command == "analyses":
         return analyses(Path(options.run_dir), subparser.instantiate(options).analyses, options.accelerator,
                         subparsers["protocol"])
+    if command == "bootstrap":
+        return bootstrap(Path(options.run_dir), subparser.instantiate(options).bootstrap, subparsers["protocol"])
+    if command == "aggregate":
+        return aggregate(options.run_dirs, Path(options.output))
     _prepare_data(options)
     config_class = ProtocolConfig if command == "protocol" else PredictConfig
     config = _typed(config_class, subparser.instantiate(options))

@@ -7,6 +7,7 @@ Each group checks itself when it is built, so a bad combination fails before any
 * :class:`RuntimeOptions`  - where and how scoring runs (accelerator, processes, nodes, precision, batches);
 * :class:`OutputOptions`   - where results go, resume, logging;
 * :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
+* :class:`BootstrapOptions` - bootstrap intervals of the metrics;
 * :class:`ModelSource`     - what to evaluate: a checkpoint, or a model + weights + DataModule;
 * :class:`ProtocolConfig`  - a protocol run (a ModelSource and the groups above);
 * :class:`PredictConfig`   - scoring images with a saved detector (a ModelSource, the images, the detector).
@@ -24,6 +25,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from odin_pl.analyses import check_analyses, parse_analyses
+from odin_pl.bootstrap import DEFAULT_RESAMPLES
 from odin_pl.methods import list_methods
 from odin_pl.protocol import MethodGrid
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
@@ -256,6 +258,25 @@ class AnalysesOptions:
 
 
 @dataclass
+class BootstrapOptions:
+    """Bootstrap intervals of every reported metric (DESIGN, "Uncertainty"; see ``odin_pl.bootstrap``).
+
+    Args:
+        resamples: paired resamples of each OOD set's test split (0: no intervals).
+        show: print ``[low, high]`` next to each number of the tables.
+    """
+
+    resamples: int = DEFAULT_RESAMPLES
+    show: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or self.resamples == 1:
+            raise ValueError(f"--bootstrap.resamples must be 0 (no intervals) or at least 2, got {self.resamples}")
+        if self.show and not self.resamples:
+            raise ValueError("--bootstrap.show needs intervals: set --bootstrap.resamples (e.g. 1000)")
+
+
+@dataclass
 class ModelSource:
     """What to evaluate: ``ckpt`` (a checkpoint of train.py, which records its DataModule; ``data`` replaces it),
     or ``model`` + ``weights`` + ``data`` (a plain state_dict of any timm or odin_pl model and its in-distribution
@@ -307,6 +328,7 @@ class ProtocolConfig(ModelSource):
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
     analyses: AnalysesOptions = field(default_factory=AnalysesOptions)
+    bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,9 +19,11 @@ from torch.utils.data import Dataset
 
 from odin_pl import __version__
 from odin_pl.analyses import AnalysisContext
+from odin_pl.bootstrap import LEVEL, bootstrap_seed, record_intervals
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.convert import load_foreign_model
 from odin_pl.distributed import world
+from odin_pl.environment import describe_environment
 from odin_pl.eval_config import ModelSource, ProtocolConfig
 from odin_pl.module import ImageClassifier
 from odin_pl.methods import Plan, Setting
@@ -77,6 +79,7 @@ class ProtocolRun:
     reused_score_files: list[str] = field(default_factory=list)
     processes: int = 1
     threads_per_process: int = 1
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -90,7 +93,8 @@ class ProtocolRun:
     def table(self) -> str:
         """Table 2 of the paper (baseline / ODIN; and, in cross mode, tables 10/11) in Markdown, or with other
         methods, one row per method and a column per OOD set."""
-        return results_tables(self.result.records, self.title, self.mode == "cross")
+        return results_tables(self.result.records, self.title, self.mode == "cross",
+                              intervals=self.config.bootstrap.show)
 
     def detector_settings(self) -> dict[str, tuple[str, Setting, str | None]]:
         """File stem -> (method, setting, tuning set) of each detector the run gives: one per tuning of a tuned
@@ -110,7 +114,7 @@ class ProtocolRun:
     def meta(self) -> dict[str, Any]:
         """What results.json says besides the records (``grid`` and ``tuning`` are ODIN's, as before other
         methods; ``grids`` and ``selections`` hold every method's)."""
-        grid = self.config.tuning.grid
+        grid, bootstrap = self.config.tuning.grid, self.config.bootstrap
         selections = self.result.selections
         return {"checkpoint": str(self.config.weights_file), "version": __version__, "mode": self.mode,
                 "tune_on": self.config.tuning.tune_on, "seed": self.config.seed, "image_spec": self.spec.to_dict(),
@@ -127,7 +131,11 @@ class ProtocolRun:
                                for method, by_set in selections.items()},
                 "splits": self.result.splits,
                 "runtime": {"processes": self.processes, "threads_per_process": self.threads_per_process,
-                            "precision": self.config.runtime.precision}}
+                            "precision": self.config.runtime.precision},
+                "bootstrap": {"resamples": bootstrap.resamples, "level": LEVEL, "method": "paired percentile",
+                              "set_seeds": {name: bootstrap_seed(self.config.seed, name)
+                                            for name in self.result.ood_test_scores}} if bootstrap.resamples else None,
+                "environment": self.environment}
 
 
 def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
@@ -151,6 +159,7 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
 
     ``saved_scores_only``: take every score from the run folder's saved files (resume), and fail with a message
     when one is missing instead of scoring (for work on a finished run, such as its analyses).
+    Process 0 adds the bootstrap intervals of ``config.bootstrap`` to the records.
     """
     runtime, tuning = config.runtime, config.tuning
     target.model.to(device=device, dtype=runtime.dtype)
@@ -171,9 +180,13 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
         n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
         num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
         load_scores=load_saved if saved_scores_only else resume, progress=rank == 0)
+    if rank == 0 and config.bootstrap.resamples:
+        for record, intervals in zip(result.records, record_intervals(result, config.bootstrap.resamples,
+                                                                      config.seed)):
+            record.update(intervals)
     return ProtocolRun(config, target.spec, target.model.hparams.backbone, store.context["weights_sha256"], result,
                        list(skipped or []), store.reused, processes=world()[1],
-                       threads_per_process=torch.get_num_threads())
+                       threads_per_process=torch.get_num_threads(), environment=describe_environment(device))
 
 
 def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset]

@@ -52,37 +52,17 @@ def rates_at_tpr(in_scores: Any, out_scores: Any, tpr: float = 0.95) -> tuple[fl
     return float((s_in >= delta).double().mean()), float((s_out >= delta).double().mean()), delta
 
 
-def _counts_at_thresholds(scores: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
-    """Cumulative (true positives, false positives) at each distinct threshold, from the highest down."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    s, y = scores[order], positive[order].double()
-    last_of_value = torch.cat([s[1:] != s[:-1], torch.tensor([True])])
-    return torch.cumsum(y, 0)[last_of_value], torch.cumsum(1 - y, 0)[last_of_value]
-
-
-def average_precision(scores: Tensor, positive: Tensor) -> float:
-    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition)."""
-    tps, fps = _counts_at_thresholds(scores, positive)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(torch.sum(torch.diff(recall, prepend=torch.zeros(1, dtype=recall.dtype)) * precision))
-
-
-def auroc(scores: Tensor, positive: Tensor) -> float:
-    """Trapezoidal area under the ROC curve through all distinct thresholds (ties count one half)."""
-    tps, fps = _counts_at_thresholds(scores, positive)
-    zero = torch.zeros(1, dtype=tps.dtype)
-    tpr = torch.cat([zero, tps / tps[-1]])
-    fpr = torch.cat([zero, fps / fps[-1]])
-    return float(torch.trapezoid(tpr, fpr))
-
-
-def fpr_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> Tensor:
-    """FPR(delta*) for each row of [S, n_in] / [S, n_out] score matrices (one row per setting), as rates_at_tpr."""
+def rates_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> tuple[Tensor, Tensor]:
+    """(TPR, FPR) at delta* for each row of [R, n_in] / [R, n_out] score matrices, as :func:`rates_at_tpr`."""
     frac = Fraction(tpr).limit_denominator(10**6)
     k = -(-frac.numerator * in_scores.shape[1] // frac.denominator)
     delta = torch.sort(in_scores, dim=1, descending=True).values[:, k - 1:k]
-    return (out_scores >= delta).double().mean(dim=1)
+    return (in_scores >= delta).double().mean(dim=1), (out_scores >= delta).double().mean(dim=1)
+
+
+def fpr_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> Tensor:
+    """FPR(delta*) for each row of [R, n_in] / [R, n_out] score matrices (one row per setting or resample)."""
+    return rates_at_tpr_rows(in_scores, out_scores, tpr)[1]
 
 
 def auroc_rows(in_scores: Tensor, out_scores: Tensor) -> Tensor:
@@ -93,21 +73,43 @@ def auroc_rows(in_scores: Tensor, out_scores: Tensor) -> Tensor:
     return (below + at_or_below).sum(dim=1) / (2.0 * in_scores.shape[1] * out_scores.shape[1])
 
 
-def ood_metrics(in_scores: Any, out_scores: Any) -> dict[str, float]:
-    """All metrics of the paper's Table 2 for one in-distribution / OOD pair (fractions in [0, 1])."""
-    s_in, s_out = _as_scores(in_scores, "in_scores"), _as_scores(out_scores, "out_scores")
-    tpr, fpr, _ = rates_at_tpr(s_in, s_out)
-    _, fpr_ood_positive, _ = rates_at_tpr(-s_out, -s_in)
-    scores = torch.cat([s_in, s_out])
-    is_in = torch.cat([torch.ones_like(s_in), torch.zeros_like(s_out)]).bool()
+def average_precision_rows(positive_scores: Tensor, negative_scores: Tensor) -> Tensor:
+    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition) for each row.
+
+    Each positive contributes the precision at the lowest threshold that still accepts it, i.e. at the end of its
+    group of tied scores in descending order: AP = mean over positives of that precision.
+    """
+    rows, n = positive_scores.shape[0], positive_scores.shape[1] + negative_scores.shape[1]
+    scores = torch.cat([positive_scores, negative_scores], dim=1)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    is_positive = (order < positive_scores.shape[1]).double()
+    sorted_scores = scores.gather(1, order)
+    true_positives = torch.cumsum(is_positive, dim=1)
+    precision = true_positives / torch.arange(1, n + 1, dtype=torch.float64)
+    group_end = torch.cat([sorted_scores[:, 1:] != sorted_scores[:, :-1],
+                           torch.ones(rows, 1, dtype=torch.bool)], dim=1)
+    ends = torch.where(group_end, torch.arange(n).expand(rows, n), n)
+    last_of_group = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
+    return (is_positive * precision.gather(1, last_of_group)).sum(dim=1) / positive_scores.shape[1]
+
+
+def metric_rows(in_scores: Tensor, out_scores: Tensor) -> dict[str, Tensor]:
+    """Every metric of :data:`METRIC_NAMES` for each row of [R, n_in] / [R, n_out] float64 score matrices."""
+    tpr, fpr = rates_at_tpr_rows(in_scores, out_scores)
     return {
         "fpr_at_95_tpr": fpr,
         "detection_error": 0.5 * (1 - tpr) + 0.5 * fpr,
-        "auroc": auroc(scores, is_in),
-        "aupr_in": average_precision(scores, is_in),
-        "aupr_out": average_precision(-scores, ~is_in),
-        "fpr_at_95_tpr_ood_positive": fpr_ood_positive,
+        "auroc": auroc_rows(in_scores, out_scores),
+        "aupr_in": average_precision_rows(in_scores, out_scores),
+        "aupr_out": average_precision_rows(-out_scores, -in_scores),
+        "fpr_at_95_tpr_ood_positive": fpr_at_tpr_rows(-out_scores, -in_scores),
     }
+
+
+def ood_metrics(in_scores: Any, out_scores: Any) -> dict[str, float]:
+    """All metrics of the paper's Table 2 for one in-distribution / OOD pair (fractions in [0, 1])."""
+    s_in, s_out = _as_scores(in_scores, "in_scores"), _as_scores(out_scores, "out_scores")
+    return {name: float(values[0]) for name, values in metric_rows(s_in[None], s_out[None]).items()}
 
 
 class OODMetrics(Metric):

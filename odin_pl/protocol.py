@@ -128,6 +128,7 @@ class ProtocolResult:
     * ``tuning_scores``: per tuned method and set (``in_distribution`` included), the tuning split's scores over
       the method's grid [len(settings), n];
     * ``in_test_scores``: the in-distribution test split's scores per (method, setting) reported on it;
+    * ``ood_test_scores``: per OOD set, its test split's scores per (method, setting) reported on it;
     * ``selections``: per tuned method and tuning set, the chosen setting;
     * ``methods``: the run's methods; ``splits``; ``notes`` for the user.
     """
@@ -136,10 +137,16 @@ class ProtocolResult:
     test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     tuning_scores: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     in_test_scores: dict[tuple[str, Setting], Tensor] = field(default_factory=dict)
+    ood_test_scores: dict[str, dict[tuple[str, Setting], Tensor]] = field(default_factory=dict)
     selections: dict[str, dict[str, Selection]] = field(default_factory=dict)
     methods: list[MethodGrid] = field(default_factory=list)
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def record_setting(record: Mapping[str, Any]) -> Setting:
+    """The setting of a result record: its method's parameters, in order, from the record's fields."""
+    return tuple(float(record[p.name]) for p in create_method(record["method"]).params)
 
 
 def split_seed(seed: int, name: str) -> int:
@@ -262,6 +269,7 @@ def run_protocol(
         plan = test_plan([name])
         scores = score(name, "test", Subset(dataset, splits[name].test.tolist()), plan)
         out_test = {(m, s): scores[m][row] for m, settings in plan.items() for row, s in enumerate(settings)}
+        result.ood_test_scores[name] = out_test
         result.test_scores[name] = {m.name: (result.in_test_scores[m.name, reported[name][m.name][0][1]],
                                              out_test[m.name, reported[name][m.name][0][1]]) for m in methods}
         for m in methods:

@@ -11,6 +11,7 @@ TABLE_METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR ↓"), ("detection_error", "D
                  ("auroc", "AUROC ↑"), ("aupr_in", "AUPR-In ↑"), ("aupr_out", "AUPR-Out ↑"))
 CSV_FIELDS = ("ood", "method", "fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out",
               "fpr_at_95_tpr_ood_positive", "temperature", "epsilon", "n_in", "n_out", "tuned_on")
+INTERVALS_NOTE = " Brackets: 95% paired percentile bootstrap intervals over the test images (given the tuning)."
 # The tuning's fields stay in results.json; other methods' parameters become extra columns after CSV_FIELDS.
 NOT_IN_CSV = ("tuning_fpr_at_95_tpr", "grid_edge")
 
@@ -48,44 +49,58 @@ def cross_table(records: Sequence[dict], metric: str = "fpr_at_95_tpr", method: 
     return "\n".join(lines)
 
 
-def markdown_table(records: Sequence[dict], title: str = "") -> str:
-    """Table 2 of the paper: one row per OOD set, each metric as 'baseline / ODIN' in percent."""
+def percent(record: dict, key: str, intervals: bool = False) -> str:
+    """'12.3', or with ``intervals`` and the record's bootstrap fields, '12.3 [10.1, 14.6]' (percent)."""
+    text = f"{100 * record[key]:.1f}"
+    if intervals and f"{key}_ci_low" in record:
+        text += f" [{100 * record[f'{key}_ci_low']:.1f}, {100 * record[f'{key}_ci_high']:.1f}]"
+    return text
+
+
+def markdown_table(records: Sequence[dict], title: str = "", intervals: bool = False) -> str:
+    """Table 2 of the paper: one row per OOD set, each metric as 'baseline / ODIN' in percent (with ``intervals``,
+    each number followed by its bootstrap interval)."""
     header = ["OOD set", *(label for _, label in TABLE_METRICS), "T", "epsilon", "n_in / n_out"]
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for msp, odin in method_pairs(records):
-        cells = [msp["ood"]] + [f"{100 * msp[key]:.1f} / {100 * odin[key]:.1f}" for key, _ in TABLE_METRICS]
+        cells = [msp["ood"]] + [f"{percent(msp, key, intervals)} / {percent(odin, key, intervals)}"
+                                for key, _ in TABLE_METRICS]
         edge = f" ({odin['grid_edge']})" if odin.get("grid_edge") else ""
         cells += [f"{odin['temperature']:g}", f"{odin['epsilon']:.4g}{edge}", f"{odin['n_in']} / {odin['n_out']}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are percentages, baseline (MSP, Hendrycks & Gimpel) / ODIN; in-distribution is the "
-              "positive class."]
+              "positive class." + (INTERVALS_NOTE if intervals else "")]
     return "\n".join(lines)
 
 
-def methods_table(records: Sequence[dict], title: str = "") -> str:
-    """One row per method, one column per OOD set: FPR at 95% TPR and AUROC (percent) of its main entry."""
+def methods_table(records: Sequence[dict], title: str = "", intervals: bool = False) -> str:
+    """One row per method, one column per OOD set: FPR at 95% TPR and AUROC (percent) of its main entry (with
+    ``intervals``, each followed by its bootstrap interval)."""
     by_set = main_records(records)
     methods = list(dict.fromkeys(r["method"] for r in records))
     lines = [f"**{title}**", ""] if title else []
     lines += ["| method | " + " | ".join(by_set) + " |", "|---|" + "---|" * len(by_set)]
     for method in methods:
-        cells = [f"{100 * by_set[name][method]['fpr_at_95_tpr']:.1f} / {100 * by_set[name][method]['auroc']:.1f}"
-                 for name in by_set]
+        cells = [f"{percent(by_set[name][method], 'fpr_at_95_tpr', intervals)} / "
+                 f"{percent(by_set[name][method], 'auroc', intervals)}" for name in by_set]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "Values are percentages, FPR at 95% TPR ↓ / AUROC ↑; in-distribution is the positive class."]
+    lines += ["", "Values are percentages, FPR at 95% TPR ↓ / AUROC ↑; in-distribution is the positive class."
+              + (INTERVALS_NOTE if intervals else "")]
     return "\n".join(lines)
 
 
-def results_tables(records: Sequence[dict], title: str = "", cross: bool = False) -> str:
+def results_tables(records: Sequence[dict], title: str = "", cross: bool = False, intervals: bool = False) -> str:
     """The paper's table when the methods are MSP and ODIN (with tables 10/11 in cross mode); with other methods,
-    the methods table (and in cross mode one cross table per tuned method)."""
+    the methods table (and in cross mode one cross table per tuned method). ``intervals``: show the bootstrap
+    intervals in the main table."""
     methods = list(dict.fromkeys(r["method"] for r in records))
     if sorted(methods) == ["msp", "odin"]:
-        tables = [markdown_table(records, title)] + ([cross_table(records)] if cross else [])
+        tables = [markdown_table(records, title, intervals)] + ([cross_table(records)] if cross else [])
     else:
         tuned = [m for m in methods if any(r["method"] == m and r["tuned_on"] is not None for r in records)]
-        tables = [methods_table(records, title)] + ([cross_table(records, method=m) for m in tuned] if cross else [])
+        tables = [methods_table(records, title, intervals)] + (
+            [cross_table(records, method=m) for m in tuned] if cross else [])
     return "\n\n".join(tables)
 
 

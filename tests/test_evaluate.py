@@ -22,7 +22,7 @@ from odin_pl.run_logging import run_metrics
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
-         "--output.logger", "false"]
+         "--bootstrap.resamples", "20", "--output.logger", "false"]
 
 
 def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str, tmp_path) -> None:

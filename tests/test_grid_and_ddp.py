@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 from callbacks import ODINEvalCallback
 from odin_pl import odin_score
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
-from odin_pl.metrics import auroc, ood_metrics, rates_at_tpr
+from odin_pl.metrics import ood_metrics, rates_at_tpr
 from odin_pl.protocol import run_protocol
 from odin_pl.tuning import Grid
 
@@ -36,7 +36,7 @@ def _loop_protocol(model, x_in, x_out, tune_in, test_in, tune_out, test_out, gri
     for t, e in grid.settings:
         s_in, s_out = scores(x_in[tune_in], t, e), scores(x_out[tune_out], t, e)
         fpr = rates_at_tpr(s_in, s_out)[1]
-        area = auroc(torch.cat([s_in, s_out]), torch.cat([torch.ones(len(s_in)), torch.zeros(len(s_out))]).bool())
+        area = ood_metrics(s_in, s_out)["auroc"]
         key = (fpr, -area, -t, e)
         if best is None or key < best[0]:
             best = (key, (t, e))

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from odin_pl.metrics import METRIC_NAMES, OODMetrics, ood_metrics, rates_at_tpr
+from metric_references import fpr_tpr_at_95, reference_metrics
+from odin_pl.metrics import METRIC_NAMES, OODMetrics, metric_rows, ood_metrics, rates_at_tpr
 
 ATOL = 1e-9
 
@@ -21,32 +21,6 @@ ATOL = 1e-9
 # ----------------------------------------------------------------------------------------------------------
 # References
 # ----------------------------------------------------------------------------------------------------------
-
-def _fpr_tpr_at_95(y_pos: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
-    """(FPR, TPR, threshold) at the first (largest) ROC threshold whose TPR >= 0.95 (no interpolation)."""
-    fpr, tpr, thr = roc_curve(y_pos, scores, drop_intermediate=False)
-    idx = int(np.argmax(tpr >= 0.95))
-    assert tpr[idx] >= 0.95
-    return float(fpr[idx]), float(tpr[idx]), float(thr[idx])
-
-
-def reference_metrics(s_in, s_out) -> dict[str, float]:
-    s_in = np.asarray(s_in, dtype=np.float64)
-    s_out = np.asarray(s_out, dtype=np.float64)
-    scores = np.concatenate([s_in, s_out])
-    y_in = np.concatenate([np.ones(len(s_in), int), np.zeros(len(s_out), int)])
-    y_out = 1 - y_in
-    fpr, tpr, _ = _fpr_tpr_at_95(y_in, scores)
-    fpr_ood_pos, _, _ = _fpr_tpr_at_95(y_out, -scores)
-    return {
-        "fpr_at_95_tpr": fpr,
-        "detection_error": 0.5 * (1 - tpr) + 0.5 * fpr,
-        "auroc": float(roc_auc_score(y_in, scores)),
-        "aupr_in": float(average_precision_score(y_in, scores)),
-        "aupr_out": float(average_precision_score(y_out, -scores)),
-        "fpr_at_95_tpr_ood_positive": fpr_ood_pos,
-    }
-
 
 def brute_force_delta_star(s_in: np.ndarray) -> float:
     """The largest candidate delta (any in-distribution score) with mean(s_in >= delta) >= 0.95."""
@@ -144,7 +118,7 @@ def test_sklearn_fpr95_reference_agrees_with_design_definition(name):
     delta_bf = brute_force_delta_star(s_in)
     assert delta_bf == kth_largest_delta_star(s_in)
     y_in = np.concatenate([np.ones(len(s_in), int), np.zeros(len(s_out), int)])
-    fpr, tpr, thr = _fpr_tpr_at_95(y_in, np.concatenate([s_in, s_out]))
+    fpr, tpr, thr = fpr_tpr_at_95(y_in, np.concatenate([s_in, s_out]))
     assert thr == delta_bf
     assert tpr == np.mean(s_in >= delta_bf) >= 0.95
     assert fpr == np.mean(s_out >= delta_bf)
@@ -388,15 +362,13 @@ def test_oodmetrics_mismatched_targets_raise():
         OODMetrics().update(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([True, False]))
 
 
-def test_row_wise_metrics_equal_the_per_pair_functions_on_tied_scores() -> None:
-    """The tuning grid's vectorized FPR and AUROC agree with rates_at_tpr / auroc for every row (1e-12)."""
-    from odin_pl.metrics import auroc, auroc_rows, fpr_at_tpr_rows, rates_at_tpr
-
+def test_row_wise_metrics_equal_the_sklearn_reference_on_tied_scores() -> None:
+    """metric_rows (the tuning grid's and the bootstrap's vectorized form) equals the scikit-learn reference for
+    every row (1e-12), on heavily tied scores."""
     g = torch.Generator().manual_seed(3)
     s_in = torch.randint(0, 30, (7, 101), generator=g).double() / 7  # heavy ties, n_in not a multiple of 20
     s_out = torch.randint(0, 25, (7, 64), generator=g).double() / 7
-    labels = torch.cat([torch.ones(101), torch.zeros(64)]).bool()
+    rows = metric_rows(s_in, s_out)
     for row in range(7):
-        assert float(fpr_at_tpr_rows(s_in, s_out)[row]) == rates_at_tpr(s_in[row], s_out[row])[1]
-        expected = auroc(torch.cat([s_in[row], s_out[row]]), labels)
-        assert abs(float(auroc_rows(s_in, s_out)[row]) - expected) < 1e-12
+        expected = reference_metrics(s_in[row].numpy(), s_out[row].numpy())
+        _dict_close({name: float(values[row]) for name, values in rows.items()}, expected, atol=1e-12)

@@ -23,7 +23,8 @@ from odin_pl.eval_config import RuntimeOptions
 from odin_pl.runtime import create_fabric, launcher_processes
 
 SMALL = ["--ood.sets", "gaussian,photos", "--ood.num_images", "200", "--tuning.temperatures", "1,1000",
-         "--tuning.epsilons", "0,0.002", "--output.logger", "false", "--runtime.precision", "64-true"]
+         "--tuning.epsilons", "0,0.002", "--output.logger", "false", "--runtime.precision", "64-true",
+         "--bootstrap.resamples", "20"]
 SCORE_FILES = ("in_distribution__tune", "in_distribution__test", "gaussian__tune", "photos__test")
 TIMEOUT = 240
 

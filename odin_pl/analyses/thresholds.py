@@ -14,6 +14,7 @@ import torch
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.methods import create_method
 from odin_pl.metrics import threshold_at_tpr
+from odin_pl.protocol import record_setting
 from odin_pl.report import main_records
 
 N_THRESHOLDS = 201
@@ -41,10 +42,9 @@ def run_threshold(ctx: AnalysisContext) -> AnalysisOutput:
             s_in, s_out = (s.double() for s in ctx.result.test_scores[name][method])
             pooled = torch.cat([s_in, s_out])
             deltas = torch.linspace(pooled.min().item(), pooled.max().item(), N_THRESHOLDS, dtype=torch.float64)
-            params = create_method(method).params
-            setting = tuple(float(record[p.name]) for p in params)
+            setting = record_setting(record)
             sets.setdefault(name, {})[method] = {
-                "params": {p.name: value for p, value in zip(params, setting)},
+                "params": create_method(method).named(setting),
                 "label": _setting_label(method, setting), "thresholds": deltas.tolist(),
                 "tpr": (s_in[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
                 "fpr": (s_out[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),

@@ -22,7 +22,6 @@ from odin_pl.analyses.score_cache import Key, ScoreCache, key
 from odin_pl.methods import create_method
 from odin_pl.metrics import rates_at_tpr
 from odin_pl.protocol import score_plan
-from odin_pl.report import main_records
 from odin_pl.tuning import select_setting
 
 PAPER_TUNE, PAPER_TEST, STEPS = 2000, 8000, 10
@@ -73,9 +72,7 @@ def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
     if name == IN:
         tested = {key(*k): scores for k, scores in ctx.result.in_test_scores.items()}
     else:
-        main = main_records(ctx.result.records)[name]
-        tested = {key(method, [main[method][p.name] for p in create_method(method).params]): out
-                  for method, (_, out) in ctx.result.test_scores[name].items()}
+        tested = {key(*k): scores for k, scores in ctx.result.ood_test_scores[name].items()}
     cache.add(ctx.test_indices(name), list(tested), torch.stack(list(tested.values())))
     return cache
 

@@ -1,0 +1,79 @@
+"""Several finished evaluations of one setting (e.g. checkpoints of different training seeds): per result row, the
+mean and sample standard deviation (ddof = 1) of every metric across them (DESIGN, "Uncertainty").
+
+The evaluations must share the in-distribution data set, the evaluation seed, the splits, the mode, the methods and
+their grids, so that only the checkpoint differs; otherwise :func:`aggregate_results` refuses and names what
+differs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from odin_pl.metrics import METRIC_NAMES
+from odin_pl.report import TABLE_METRICS
+
+SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid")  # must be equal in every run
+
+
+def _shared(results: dict[str, Any], key: str) -> Any:
+    return results.get("image_spec", {}).get("dataset") if key == "dataset" else results.get(key)
+
+
+def aggregate_results(results: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """``{"runs", "rows"}``: per (OOD set, method, tuning set) row, ``<metric>_mean`` and ``<metric>_std``."""
+    if len(results) < 2:
+        raise ValueError("aggregate needs at least two evaluation folders: one run has no standard deviation")
+    for name, result in zip(names[1:], results[1:]):
+        for key in SHARED:
+            if _shared(result, key) != _shared(results[0], key):
+                raise ValueError(f"{name} differs from {names[0]} in {key!r}: aggregate evaluations of one setting "
+                                 "(same data set, evaluation seed, splits, mode, methods and grids; only the "
+                                 "checkpoint differs)")
+    keys = [[(r["ood"], r["method"], r["tuned_on"]) for r in result["records"]] for result in results]
+    if any(k != keys[0] for k in keys[1:]):
+        raise ValueError(f"the evaluations report different rows (OOD sets, methods or tunings): {', '.join(names)}")
+    rows = []
+    for position, (ood, method, tuned_on) in enumerate(keys[0]):
+        row: dict[str, Any] = {"ood": ood, "method": method, "tuned_on": tuned_on}
+        for metric in METRIC_NAMES:
+            values = np.array([result["records"][position][metric] for result in results], dtype=np.float64)
+            row[f"{metric}_mean"], row[f"{metric}_std"] = float(values.mean()), float(values.std(ddof=1))
+        rows.append(row)
+    return {"runs": list(names), "n_runs": len(results), "statistic": "mean and sample standard deviation (ddof=1)",
+            "rows": rows}
+
+
+def aggregate_table(aggregate: dict[str, Any]) -> str:
+    """Markdown: one row per (OOD set, method, tuning set), each metric as 'mean ± std' in percent."""
+    header = ["OOD set", "method", "tuned on", *(label for _, label in TABLE_METRICS)]
+    lines = [f"**{aggregate['n_runs']} evaluations: mean ± standard deviation**", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in aggregate["rows"]:
+        cells = [row["ood"], row["method"], row["tuned_on"] or ""]
+        cells += [f"{100 * row[f'{key}_mean']:.1f} ± {100 * row[f'{key}_std']:.1f}" for key, _ in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Values are percentages over the evaluations' checkpoints (sample standard deviation); "
+              "in-distribution is the positive class."]
+    return "\n".join(lines)
+
+
+def aggregate_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> dict[str, Any]:
+    """Aggregate the results.json of finished evaluation folders; writes aggregate.json and aggregate.md to
+    ``output_dir`` and returns the aggregate."""
+    results = []
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: give the output folders of finished protocol runs")
+        results.append(json.loads(path.read_text()))
+    aggregate = aggregate_results(results, [str(d) for d in run_dirs])
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "aggregate.json").write_text(json.dumps(aggregate, indent=2))
+    (out / "aggregate.md").write_text(aggregate_table(aggregate) + "\n")
+    return aggregate
