@@ -24,7 +24,7 @@ from odin_pl.protocol import ProtocolResult, record_setting, split_seed
 
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
-CHUNK_ELEMENTS = 4_000_000  # resampled scores held at once: [chunk, n_in + n_out] float64 (32 MB)
+CHUNK_ELEMENTS = 4_000_000  # resample weights held at once: [chunk, n_in + n_out] float64 (32 MB)
 
 
 def resample_indices(n_in: int, n_out: int, resamples: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -36,13 +36,22 @@ def resample_indices(n_in: int, n_out: int, resamples: int, seed: int) -> tuple[
 
 def resampled_metrics(in_scores: Tensor, out_scores: Tensor, in_indices: Tensor, out_indices: Tensor
                       ) -> dict[str, Tensor]:
-    """Every metric on every resample: ``{metric: Tensor[B]}``, vectorized over chunks of resamples."""
-    s_in, s_out = in_scores.double().cpu(), out_scores.double().cpu()
+    """Every metric on every resample: ``{metric: Tensor[B]}``. A resample is the count of each image in it, so
+    the scores are sorted once and each resample is a row of weights (:func:`odin_pl.metrics.metric_rows`)."""
+    s_in, s_out = in_scores.double().cpu()[None], out_scores.double().cpu()[None]
     parts: dict[str, list[Tensor]] = {name: [] for name in METRIC_NAMES}
-    for rows in _chunks(len(in_indices), max(1, CHUNK_ELEMENTS // (len(s_in) + len(s_out)))):
-        for name, values in metric_rows(s_in[in_indices[rows]], s_out[out_indices[rows]]).items():
+    for rows in _chunks(len(in_indices), max(1, CHUNK_ELEMENTS // (s_in.shape[1] + s_out.shape[1]))):
+        counts = [_counts(indices[rows], n) for indices, n in ((in_indices, s_in.shape[1]),
+                                                               (out_indices, s_out.shape[1]))]
+        for name, values in metric_rows(s_in, s_out, *counts).items():
             parts[name].append(values)
     return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def _counts(indices: Tensor, n: int) -> Tensor:
+    """[B, n]: how often each of n images occurs in each row of resample indices."""
+    return torch.zeros(len(indices), n, dtype=torch.float64).scatter_add_(
+        1, indices, torch.ones(indices.shape, dtype=torch.float64))
 
 
 def percentile_interval(values: Tensor, level: float = LEVEL) -> tuple[float, float]:

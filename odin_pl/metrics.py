@@ -52,58 +52,72 @@ def rates_at_tpr(in_scores: Any, out_scores: Any, tpr: float = 0.95) -> tuple[fl
     return float((s_in >= delta).double().mean()), float((s_out >= delta).double().mean()), delta
 
 
-def rates_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> tuple[Tensor, Tensor]:
-    """(TPR, FPR) at delta* for each row of [R, n_in] / [R, n_out] score matrices, as :func:`rates_at_tpr`."""
-    frac = Fraction(tpr).limit_denominator(10**6)
-    k = -(-frac.numerator * in_scores.shape[1] // frac.denominator)
-    delta = torch.sort(in_scores, dim=1, descending=True).values[:, k - 1:k]
-    return (in_scores >= delta).double().mean(dim=1), (out_scores >= delta).double().mean(dim=1)
+def metric_rows(in_scores: Tensor, out_scores: Tensor, in_weights: Tensor | None = None,
+                out_weights: Tensor | None = None, tpr: float = 0.95) -> dict[str, Tensor]:
+    """Every metric of :data:`METRIC_NAMES` for each row of [R, n_in] / [R, n_out] float64 score matrices (one row
+    per setting); or, for one row of scores and [B, n_in] / [B, n_out] integer weights (how often each image counts,
+    as a bootstrap resample's counts), for each weight row.
 
+    One stable sort of the pooled scores per score row, descending; every metric is then a cumulative sum of the
+    in-distribution (TP) and OOD (FP) weights read at the ends of the groups of tied scores (ties are accepted
+    together, as a threshold accepts them):
 
-def fpr_at_tpr_rows(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> Tensor:
-    """FPR(delta*) for each row of [R, n_in] / [R, n_out] score matrices (one row per setting or resample)."""
-    return rates_at_tpr_rows(in_scores, out_scores, tpr)[1]
-
-
-def auroc_rows(in_scores: Tensor, out_scores: Tensor) -> Tensor:
-    """AUROC for each row: P(S_in > S_out) + P(S_in = S_out) / 2 (Mann-Whitney U / (n_in n_out))."""
-    sorted_out, queries = torch.sort(out_scores, dim=1).values.contiguous(), in_scores.contiguous()
-    below = torch.searchsorted(sorted_out, queries, right=False).double()
-    at_or_below = torch.searchsorted(sorted_out, queries, right=True).double()
-    return (below + at_or_below).sum(dim=1) / (2.0 * in_scores.shape[1] * out_scores.shape[1])
-
-
-def average_precision_rows(positive_scores: Tensor, negative_scores: Tensor) -> Tensor:
-    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition) for each row.
-
-    Each positive contributes the precision at the lowest threshold that still accepts it, i.e. at the end of its
-    group of tied scores in descending order: AP = mean over positives of that precision.
+    * delta* = the first position where TP >= ceil(tpr n_in); TPR, FPR = TP, FP at the end of its group;
+    * AUROC = sum_in w (n_out - (FP at the group's end + FP before the group) / 2) / (n_in n_out);
+    * AUPR-In = sum_in w TP / (TP + FP) at the group's end / n_in (each positive weighs the precision of the lowest
+      threshold that accepts it: scikit-learn's average precision); AUPR-Out the same from the bottom, OOD positive;
+    * FPR at 95% TPR with OOD positive: the same threshold rule from the bottom.
     """
-    rows, n = positive_scores.shape[0], positive_scores.shape[1] + negative_scores.shape[1]
-    scores = torch.cat([positive_scores, negative_scores], dim=1)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    is_positive = (order < positive_scores.shape[1]).double()
-    sorted_scores = scores.gather(1, order)
-    true_positives = torch.cumsum(is_positive, dim=1)
-    precision = true_positives / torch.arange(1, n + 1, dtype=torch.float64)
-    group_end = torch.cat([sorted_scores[:, 1:] != sorted_scores[:, :-1],
-                           torch.ones(rows, 1, dtype=torch.bool)], dim=1)
-    ends = torch.where(group_end, torch.arange(n).expand(rows, n), n)
-    last_of_group = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
-    return (is_positive * precision.gather(1, last_of_group)).sum(dim=1) / positive_scores.shape[1]
-
-
-def metric_rows(in_scores: Tensor, out_scores: Tensor) -> dict[str, Tensor]:
-    """Every metric of :data:`METRIC_NAMES` for each row of [R, n_in] / [R, n_out] float64 score matrices."""
-    tpr, fpr = rates_at_tpr_rows(in_scores, out_scores)
+    n_in_columns = in_scores.shape[1]
+    pooled = torch.cat([in_scores, out_scores], dim=1)
+    order = torch.sort(pooled, dim=1, descending=True, stable=True).indices
+    scores, is_in = pooled.gather(1, order), order < n_in_columns
+    if in_weights is None and out_weights is None:
+        weights = torch.ones_like(pooled)
+    else:  # one row of scores, a row of weights per resample: reorder the columns once
+        weights = torch.cat([in_weights, out_weights], dim=1).double()[:, order[0]]
+    rows, n = weights.shape
+    w_in, w_out = weights * is_in, weights * ~is_in
+    n_in, n_out = w_in.sum(dim=1, keepdim=True), w_out.sum(dim=1, keepdim=True)
+    tp, fp = torch.cumsum(w_in, dim=1), torch.cumsum(w_out, dim=1)
+    end, start = _tie_groups(scores)
+    tp_end, fp_end = _take(tp, end), _take(fp, end)
+    has_before, before = start > 0, (start - 1).clamp(min=0)
+    tp_before, fp_before = _take(tp, before) * has_before, _take(fp, before) * has_before
+    rest_in, rest_out = n_in - tp_before, n_out - fp_before  # weights at or below each group
+    fraction = Fraction(tpr).limit_denominator(10**6)
+    k_in = -(-fraction.numerator * n_in.long() // fraction.denominator)
+    at = (tp >= k_in).int().argmax(dim=1, keepdim=True)  # delta*: the first position reaching k_in
+    tpr_at, fpr_at = tp_end.gather(1, at) / n_in, fp_end.gather(1, at) / n_out
+    k_out = -(-fraction.numerator * n_out.long() // fraction.denominator)
+    from_bottom = n_out - fp + w_out  # OOD weight at or below each position
+    at_out = n - 1 - torch.flip(from_bottom >= k_out, [1]).int().argmax(dim=1, keepdim=True)
     return {
-        "fpr_at_95_tpr": fpr,
-        "detection_error": 0.5 * (1 - tpr) + 0.5 * fpr,
-        "auroc": auroc_rows(in_scores, out_scores),
-        "aupr_in": average_precision_rows(in_scores, out_scores),
-        "aupr_out": average_precision_rows(-out_scores, -in_scores),
-        "fpr_at_95_tpr_ood_positive": fpr_at_tpr_rows(-out_scores, -in_scores),
+        "fpr_at_95_tpr": fpr_at[:, 0],
+        "detection_error": (0.5 * (1 - tpr_at) + 0.5 * fpr_at)[:, 0],
+        "auroc": (w_in * (n_out - (fp_end + fp_before) / 2)).sum(dim=1) / (n_in * n_out)[:, 0],
+        "aupr_in": torch.where(w_in > 0, w_in * tp_end / (tp_end + fp_end), 0.0).sum(dim=1) / n_in[:, 0],
+        "aupr_out": torch.where(w_out > 0, w_out * rest_out / (rest_out + rest_in), 0.0).sum(dim=1) / n_out[:, 0],
+        "fpr_at_95_tpr_ood_positive": rest_in.gather(1, at_out)[:, 0] / n_in[:, 0],
     }
+
+
+def _take(values: Tensor, index: Tensor) -> Tensor:
+    """values[r, index[r, j]]; one index row serves every row of values (columns taken once)."""
+    return values[:, index[0]] if len(index) == 1 else values.gather(1, index)
+
+
+def _tie_groups(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """For rows sorted in descending order: the index of the last and of the first element of each element's
+    group of equal scores."""
+    n = scores.shape[1]
+    index = torch.arange(n).expand_as(scores)
+    differs = scores[:, 1:] != scores[:, :-1]
+    last = torch.cat([differs, torch.ones_like(differs[:, :1])], dim=1)
+    first = torch.cat([torch.ones_like(differs[:, :1]), differs], dim=1)
+    end = torch.flip(torch.cummin(torch.flip(torch.where(last, index, n), [1]), dim=1).values, [1])
+    start = torch.cummax(torch.where(first, index, 0), dim=1).values
+    return end, start
 
 
 def ood_metrics(in_scores: Any, out_scores: Any) -> dict[str, float]:

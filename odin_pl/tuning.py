@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.metrics import auroc_rows, fpr_at_tpr_rows
+from odin_pl.metrics import metric_rows
 
 if TYPE_CHECKING:
     from odin_pl.methods import Method
@@ -92,7 +92,8 @@ def select_setting(method: Method, settings: Sequence[tuple[float, ...]], in_sco
         raise ValueError(f"expected scores for {len(settings)} settings, got {in_scores.shape[0]} and "
                          f"{out_scores.shape[0]}")
     s_in, s_out = in_scores.double().cpu(), out_scores.double().cpu()
-    fprs, aurocs = fpr_at_tpr_rows(s_in, s_out).tolist(), auroc_rows(s_in, s_out).tolist()
+    metrics = metric_rows(s_in, s_out)
+    fprs, aurocs = metrics["fpr_at_95_tpr"].tolist(), metrics["auroc"].tolist()
     best = min(range(len(settings)), key=lambda i: (fprs[i], -aurocs[i], method.tie_key(settings[i])))
     chosen = tuple(settings[best])
     axes = [list(dict.fromkeys(s[j] for s in settings)) for j in range(len(method.params))]
