@@ -91,7 +91,7 @@ def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, gro
     else:
         offline = options.mode == "offline" or (options.mode == "auto" and not _wandb_can_sync())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    resume = {"id": run_id, "resume": "allow"} if run_id and not offline else {"id": run_id} if run_id else {}
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}  # offline: a new part of the run, with its id
     logger = WandbLogger(project=options.project, name=name, save_dir=str(save_dir), offline=offline,
                          group=options.group or group, job_type=options.job_type or job_type,
                          tags=options.tags or None, **resume)
