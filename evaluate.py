@@ -41,11 +41,10 @@ from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, 
 from odin_pl.prediction import detect_dataset, write_detections
 from odin_pl.run_logging import log_run
 from odin_pl.report import write_results
-from odin_pl.run_outputs import write_run
+from odin_pl.run_outputs import SAVED_CONFIG, write_run
 from odin_pl.runtime import start_processes
 
 SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
-SAVED_CONFIG = "config.yaml"
 
 # Flat options of earlier versions: old flag -> new flag (per subcommand); values keep their meaning.
 RENAMED = {
@@ -228,7 +227,7 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     print(f"Results: {', '.join(map(str, files.results))}; figures in {out / 'figures'}; detectors: "
           f"{', '.join(map(str, files.detectors))}")
     analyses = _run_analyses(run, target, suite)
-    if config.output.logger and (where := log_run(out, run, files.figures, analyses)):
+    if config.output.logger and (where := log_run(out, run, files, analyses)):
         print(where)
     return run
 

@@ -17,6 +17,11 @@ test set, so nothing is selected on it. A new run replaces the checkpoints of a 
 refuses to start over an unfinished one (resume it with ``--ckpt_path last``, or choose another folder).
 ``--trainer.fast_dev_run`` writes no checkpoint and starts no logger.
 
+The logger is the ``logger:`` group's (``configs/logger/``, the format evaluate.py reads too) unless ``trainer.logger``
+is set: a W&B run ``<experiment>-seed<seed>`` with job type ``train`` in the group ``<experiment>`` (offline without
+network), holding the resolved config (``callbacks.TrainingRun``), the metrics and, at the end of ``fit``, the last
+checkpoint as a model artifact. Checkpoints keep the run's id: a resumed fit continues the same W&B run.
+
 Data are checked before a logger run is created. On the command line, user errors end in one line
 (``train.py: error: ...``) and exit status 2.
 """
@@ -32,13 +37,17 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import Logger
 
 from callbacks.run_checkpoint import RunCheckpoint
+from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
-from odin_pl.checkpoint import run_progress
+from odin_pl.artifacts import artifact_name, log_checkpoint
+from odin_pl.checkpoint import run_progress, training_record
 from odin_pl.console import quiet_console
-from odin_pl.loggers import default_logger, describe_logger
+from odin_pl.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
 from odin_pl.module import ImageClassifier
+from odin_pl.score_store import file_sha256
 
 ROOT = Path(__file__).resolve().parent
 QUICKSTART_CONFIG = ROOT / "configs" / "experiment" / "quickstart.yaml"
@@ -61,6 +70,7 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str, default="train", help="run name (logger, output folders)")
         parser.add_argument("--skip_test", type=bool, default=False, help="fit: do not report test accuracy at the end")
+        parser.add_class_arguments(LoggerOptions, "logger")  # mapped into trainer.logger unless that is set
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """Parse ``args``: train.py passes the command line itself, with its defaults added (LightningCLI's own
@@ -68,8 +78,9 @@ class TrainCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints`` and,
-        unless a logger is configured, :func:`odin_pl.loggers.default_logger` (no logger with fast_dev_run)."""
+        """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints``, a
+        :class:`TrainingRun` and, unless ``trainer.logger`` is set, the ``logger:`` group's logger (none with
+        fast_dev_run)."""
         config = self._get(self.config_init, "trainer", default={})
         configured = config.get("callbacks") or []
         callbacks: list[Callback] = list(configured) if isinstance(configured, list) else [configured]
@@ -77,10 +88,27 @@ class TrainCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False:
             self.run_checkpoint = RunCheckpoint(str(root / "checkpoints"), getattr(self.datamodule, "val_split", 0) > 0)
             callbacks.append(self.run_checkpoint)
+        experiment, seed = self._get(self.config, "experiment"), self._get(self.config, "seed_everything")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        resolved = {key: value for key, value in (self.config[self.subcommand] if self.subcommand else self.config)
+                    .as_dict().items() if key != "config" and not key.startswith("__")}  # not the files' names
+        callbacks.append(TrainingRun(experiment, seed, resolved))
         if config.get("logger") is None:
-            kwargs.setdefault("logger", False if config.get("fast_dev_run") else
-                              default_logger(root, name=self._get(self.config, "experiment")))
+            kwargs.setdefault("logger", False if config.get("fast_dev_run") else self._logger(root, experiment, seed))
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
+    def _logger(self, root: Path, experiment: str, seed: int | None) -> Logger:
+        """The ``logger:`` group's logger: run ``<experiment>-seed<seed>`` in group ``<experiment>``, job type
+        ``train`` (fit) or the subcommand; a resumed fit continues the W&B run its checkpoint names."""
+        ckpt_path, run = self._get(self.config, "ckpt_path"), {}
+        if ckpt_path == "last":
+            ckpt_path = Path(self.run_checkpoint.dirpath, "last.ckpt") if self.run_checkpoint is not None else None
+        if self.subcommand in ("fit", None) and ckpt_path is not None and Path(ckpt_path).is_file():
+            run = training_record(ckpt_path).get("logger") or {}
+        return build_logger(self._get(self.config_init, "logger"), root,
+                            name=experiment if seed is None else f"{experiment}-seed{seed}", group=experiment,
+                            job_type="train" if self.subcommand in ("fit", None) else self.subcommand,
+                            run_id=run.get("id") if run.get("backend") == "wandb" else None)
 
     def _before_run(self) -> None:
         """Refuse a run that would lose work or resume nothing, then load the data: both before a logger run is
@@ -115,6 +143,7 @@ class TrainCLI(LightningCLI):
             trainer.test(self.model, datamodule=self.datamodule, verbose=True, ckpt_path=best or None)
         self.checkpoint_path = (best or callback.last_model_path) if callback is not None else ""
         if trainer.is_global_zero:
+            self._log_last_checkpoint()
             if note := describe_logger(trainer.logger):
                 print(note)
             if self.checkpoint_path:
@@ -123,6 +152,22 @@ class TrainCLI(LightningCLI):
             else:
                 why = "--trainer.fast_dev_run" if trainer.fast_dev_run else "trainer.enable_checkpointing is off"
                 print(f"No checkpoint was written ({why})")
+        finish_logger(trainer.logger)
+
+    def after_validate(self) -> None:
+        finish_logger(self.trainer.logger)
+
+    after_test = after_validate
+
+    def _log_last_checkpoint(self) -> None:
+        """``last.ckpt`` as the W&B run's model artifact ``model-<run id>`` (unless ``logger.log_model`` is off)."""
+        run = wandb_run(self.trainer.logger)
+        last = Path(self.run_checkpoint.last_model_path) if self.run_checkpoint is not None else None
+        if run is None or last is None or not last.is_file() or not self._get(self.config_init, "logger").log_model:
+            return
+        record = training_record(last)
+        metadata = {"experiment": record.get("experiment"), "seed": record.get("seed"), "epochs": run_progress(last)[1]}
+        log_checkpoint(run, last, artifact_name("model", run.id), file_sha256(last), metadata)
 
 
 def with_defaults(args: list[str], run: bool = True) -> list[str]:

@@ -23,6 +23,7 @@ from odin_pl.metrics import METRIC_NAMES, metric_rows
 from odin_pl.protocol import ProtocolResult, record_setting, split_seed
 
 DEFAULT_RESAMPLES = 1000
+INTERVAL_FIELDS = ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high")  # a record's <metric>_<field>
 LEVEL = 0.95
 CHUNK_ELEMENTS = 4_000_000  # resample weights held at once: [chunk, n_in + n_out] float64 (32 MB)
 

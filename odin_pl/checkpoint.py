@@ -13,6 +13,9 @@ import torch
 from odin_pl.module import ImageClassifier
 
 RUN_KEY = "run"  # checkpoint["odin_pl"]["run"]: {"finished": bool, "epochs": int} of the run that wrote it
+# checkpoint["odin_pl"]["training"]: {"experiment": str, "seed": int | None, "logger": run identity or None} (see
+# callbacks.TrainingRun and odin_pl.loggers.run_identity)
+TRAINING_KEY = "training"
 
 
 def replace_atomically(staging: str | Path, path: str | Path) -> None:
@@ -36,6 +39,13 @@ def run_progress(path: str | Path) -> tuple[bool, int]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     run = (checkpoint.get("odin_pl") or {}).get(RUN_KEY) or {"finished": True, "epochs": checkpoint.get("epoch", 0)}
     return bool(run["finished"]), int(run["epochs"])
+
+
+def training_record(path: str | Path) -> dict[str, Any]:
+    """What the checkpoint ``path`` says of the training run that wrote it (experiment, seed and logger run; see
+    :data:`TRAINING_KEY`); {} for checkpoints that do not say. Only the pickled header is read."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return dict((checkpoint.get("odin_pl") or {}).get(TRAINING_KEY) or {})
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

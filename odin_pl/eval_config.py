@@ -5,7 +5,9 @@ Each group checks itself when it is built, so a bad combination fails before any
 * :class:`OODOptions`      - which OOD sets, how many images of each, download;
 * :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid;
 * :class:`RuntimeOptions`  - where and how scoring runs (accelerator, processes, nodes, precision, batches);
-* :class:`OutputOptions`   - where results go, resume, logging;
+* :class:`OutputOptions`   - where results go, resume, logging on or off;
+* :class:`~odin_pl.loggers.LoggerOptions` - the logger (``--logger.*``: the ``logger:`` group of ``configs/logger/``,
+  which train.py reads too);
 * :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
 * :class:`BootstrapOptions` - bootstrap intervals of the metrics;
 * :class:`ModelSource`     - what to evaluate: a checkpoint, or a model + weights + DataModule;
@@ -26,6 +28,7 @@ from lightning.pytorch import LightningDataModule
 
 from odin_pl.analyses import check_analyses, parse_analyses
 from odin_pl.bootstrap import DEFAULT_RESAMPLES
+from odin_pl.loggers import LoggerOptions
 from odin_pl.methods import list_methods
 from odin_pl.protocol import MethodGrid
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
@@ -231,7 +234,7 @@ class OutputOptions:
         dir: output folder (default: the run folder's ``evaluation/`` next to ``checkpoints/``).
         resume: reuse the saved per-image scores of an interrupted run in ``dir`` (same weights, data, splits and
             settings) instead of scoring them again.
-        logger: log to W&B (offline without network) or CSV.
+        logger: log the run (W&B, offline without network, or CSV: see ``--logger.*``).
     """
 
     dir: str | None = None
@@ -329,6 +332,7 @@ class ProtocolConfig(ModelSource):
     output: OutputOptions = field(default_factory=OutputOptions)
     analyses: AnalysesOptions = field(default_factory=AnalysesOptions)
     bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
+    logger: LoggerOptions = field(default_factory=LoggerOptions)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,6 @@
-"""Experiment logger choice: Weights & Biases (offline without network or credentials), else CSV."""
+"""The experiment logger of train.py and evaluate.py: its options (the ``logger:`` config group, ``configs/logger/``),
+its construction (Weights & Biases, offline without network or credentials, else CSV), the identity of its run and
+where the run went."""
 
 from __future__ import annotations
 
@@ -7,11 +9,52 @@ import netrc
 import os
 import socket
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 WANDB_HOST = "api.wandb.ai"
+BACKENDS = ("wandb", "csv")
+WANDB_MODES = ("auto", "online", "offline")
+
+
+@dataclass
+class LoggerOptions:
+    """The experiment logger: the ``logger:`` mapping of ``configs/logger/*.yaml``, read by train.py and evaluate.py.
+
+    Args:
+        backend: ``wandb`` (Weights & Biases; CSV files when ``WANDB_MODE=disabled`` or wandb is not installed) or
+            ``csv``.
+        mode: W&B: ``auto`` (online with credentials and network, else offline), ``online`` or ``offline``; the
+            environment variable ``WANDB_MODE`` overrides it.
+        project: the W&B project.
+        name: the run's name (default: train.py ``<experiment>-seed<seed>``; evaluate.py ``<training run>-<mode>``).
+        group: the run's group (default: the experiment; evaluate.py: the group of the checkpoint's training run).
+        job_type: the run's job type (default: ``train`` for fit, else the subcommand; ``evaluate``).
+        tags: W&B tags.
+        log_model: train.py: log the last checkpoint as a model artifact; evaluate.py: log (offline) or use
+            (online) the evaluated checkpoint as the evaluation's input artifact.
+    """
+
+    backend: str = "wandb"
+    mode: str = "auto"
+    project: str = "odin-pl"
+    name: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--logger.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"--logger.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r} (the "
+                             "environment variable WANDB_MODE=disabled turns W&B off)")
+        self.tags = list(self.tags)
 
 
 def _wandb_can_sync(timeout: float = 1.5) -> bool:
@@ -31,30 +74,69 @@ def _wandb_can_sync(timeout: float = 1.5) -> bool:
         return False
 
 
-def default_logger(save_dir: str | Path, project: str = "odin-pl", name: str | None = None) -> Logger:
-    """A WandbLogger (online when possible, else offline), or a CSVLogger when wandb is disabled or missing.
-
-    ``WANDB_MODE`` is respected: ``disabled`` selects CSV, ``offline`` forces offline mode.
-    """
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode == "disabled" or importlib.util.find_spec("wandb") is None:
-        why = "WANDB_MODE=disabled" if mode == "disabled" else "wandb is not installed"
-        warnings.warn(f"W&B logging is off ({why}); metrics go to CSV files under {save_dir}", stacklevel=2)
-        return CSVLogger(save_dir=str(save_dir), name=name or "csv")
-    offline = mode in ("offline", "dryrun") or (mode != "online" and not _wandb_can_sync())
+def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, group: str | None, job_type: str,
+                 run_id: str | None = None) -> Logger:
+    """The logger ``options`` describe, saving under ``save_dir``: a WandbLogger (online when possible, else
+    offline; ``run_id`` continues that run), or a CSVLogger with ``backend: csv``, ``WANDB_MODE=disabled`` or
+    without wandb. ``name``, ``group`` and ``job_type`` are the defaults of the options left unset."""
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    name = options.name or name
+    if options.backend == "csv" or env_mode == "disabled" or importlib.util.find_spec("wandb") is None:
+        if options.backend == "wandb":
+            why = "WANDB_MODE=disabled" if env_mode == "disabled" else "wandb is not installed"
+            warnings.warn(f"W&B logging is off ({why}); metrics go to CSV files under {save_dir}", stacklevel=2)
+        return CSVLogger(save_dir=str(save_dir), name=name)
+    if env_mode in ("online", "offline", "dryrun"):
+        offline = env_mode != "online"
+    else:
+        offline = options.mode == "offline" or (options.mode == "auto" and not _wandb_can_sync())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=offline)
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}  # offline: a new part of the run, with its id
+    logger = WandbLogger(project=options.project, name=name, save_dir=str(save_dir), offline=offline,
+                         group=options.group or group, job_type=options.job_type or job_type,
+                         tags=options.tags or None, **resume)
     logger._wandb_init.pop("anonymous")  # Lightning passes anonymous=None, which wandb warns has no effect
     return logger
 
 
+def wandb_run(logger: Logger | None) -> Any:
+    """The W&B run of ``logger`` on the process that logs (global rank 0), else None (another logger, or another
+    process)."""
+    if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+        return logger.experiment
+    return None
+
+
+def run_identity(logger: Logger | None) -> dict[str, Any] | None:
+    """What identifies the W&B run of ``logger`` (id, name, group, project; kept in checkpoints so that a resumed
+    training continues the run and an evaluation joins its group), or None without one."""
+    run = wandb_run(logger)
+    if run is None:
+        return None
+    return {"backend": "wandb", "id": run.id, "name": run.name, "group": run.group, "project": run.project}
+
+
+def write_summary(logger: Logger | None, metrics: Mapping[str, float]) -> None:
+    """Put ``metrics`` in the W&B run's summary (its final numbers); other loggers keep what they logged."""
+    run = wandb_run(logger)
+    if run is not None and metrics:
+        run.summary.update(dict(metrics))
+
+
 def describe_logger(logger: Logger | None) -> str:
     """One line that says where the run was saved and, for offline W&B runs, how to upload it."""
-    if isinstance(logger, WandbLogger):
-        run_dir = Path(logger.experiment.dir).parent
+    run = wandb_run(logger)
+    if run is not None:
+        run_dir = Path(run.dir).parent
         if getattr(logger, "_offline", False):
             return f"W&B run saved offline in {run_dir}; upload it with: wandb sync {run_dir}"
-        return f"W&B run: {logger.experiment.url}"
+        return f"W&B run: {run.url}"
     if logger is not None and getattr(logger, "log_dir", None):
         return f"Metrics saved in {logger.log_dir}"
     return ""
+
+
+def finish_logger(logger: Logger | None) -> None:
+    """End the W&B run of ``logger`` (its files are complete afterwards), if one was started."""
+    if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0 and logger._experiment is not None:
+        logger.experiment.finish()  # _experiment: Lightning starts the run on first use; do not start one here

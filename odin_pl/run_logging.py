@@ -1,46 +1,122 @@
-"""Log a protocol run to the experiment logger: metrics, the results table, figures, ROC curves, analyses."""
+"""Log a protocol run to the experiment logger as an evaluation run: named after the checkpoint's training run and
+the mode, in the training run's group, with the resolved configuration (each set's chosen parameters included), the
+metrics, the results table, figures, ROC curves, analyses, the result files as an artifact and the evaluated
+checkpoint as its input artifact."""
 
 from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from lightning.pytorch.loggers import WandbLogger
 
 from odin_pl.analyses import AnalysisOutput, scalar_metrics
+from odin_pl.artifacts import artifact_name, link_checkpoint, log_results
+from odin_pl.checkpoint import training_record
 from odin_pl.evaluation import ProtocolRun
-from odin_pl.loggers import default_logger, describe_logger
+from odin_pl.loggers import build_logger, describe_logger, finish_logger, wandb_run
+from odin_pl.bootstrap import INTERVAL_FIELDS
+from odin_pl.metrics import METRIC_NAMES
 from odin_pl.plots import roc_points
 from odin_pl.report import main_records
+from odin_pl.run_outputs import SAVED_CONFIG, RunFiles
 
 FIGURE_KINDS = ("roc", "scores", "grid")  # one W&B panel per kind: images of one size
 ROC_POINTS = 500  # points per logged ROC curve
+METRIC_PREFIX = "eval/ood"  # the training callback's keys are ood/...: grouped charts must not average the two
 
 
 def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dict[str, float]:
-    """``ood/<set>/<method>/<metric>`` for every numeric field of each set's and method's main record (tuned on the
-    set itself in cross mode: one record per key), and the analyses' scalars."""
-    metrics = {f"ood/{name}/{method}/{k}": v for name, records in main_records(run.result.records).items()
-               for method, r in records.items() for k, v in r.items() if isinstance(v, float)}
+    """``eval/ood/<set>/<method>/<metric>`` for every metric (and its bootstrap interval fields) of each set's and
+    method's main record (tuned on the set itself in cross mode: one record per key), and the analyses' scalars.
+    The chosen parameters are in the run's config (:func:`evaluation_config`)."""
+    fields = [*METRIC_NAMES, *(f"{metric}_{field}" for metric in METRIC_NAMES for field in INTERVAL_FIELDS)]
+    metrics = {f"{METRIC_PREFIX}/{name}/{method}/{k}": r[k]
+               for name, records in main_records(run.result.records).items()
+               for method, r in records.items() for k in fields if k in r}
     for name, output in analyses.items():
         metrics.update(scalar_metrics(output.numbers, f"analyses/{name}"))
     return metrics
 
 
-def log_run(out: Path, run: ProtocolRun, figures: list[Path], analyses: Mapping[str, AnalysisOutput]) -> str:
+def training_names(run: ProtocolRun, training: Mapping[str, Any]) -> tuple[str, str]:
+    """(the training run's name, its group) as the checkpoint records them (``training``:
+    :func:`odin_pl.checkpoint.training_record`); for weights that do not say, the run folder's name for both (the
+    file's name outside a run folder)."""
+    logged = training.get("logger") or {}
+    weights = run.config.weights_file.resolve()
+    experiment = training.get("experiment") or (weights.parents[1].name if weights.parent.name == "checkpoints"
+                                                else weights.stem)
+    seed = training.get("seed")
+    return (logged.get("name") or (experiment if seed is None else f"{experiment}-seed{seed}"),
+            logged.get("group") or experiment)
+
+
+def evaluation_name(run: ProtocolRun, training_name: str) -> str:
+    """``<training run>-<mode>`` (``-transfer-<tuning set>`` in transfer mode)."""
+    mode = f"transfer-{run.config.tuning.tune_on}" if run.mode == "transfer" else run.mode
+    return f"{training_name}-{mode}"
+
+
+def evaluation_config(run: ProtocolRun, training: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's config for the logger: every option as resolved (grids, methods, image counts, ...), the
+    checkpoint (path, SHA-256, backbone, data set), the training run it came from, the image spec, the split sizes,
+    each method's grid and each set's chosen parameters (``selections``: set -> method -> parameters)."""
+    config = run.config
+    resolved = {f.name: asdict(value) if is_dataclass(value := getattr(config, f.name)) else value
+                for f in fields(config)}
+    resolved["ood"]["sets"] = list(run.result.test_scores)  # the sets evaluated (none given: the data set's suite)
+    data = config.data
+    resolved["data"] = f"{type(data).__module__}.{type(data).__qualname__}" if data is not None else None
+    for key in ("ckpt", "weights"):
+        resolved[key] = str(Path(resolved[key]).resolve()) if resolved[key] else None
+    logged = training.get("logger") or {}
+    selections: dict[str, dict[str, Any]] = {}
+    for method, by_set in run.result.selections.items():
+        for name, selection in by_set.items():
+            selections.setdefault(name, {})[method] = dict(selection.params)
+    return {**resolved,
+            "checkpoint": {"path": str(config.weights_file.resolve()), "sha256": run.weights_sha256,
+                           "backbone": run.backbone, "dataset": run.spec.dataset},
+            "training_run": {"experiment": training.get("experiment"), "seed": training.get("seed"),
+                             "id": logged.get("id"), "name": logged.get("name"), "group": logged.get("group"),
+                             "project": logged.get("project")},
+            "image_spec": run.spec.to_dict(),
+            "splits": {name: {"n_tune": split["n_tune"], "n_test": split["n_test"]}
+                       for name, split in run.result.splits.items()},
+            "grids": run.meta()["grids"], "selections": selections}
+
+
+def log_run(out: Path, run: ProtocolRun, files: RunFiles, analyses: Mapping[str, AnalysisOutput]) -> str:
     """Log the run to W&B (offline without network) or CSV under ``out``; returns where it went (one line)."""
+    config = run.config
+    training = training_record(config.ckpt) if config.ckpt else {}
+    training_name, group = training_names(run, training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        logger = default_logger(out, name="evaluate")
-    logger.log_hyperparams({"title": run.title, "mode": run.mode, "seed": run.config.seed,
-                            "tune_on": run.config.tuning.tune_on})
+        logger = build_logger(config.logger, out, name=evaluation_name(run, training_name), group=group,
+                              job_type="evaluate")
+    hyperparameters = evaluation_config(run, training)
+    wandb_experiment = wandb_run(logger)
+    if wandb_experiment is not None:
+        name = artifact_name("model", (training.get("logger") or {}).get("id") or training_name)
+        hyperparameters["checkpoint"]["artifact"] = link_checkpoint(
+            wandb_experiment, config.weights_file, name, run.weights_sha256,
+            {"experiment": training.get("experiment"), "seed": training.get("seed")}, log=config.logger.log_model)
+    logger.log_hyperparams(hyperparameters)
     logger.log_metrics(run_metrics(run, analyses))
-    if isinstance(logger, WandbLogger):
-        _log_wandb_media(logger, run, figures, analyses)
+    if wandb_experiment is not None:
+        _log_wandb_media(logger, run, files.figures, analyses)
+        saved = [out / SAVED_CONFIG] if (out / SAVED_CONFIG).is_file() else []
+        log_results(wandb_experiment, {**{p.name: p for p in [*files.results, *saved]},
+                                       **{f"detectors/{p.name}": p for p in files.detectors}})
     logger.finalize("success")
-    return describe_logger(logger)
+    where = describe_logger(logger)
+    finish_logger(logger)
+    return where
 
 
 def _log_wandb_media(logger: WandbLogger, run: ProtocolRun, figures: list[Path],

@@ -11,6 +11,8 @@ from odin_pl.module import ImageClassifier
 from odin_pl.plots import plot_grid, plot_histograms, plot_roc
 from odin_pl.report import write_results
 
+SAVED_CONFIG = "config.yaml"  # evaluate.py's resolved configuration in the output folder
+
 
 @dataclass
 class RunFiles:

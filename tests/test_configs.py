@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -13,8 +14,10 @@ import yaml
 from conftest import REPO
 from data_factories import write_cifar10, write_cifar100, write_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
+import evaluate
 import train
 from callbacks import ODINEvalCallback
 from datamodules import MNISTDataModule
@@ -139,6 +142,31 @@ def test_train_adds_the_checkpoint_and_keeps_appended_callbacks(tmp_path: Path) 
     ddp = train.build_cli(["--config", _config("experiment", "mlp_mnist"), "--config", _config("trainer", "ddp"),
                            *_quick_args(tmp_path, "mnist")], run=False).trainer
     assert isinstance(ddp.strategy, DDPStrategy) and ddp.num_devices == 2
+
+
+def test_logger_configs_are_one_format_for_both_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """configs/logger/*.yaml: train.py maps the top-level ``logger:`` into trainer.logger, named after the experiment
+    and seed (a trainer.logger that is set wins); evaluate.py reads the same files as ``--logger.*``; a bad value is
+    a one-line error in both."""
+    quickstart = ["--config", str(train.QUICKSTART_CONFIG), "--trainer.default_root_dir", str(tmp_path), "--config",
+                  _config("logger", "csv")]
+    logger = train.build_cli(quickstart, run=False).trainer.logger
+    assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "quickstart-seed0" / "version_0"
+    assert train.build_cli([*quickstart, "--trainer.logger", "false"], run=False).trainer.logger is None
+    protocol = evaluate.build_parser()[1]["protocol"]
+    for name in ("csv", "wandb"):
+        options = protocol.parse_args(["--ckpt", "x.ckpt", "--config", _config("logger", name)]).logger
+        assert options.backend == name and options.project == "odin-pl"
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--ckpt", "x.ckpt", "--logger.backend", "tensorboard"])
+    assert evaluate.run_command_line() == 2
+    monkeypatch.setattr(sys, "argv", ["train.py", "--logger.mode", "sometimes", "--trainer.default_root_dir",
+                                      str(tmp_path)])
+    assert train.run_command_line() == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "evaluate.py: error: --logger.backend must be one of wandb, csv, got 'tensorboard'",
+        "train.py: error: --logger.mode must be one of auto, online, offline, got 'sometimes' (the environment "
+        "variable WANDB_MODE=disabled turns W&B off)"]
 
 
 def test_best_checkpoint_only_with_a_validation_split(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, saved_scores
 
 import evaluate
-from odin_pl.metrics import ood_metrics
+from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.run_logging import run_metrics
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
@@ -88,8 +88,9 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
     # Logged metrics: one key per set, method and metric, from the set's own tuning (not the last one reported).
     logged = run_metrics(cross_run, {})
     main = [r for r in cross.records if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
-    assert len(main) == 6 and logged == {f"ood/{r['ood']}/{r['method']}/{k}": v for r in main for k, v in r.items()
-                                         if isinstance(v, float)}
+    assert len(main) == 6 and logged == {f"eval/ood/{r['ood']}/{r['method']}/{k}": r[k] for r in main
+                                         for k in r if k in METRIC_NAMES or "_ci_" in k}
+    assert "eval/ood/photos/odin/auroc_diff_ci_low" in logged
 
 
 def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: str, tmp_path) -> None:
