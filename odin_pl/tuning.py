@@ -114,13 +114,6 @@ def _nested(values: list[float], shape: list[int]) -> Any:
         else values
 
 
-def select_parameters(grid: Grid, in_scores: Tensor, out_scores: Tensor) -> Selection:
-    """ODIN's (T, epsilon) on ``grid`` (see :func:`select_setting`; ties: larger T, then smaller epsilon)."""
-    from odin_pl.methods import create_method  # the methods import this module's grid constants
-
-    return select_setting(create_method("odin"), grid.settings, in_scores, out_scores)
-
-
 def parse_floats(values: str | Sequence[float], name: str) -> tuple[float, ...]:
     """'1,2,5' or [1, 2, 5] -> (1.0, 2.0, 5.0), with an error that names the option."""
     items = values.split(",") if isinstance(values, str) else list(values)
