@@ -203,6 +203,7 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     run (on every process). ``resolved_config`` (YAML) is saved as ``config.yaml`` in the output folder once the
     model and data have loaded, before any scoring. ``may_start_processes``: see
     :func:`odin_pl.runtime.start_processes` (true on the command line)."""
+    config.check_output_dir()
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     if config.analyses.names and fabric.world_size > 1:
         raise ValueError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "

@@ -19,6 +19,7 @@ List options take a list or comma-separated text (``gaussian,uniform``), on the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -132,6 +133,10 @@ class TuningOptions:
                                  if self.temperatures is not None else PAPER_TEMPERATURES)
         self.epsilons = list(parse_floats(self.epsilons, "--tuning.epsilons")
                              if self.epsilons is not None else PAPER_EPSILONS)
+        for name, values in (("temperatures", self.temperatures), ("epsilons", self.epsilons)):
+            if not values:
+                raise ValueError(f"--tuning.{name} is empty: give at least one value (leave the option out for the "
+                                 "paper's grid)")
         self.grid  # noqa: B018  (checks the grid now)
         self.method_grids()  # checks every method's grid and fixed values now
 
@@ -310,6 +315,8 @@ class ModelSource:
                              "--weights FILE --data DATAMODULE (or --dataset NAME) for a state_dict of another model")
         if self.ckpt is not None and foreign != (None, None):
             raise ValueError("give either --ckpt or --model/--weights, not both")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
 
     @property
     def weights_file(self) -> Path:
@@ -344,6 +351,15 @@ class ProtocolConfig(ModelSource):
     @property
     def output_dir(self) -> Path:
         return Path(self.output.dir) if self.output.dir else self.default_output_dir()
+
+    def check_output_dir(self) -> None:
+        """Refuse an output folder that is a file or cannot be created or written, before any work."""
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output.dir {out} is a file: give a folder (it is created when missing)")
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--output.dir {out}: {existing} is not writable; give a folder you can write to")
 
 
 @dataclass

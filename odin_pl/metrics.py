@@ -26,7 +26,13 @@ METRIC_NAMES = ("fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_ou
 
 
 def _as_scores(scores: Any, name: str) -> Tensor:
-    t = torch.as_tensor(scores).detach().to("cpu", torch.float64).flatten()
+    """One score per image as a float64 vector: [n], [n, 1] or [1, n]; any other shape is refused (flattening a
+    [2, n] array would pool two settings' scores into one wrong metric)."""
+    t = torch.as_tensor(scores).detach().to("cpu", torch.float64)
+    if t.dim() > 2 or (t.dim() == 2 and 1 not in t.shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}: give one score per image, shape [n] (or [n, 1] / "
+                         "[1, n]); for several settings, compute the metrics of each row separately")
+    t = t.flatten()
     if t.numel() == 0:
         raise ValueError(f"{name} is empty: an OOD metric needs at least one in-distribution and one OOD score "
                          "(check that the data set is not empty)")

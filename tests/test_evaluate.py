@@ -134,6 +134,14 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     torch.save(checkpoint, mismatched)
     with pytest.raises(ValueError, match="do not fit backbone 'hendrycks_mlp'"):
         evaluate.main(["--ckpt", str(mismatched), *out])
+    # Checked before any work, naming the option (issue 17, item 4).
+    with pytest.raises(ValueError, match="--seed must be >= 0, got -3"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--seed", "-3", *out])
+    with pytest.raises(ValueError, match="--tuning.epsilons is empty"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--epsilons", "", *out])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--output.dir .*a_file is a file"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "a_file"), "--output.logger", "false"])
 
 
 def test_evaluate_cli_runs_and_reports_errors(quickstart_ckpt: str, tmp_path) -> None:

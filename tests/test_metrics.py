@@ -372,3 +372,15 @@ def test_row_wise_metrics_equal_the_sklearn_reference_on_tied_scores() -> None:
     for row in range(7):
         expected = reference_metrics(s_in[row].numpy(), s_out[row].numpy())
         _dict_close({name: float(values[row]) for name, values in rows.items()}, expected, atol=1e-12)
+
+
+def test_scores_of_one_column_or_row_are_accepted_and_other_matrices_refused() -> None:
+    """[n], [n, 1] and [1, n] give the same metrics; a [2, n] array (two settings) is refused instead of being
+    pooled into one set of scores."""
+    s_in, s_out = _case("balanced")
+    expected = ood_metrics(s_in, s_out)
+    assert ood_metrics(s_in[:, None], s_out[None, :]) == expected
+    with pytest.raises(ValueError, match=r"in_scores has shape \(2, 250\): give one score per image"):
+        ood_metrics(s_in.reshape(2, 250), s_out)
+    with pytest.raises(ValueError, match="out_scores has shape"):
+        ood_metrics(s_in, s_out.reshape(1, 2, 250))
