@@ -60,8 +60,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. Is it a checkpoint "
                          "written by train.py (a Lightning .ckpt)?") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint of odin-pl (no state_dict / hyper_parameters); "
-                         "plain state_dicts of other models are not supported here")
+        raise ValueError(f"{path} is not a Lightning checkpoint of odin-pl (no state_dict / hyper_parameters); for "
+                         "a plain state_dict give --model NAME --weights FILE --data DATAMODULE (or --dataset NAME) "
+                         "instead of --ckpt")
     if not checkpoint["hyper_parameters"].get("image_spec"):
         raise ValueError(f"{path} records no image spec; it was not written by odin_pl.ImageClassifier")
     return checkpoint

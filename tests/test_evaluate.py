@@ -139,6 +139,10 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
         evaluate.main(["--ckpt", quickstart_ckpt, "--seed", "-3", *out])
     with pytest.raises(ValueError, match="--tuning.epsilons is empty"):
         evaluate.main(["--ckpt", quickstart_ckpt, "--epsilons", "", *out])
+    state_dict = tmp_path / "weights.pt"
+    torch.save(torch.load(quickstart_ckpt, weights_only=True)["state_dict"], state_dict)
+    with pytest.raises(ValueError, match="for a plain state_dict give --model NAME --weights FILE --data"):
+        evaluate.main(["--ckpt", str(state_dict), *out])
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="--output.dir .*a_file is a file"):
         evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "a_file"), "--output.logger", "false"])
