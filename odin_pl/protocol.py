@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_indices, world
 from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
+from odin_pl.report import main_records
 from odin_pl.scoring import StdLike, check_model_in_eval
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
 
@@ -124,22 +125,32 @@ class ProtocolResult:
     """What a protocol run found:
 
     * ``records``: per OOD set and method, the metrics on the test splits (one per tuning in cross mode);
-    * ``test_scores``: per OOD set and method, the (in-distribution, OOD) test-split scores of its main entry;
     * ``tuning_scores``: per tuned method and set (``in_distribution`` included), the tuning split's scores over
       the method's grid [len(settings), n];
     * ``in_test_scores``: the in-distribution test split's scores per (method, setting) reported on it;
     * ``ood_test_scores``: per OOD set, its test split's scores per (method, setting) reported on it;
     * ``selections``: per tuned method and tuning set, the chosen setting;
     * ``methods``: the run's methods; ``splits``; ``notes`` for the user.
+
+    :attr:`test_scores` views the test-split scores of each set's and method's main entry.
     """
 
     records: list[dict] = field(default_factory=list)
-    test_scores: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     tuning_scores: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     in_test_scores: dict[tuple[str, Setting], Tensor] = field(default_factory=dict)
     ood_test_scores: dict[str, dict[tuple[str, Setting], Tensor]] = field(default_factory=dict)
     selections: dict[str, dict[str, Selection]] = field(default_factory=dict)
     methods: list[MethodGrid] = field(default_factory=list)
+
+    @property
+    def test_scores(self) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
+        """Per OOD set and method, the (in-distribution, OOD) test-split scores of its main-table entry."""
+        views: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+        for name, records in main_records(self.records).items():
+            for method, record in records.items():
+                key = (method, record_setting(record))
+                views.setdefault(name, {})[method] = (self.in_test_scores[key], self.ood_test_scores[name][key])
+        return views
     splits: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -270,8 +281,6 @@ def run_protocol(
         scores = score(name, "test", Subset(dataset, splits[name].test.tolist()), plan)
         out_test = {(m, s): scores[m][row] for m, settings in plan.items() for row, s in enumerate(settings)}
         result.ood_test_scores[name] = out_test
-        result.test_scores[name] = {m.name: (result.in_test_scores[m.name, reported[name][m.name][0][1]],
-                                             out_test[m.name, reported[name][m.name][0][1]]) for m in methods}
         for m in methods:
             method = create_method(m.name)
             for tuned_on, setting in reported[name][m.name]:
