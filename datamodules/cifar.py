@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ImageDataModule, seeded_permutation
 from datamodules.download import RemoteDataset, Resource, require_files
-from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, ImageFolderSplits, spec_transform
+from datamodules.image_folder import ImageFolderSplits, SpecArrayDataset, decode_images
 from odin_pl.spec import ImageSpec
 
 # Per-channel mean / std of the 50,000 training images' [0, 1] pixels (the values used throughout the literature).
@@ -152,7 +152,7 @@ class _CIFARDataModule(ImageDataModule):
         return self._spec
 
     def load_split(self, train: bool, augment: bool) -> Dataset:
-        return ArrayImageDataset(*self.arrays(train), spec_transform(self.image_spec, augment))
+        return SpecArrayDataset(*self.arrays(train), self.image_spec, augment)
 
 
 class CIFAR10DataModule(_CIFARDataModule):
@@ -160,7 +160,8 @@ class CIFAR10DataModule(_CIFARDataModule):
 
     ``image_folder`` (relative to ``data_root``, or absolute) holds ``train/<class>/*`` and ``test/<class>/*``
     with the 10 class folders named so that their sorted order is the official label order, e.g. the JPEG copy
-    ``../shared/datasets/cifar10-jpeg``. Either way the spec, statistics and OOD suite are CIFAR-10's.
+    ``../shared/datasets/cifar10-jpeg``; each file is decoded once into memory, as the pickles are. Either way the
+    spec, statistics and OOD suite are CIFAR-10's.
     """
 
     fmt, mean, std, dataset = CIFAR10, CIFAR10_MEAN, CIFAR10_STD, "cifar10"
@@ -188,11 +189,15 @@ class CIFAR10DataModule(_CIFARDataModule):
                              f"CIFAR-10 needs its 10 classes")
         return names
 
-    def load_split(self, train: bool, augment: bool) -> Dataset:
+    def arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         if self.folder is None:
-            return super().load_split(train, augment)
-        transform = spec_transform(self.image_spec, augment)  # checks the 10 class folders first
-        return ImageFolderDataset(self.folder.samples(train), transform)
+            return super().arrays(train)
+        if train not in self._arrays:
+            spec = self.image_spec  # checks the 10 class folders first
+            samples = self.folder.samples(train)
+            labels = np.array([label for _, label in samples], dtype=np.int64)
+            self._arrays[train] = decode_images([path for path, _ in samples], spec), labels
+        return self._arrays[train]
 
 
 class CIFAR100DataModule(_CIFARDataModule):

@@ -17,7 +17,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import DATA_ROOT_ENV, ImageDataModule, seeded_permutation
-from datamodules.transforms import ToSpec, pil_to_spec_mode
+from datamodules.transforms import ToSpec, pil_to_spec, pil_to_spec_mode
 from odin_pl.spec import ImageSpec
 
 Transform = Callable[[Image.Image], Tensor]
@@ -52,6 +52,53 @@ class ArrayImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+class SpecArrayDataset(Dataset):
+    """uint8 images in memory already in the spec's size and channels ([N, H, W] or [N, H, W, C]) and int labels;
+    yields ``(normalized tensor [C, H, W], label)`` with tensor operations only (no PIL: the fast path for
+    in-distribution arrays).
+
+    ``augment`` applies :func:`spec_transform`'s training augmentation as a function of a 32-bit sample seed s
+    (:meth:`seeded_item`; ``dataset[index]`` draws s from torch's global generator): the size x size crop at
+    offsets (s mod m, (s // m) mod m), m = 2 * pad + 1, of the image zero-padded by pad = ``size // 8`` on each
+    side, then a horizontal flip when (s // m^2) is odd; for a uniform s, uniform crops and flips with
+    probability 1/2 (up to a bias below 2 m^2 / 2^32 < 1e-7).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | Sequence[int], spec: ImageSpec,
+                 augment: bool = False) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        pixels = torch.from_numpy(np.ascontiguousarray(images))
+        pixels = pixels.unsqueeze(-1) if pixels.dim() == 3 else pixels
+        expected = (spec.size, spec.size, spec.channels)
+        if tuple(pixels.shape[1:]) != expected:
+            raise ValueError(f"images of shape {tuple(pixels.shape[1:])} do not match the spec's {expected} "
+                             f"(height, width, channels)")
+        self.pixels = pixels.permute(0, 3, 1, 2)  # a [N, C, H, W] view
+        self.labels, self.augment, self.pad = np.asarray(labels, dtype=np.int64), augment, spec.size // 8
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        seed = int(torch.randint(2**32, ())) if self.augment else 0
+        return self.seeded_item(index, seed)
+
+    def seeded_item(self, index: int, seed: int) -> tuple[Tensor, int]:
+        """Image ``index`` augmented as a function of ``seed`` (0 <= seed < 2**32) only, and its label."""
+        x = self.pixels[index].float().div(255)
+        if self.augment:
+            size, pad = x.shape[-1], self.pad
+            m = 2 * pad + 1
+            top, left, flip = seed % m, seed // m % m, seed // (m * m) % 2
+            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))[:, top:top + size, left:left + size]
+            if flip:
+                x = x.flip(-1)
+        return (x - self.mean) / self.std, int(self.labels[index])
 
 
 def _readable(path: Path) -> bool:
@@ -113,6 +160,12 @@ def load_image(path: Path) -> Image.Image:
         return image
     except _PIL_ERRORS as exc:
         raise OSError(f"cannot read image {path}: {exc}") from exc
+
+
+def decode_images(paths: Sequence[Path], spec: ImageSpec) -> np.ndarray:
+    """Every file decoded once into memory, in the spec's channels and size: uint8 [N, size, size, C] ([N, size,
+    size] for one channel)."""
+    return np.stack([np.asarray(pil_to_spec(load_image(path), spec)) for path in paths])
 
 
 class ImageFolderDataset(Dataset):

@@ -53,7 +53,8 @@ class EpochSampler(DistributedSampler):
 
 class EpochSeededDataset(Dataset):
     """``dataset[index]`` drawn under torch, numpy and Python generators seeded with (seed, epoch, index); indexed
-    by the ``(epoch, index)`` pairs of :class:`EpochSampler`."""
+    by the ``(epoch, index)`` pairs of :class:`EpochSampler`. A dataset with a ``seeded_item(index, seed)`` method
+    (augmentation as a function of the seed alone) gets the seed directly, without touching the generators."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -63,7 +64,11 @@ class EpochSeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        with seeded(sample_seed(self.seed, epoch, index)):
+        seed = sample_seed(self.seed, epoch, index)
+        seeded_item = getattr(self.dataset, "seeded_item", None)
+        if seeded_item is not None:
+            return seeded_item(index, seed)
+        with seeded(seed):
             return self.dataset[index]
 
 

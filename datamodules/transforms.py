@@ -34,6 +34,14 @@ def pil_to_spec_mode(image: Image.Image, spec: ImageSpec) -> Image.Image:
     return image.convert(mode)
 
 
+def pil_to_spec(image: Image.Image, spec: ImageSpec) -> Image.Image:
+    """The image in the spec's channel mode (:func:`pil_to_spec_mode`) and size (bilinear, antialiased resize)."""
+    image = pil_to_spec_mode(image, spec)
+    if image.size != (spec.size, spec.size):
+        image = image.resize((spec.size, spec.size), Image.BILINEAR)
+    return image
+
+
 class ToSpec:
     """PIL image -> normalized tensor [C, size, size]: convert channels, resize (antialiased), normalize."""
 
@@ -41,10 +49,7 @@ class ToSpec:
         self.spec = spec
 
     def __call__(self, image: Image.Image) -> Tensor:
-        image = pil_to_spec_mode(image, self.spec)
-        if image.size != (self.spec.size, self.spec.size):
-            image = image.resize((self.spec.size, self.spec.size), Image.BILINEAR)
-        return normalize(TF.to_tensor(image), self.spec)
+        return normalize(TF.to_tensor(pil_to_spec(image, self.spec)), self.spec)
 
     def __repr__(self) -> str:
         return f"ToSpec(size={self.spec.size}, channels={self.spec.channels})"

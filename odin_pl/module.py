@@ -30,12 +30,22 @@ def create_backbone(name: str, num_classes: int, spec: ImageSpec, **kwargs: Any)
     return timm.create_model(name, num_classes=num_classes, in_chans=spec.channels, **kwargs)
 
 
+def one_cycle_factor(step: int, total_steps: int, peak_fraction: float) -> float:
+    """The one-cycle learning-rate factor (Smith & Topin 2017; Page 2018's piecewise-linear form) at optimizer step
+    ``step`` of ``total_steps``: with t = (step + 1/2) / total_steps, t / p up to the peak p = ``peak_fraction``,
+    then (1 - t) / (1 - p) down to 0 at the end of training."""
+    t = (step + 0.5) / total_steps
+    return t / peak_fraction if t <= peak_fraction else max(0.0, (1 - t) / (1 - peak_fraction))
+
+
 class ImageClassifier(pl.LightningModule):
     """Cross-entropy training of a backbone chosen by name; the checkpoint records the image spec.
 
     The backbone is built in ``__init__`` when ``image_spec`` is given (as when loading a checkpoint), else in
     ``configure_model`` from the trainer's DataModule. Learning-rate ``lr_milestones`` are fractions of
     ``max_epochs`` at which the rate is multiplied by ``lr_gamma`` (the paper: 0.5 and 0.75, gamma 0.1).
+    ``lr_schedule="one_cycle"`` instead changes the rate at every optimizer step: :func:`one_cycle_factor`, rising
+    linearly from 0 to ``lr`` over the first ``lr_peak_fraction`` of training and back to 0 at its end.
     ``weight_decay_scope="hidden_weights"`` puts the L2 penalty on hidden-layer weights only (the MNIST MLP
     recipe); with Adam or SGD, weight_decay w adds the gradient of (w / 2) * sum(theta^2).
     """
@@ -54,12 +64,18 @@ class ImageClassifier(pl.LightningModule):
         weight_decay_scope: Literal["all", "hidden_weights"] = "all",
         lr_milestones: Sequence[float] = (0.5, 0.75),
         lr_gamma: float = 0.1,
+        lr_schedule: Literal["multistep", "one_cycle"] = "multistep",
+        lr_peak_fraction: float = 0.25,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
         if any(not 0 < m < 1 for m in lr_milestones):
             raise ValueError(f"lr_milestones are fractions of training in (0, 1), got {list(lr_milestones)}")
+        if lr_schedule not in ("multistep", "one_cycle"):
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use 'multistep' or 'one_cycle'")
+        if not 0 < lr_peak_fraction < 1:
+            raise ValueError(f"lr_peak_fraction is a fraction of training in (0, 1), got {lr_peak_fraction}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
         self._totals = ClassificationTotals()
@@ -148,6 +164,11 @@ class ImageClassifier(pl.LightningModule):
             optimizer = torch.optim.Adam(groups, lr=hp.lr)
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'")
+        if hp.lr_schedule == "one_cycle":
+            factor = partial(one_cycle_factor, total_steps=self.trainer.estimated_stepping_batches,
+                             peak_fraction=hp.lr_peak_fraction)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         max_epochs = self.trainer.max_epochs
         if not hp.lr_milestones:
             return {"optimizer": optimizer}

@@ -43,11 +43,13 @@ class TimmClassifier(nn.Module):
     """timm's classifier API for the project's models.
 
     A subclass sets ``num_features``, calls ``init_classifier`` and defines ``forward_features``; feature maps
-    [B, C, H, W] are globally average-pooled, flat features [B, C] go to the classifier as they are. The
-    classifier lives in the attribute named by ``classifier_name`` (``fc`` keeps released checkpoints' keys).
+    [B, C, H, W] are globally pooled (``global_pool``: ``"avg"`` the mean, ``"max"`` the maximum over H x W),
+    flat features [B, C] go to the classifier as they are. The classifier lives in the attribute named by
+    ``classifier_name`` (``fc`` keeps released checkpoints' keys).
     """
 
     classifier_name = "fc"
+    global_pool = "avg"
     num_features: int
     num_classes: int
 
@@ -60,7 +62,7 @@ class TimmClassifier(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if x.dim() == 4:
-            x = x.mean(dim=(2, 3))
+            x = x.amax(dim=(2, 3)) if self.global_pool == "max" else x.mean(dim=(2, 3))
         return x if pre_logits else self.get_classifier()(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,6 +72,7 @@ class TimmClassifier(nn.Module):
         return getattr(self, self.classifier_name)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"{type(self).__name__} only supports global_pool='avg', got {global_pool!r}")
+        if global_pool not in (None, self.global_pool):
+            raise ValueError(f"{type(self).__name__} only supports global_pool={self.global_pool!r}, "
+                             f"got {global_pool!r}")
         self.init_classifier(num_classes)
