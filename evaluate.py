@@ -190,7 +190,7 @@ def _typed(config_class: type, instantiated: Namespace) -> Any:
 def _suite(config: ProtocolConfig, target: EvaluationTarget) -> OODSuite:
     suite = build_ood_suite(config.ood.sets, target.datamodule.default_ood_sets, target.spec,
                             target.datamodule.data_root, config.seed, config.ood.num_images, config.ood.download,
-                            noise_tuning=config.tuning.tune_on == NOISE_TUNING_SET)
+                            noise_tuning=config.tuning.tune_on == NOISE_TUNING_SET, exclude=[config.output_dir])
     if world()[0] == 0:
         for name, why in suite.skipped.items():
             print(f"Skipping OOD set {name!r}: not available ({why})")
@@ -302,7 +302,8 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     target.model.to(device=fabric.device, dtype=config.runtime.dtype)
     detector = Detector.load(config.detector, target.model)
     spec = target.spec
-    dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images)
+    dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images,
+                                exclude=[config.output_folder])
     detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
                                 num_workers=config.runtime.num_workers)
     csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"

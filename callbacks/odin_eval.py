@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.ood import OODDataModule
+from datamodules.ood import OODDataModule, check_distinct_names
 from odin_pl.distributed import shard_indices
 from odin_pl.methods import Setting, create_method, score_batch
 from odin_pl.epoch_metrics import log_global
@@ -53,6 +53,7 @@ class ODINEvalCallback(Callback):
                     for o in ood]
         if not self.ood:
             raise ValueError("ODINEvalCallback needs at least one OOD set")
+        check_distinct_names([o.source for o in self.ood])
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.name = name

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import resolve_data_root, seeded_permutation
-from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, _readable
+from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, load_image
 from datamodules.transforms import ToSpec, normalize
 from odin_pl.spec import ImageSpec
 
@@ -37,13 +37,15 @@ Item = TypeVar("Item")
 @dataclass(frozen=True)
 class OODRequest:
     """What a builder needs: the in-distribution spec, where data live, a seed, an optional image count and
-    whether a missing data set may be downloaded (never by default)."""
+    whether a missing data set may be downloaded (never by default); ``exclude``: folders never read as part of
+    a set (the run's own output folder)."""
 
     spec: ImageSpec
     data_root: Path
     seed: int = 0
     num_images: int | None = None
     download: bool = False
+    exclude: tuple[Path, ...] = ()
 
     def pick(self, items: Sequence[Item]) -> list[Item]:
         """All ``items``, or with ``num_images`` a seeded random subset of that many (seed ``self.seed``), kept
@@ -91,9 +93,22 @@ def ood_set_name(name_or_path: str | os.PathLike) -> str:
     return str(name_or_path) if folder is None else folder.resolve().name
 
 
+def check_distinct_names(sets: Sequence[str]) -> None:
+    """Refuse two sets with one name (``ood_set_name``: two folders named alike), whose results would share keys."""
+    first: dict[str, str] = {}
+    for source in sets:
+        name = ood_set_name(source)
+        if name in first and first[name] != str(source):
+            raise ValueError(f"two OOD sets are named {name!r} ({first[name]} and {source}): results are keyed by "
+                             f"the set's name, so rename one of the folders (or link it under another name)")
+        first[name] = str(source)
+
+
 def build_ood_dataset(name: str | os.PathLike, spec: ImageSpec, data_root: str | Path | None = None, seed: int = 0,
-                      num_images: int | None = None, download: bool = False) -> Dataset:
-    """The OOD set ``name`` (a registered name or a folder of images) in the given spec.
+                      num_images: int | None = None, download: bool = False,
+                      exclude: Sequence[str | os.PathLike] = ()) -> Dataset:
+    """The OOD set ``name`` (a registered name or a folder of images) in the given spec; nothing under the
+    ``exclude`` folders is read.
 
     Raises ValueError for an unknown name or an empty set, FileNotFoundError (DatasetNotFoundError) when a
     registered set's data are missing and ``download`` is false.
@@ -101,29 +116,49 @@ def build_ood_dataset(name: str | os.PathLike, spec: ImageSpec, data_root: str |
     folder = _folder(name)
     if num_images is not None and num_images <= 0:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    request = OODRequest(spec, resolve_data_root(data_root), seed, num_images, download)
+    request = OODRequest(spec, resolve_data_root(data_root), seed, num_images, download,
+                         tuple(Path(e).expanduser().resolve() for e in exclude))
     dataset = _BUILDERS[str(name)](request) if folder is None else folder_dataset(folder, request)
     if len(dataset) == 0:
         raise ValueError(f"the OOD set {str(name)!r} is empty: nothing to evaluate against")
     return dataset
 
 
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted; hidden entries ignored). Files with an image extension
-    whose header cannot be read are skipped with one warning that counts them."""
+def find_images(folder: str | os.PathLike, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted; hidden entries ignored), each decoded once here.
+
+    Symbolic links are followed, but a directory reached twice (a link loop such as ``self -> .``, or two links
+    to one folder) is read once; the ``exclude`` folders (resolved paths) are not entered. Files with an image
+    extension that cannot be decoded (truncated or not an image) are skipped with one warning that counts them.
+    """
     found: list[Path] = []
-    unreadable: list[Path] = []
+    undecodable: list[Path] = []
+    excluded = {Path(e).resolve() for e in exclude}
+    visited: set[tuple[int, int]] = set()
     for directory, subdirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(directory)
+        if (stat.st_dev, stat.st_ino) in visited or Path(directory).resolve() in excluded:
+            subdirs[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for file in sorted(files):
             path = Path(directory) / file
             if file.startswith(".") or not file.lower().endswith(IMG_EXTENSIONS):
                 continue
-            (found if _readable(path) else unreadable).append(path)
-    if unreadable:
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {folder} (first: {unreadable[0]})",
-                      stacklevel=2)
+            (found if _decodable(path) else undecodable).append(path)
+    if undecodable:
+        warnings.warn(f"skipped {len(undecodable)} image file(s) under {folder} that cannot be decoded "
+                      f"(first: {undecodable[0]})", stacklevel=2)
     return found
+
+
+def _decodable(path: Path) -> bool:
+    try:
+        load_image(path)
+        return True
+    except OSError:
+        return False
 
 
 def image_files_dataset(paths: Sequence[Path], transform: Transform) -> Dataset:
@@ -143,11 +178,12 @@ def non_empty_folder(folder: Path) -> bool:
 
 def folder_dataset(folder: Path, req: OODRequest, prepare: Callable[[Image.Image], Image.Image] | None = None
                    ) -> Dataset:
-    """Every readable image under ``folder`` (:func:`find_images`; subset by ``req.pick``), passed through
-    ``prepare`` when given, then converted to the spec (grayscale, RGBA, palette ... handled) and normalized."""
-    paths = find_images(folder)
+    """Every decodable image under ``folder`` (:func:`find_images`, without ``req.exclude``; subset by
+    ``req.pick``), passed through ``prepare`` when given, then converted to the spec (grayscale, RGBA, palette ...
+    handled) and normalized."""
+    paths = find_images(folder, req.exclude)
     if not paths:
-        raise ValueError(f"no readable images in the folder {folder}: an OOD folder needs image files (any depth) "
+        raise ValueError(f"no decodable images in the folder {folder}: an OOD folder needs image files (any depth) "
                          f"with one of the extensions {', '.join(IMG_EXTENSIONS)}")
     to_spec = ToSpec(req.spec)
     return image_files_dataset(req.pick(paths), to_spec if prepare is None else T.Compose([prepare, to_spec]))

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from datamodules.ood import NOISE_KINDS, NoiseDataset, build_ood_dataset, ood_set_name
+from datamodules.ood import NOISE_KINDS, NoiseDataset, build_ood_dataset, check_distinct_names, ood_set_name
 from odin_pl.spec import ImageSpec
 
 NOISE_TUNING_IMAGES = 500  # per noise kind, for transfer from "noise"
@@ -33,14 +33,17 @@ def noise_tuning_set(spec: ImageSpec, seed: int) -> Dataset:
 
 
 def build_ood_suite(requested: Sequence[str], default: Sequence[str], spec: ImageSpec, data_root: str | Path,
-                    seed: int, num_images: int | None, download: bool, noise_tuning: bool) -> OODSuite:
-    """The sets ``requested`` (an error when one is missing) or else the ``default`` suite (a missing set is
-    skipped, with why); with ``noise_tuning``, the ``noise`` tuning set too."""
+                    seed: int, num_images: int | None, download: bool, noise_tuning: bool,
+                    exclude: Sequence[str | Path] = ()) -> OODSuite:
+    """The sets ``requested`` (an error when one is missing, or when two share a name) or else the ``default``
+    suite (a missing set is skipped, with why); with ``noise_tuning``, the ``noise`` tuning set too. Nothing under
+    the ``exclude`` folders (the run's output) is read."""
+    check_distinct_names(requested)
     suite = OODSuite()
     for name in requested or default:
         try:
             suite.datasets[ood_set_name(name)] = build_ood_dataset(name, spec, data_root, seed, num_images,
-                                                                   download=download)
+                                                                   download=download, exclude=exclude)
             suite.sources[ood_set_name(name)] = str(name)
         except FileNotFoundError as err:
             if requested:  # asked for by name: the user must fix it

@@ -46,6 +46,22 @@ def write_cifar100(root: Path) -> None:
                               "coarse_label_names": [f"coarse{i:02d}" for i in range(20)]})
 
 
+def write_cifar10_folder(root: Path, per_class: dict[str, int] | None = None, suffix: str = ".png") -> Path:
+    """``root/cifar10-jpeg/{train,test}/<class>/NNNN<suffix>``: random 32x32 RGB images (``per_class`` per split,
+    default 2 training and 1 test image per class), the layout of the shared JPEG copy; returns the folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    folder = root / "cifar10-jpeg"
+    for split, count in (per_class or {"train": 2, "test": 1}).items():
+        for name in reversed(CIFAR10_NAMES):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    folder / split / name / f"{i:04d}{suffix}")
+    return folder
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """``array`` (cast to uint8) as an idx file."""
     return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \

@@ -43,7 +43,7 @@ def test_callback_logs_metrics_equal_to_direct_computation(stage: str, tmp_path)
             assert logged[f"ood/uniform/{method}/{name}"] == pytest.approx(value, abs=1e-4), (method, name)
 
 
-def test_callback_rejects_bad_settings() -> None:
+def test_callback_rejects_bad_settings(tmp_path) -> None:
     with pytest.raises(ValueError, match="temperature"):
         ODINEvalCallback(temperature=0)
     with pytest.raises(ValueError, match="epsilon"):
@@ -54,6 +54,10 @@ def test_callback_rejects_bad_settings() -> None:
         ODINEvalCallback(ood=["no_such_set"])
     with pytest.raises(ValueError, match="must be positive"):
         build_ood_dataset("uniform", DigitsDataModule().image_spec, num_images=0)
+    for parent in ("a", "b"):
+        (tmp_path / parent / "uniform").mkdir(parents=True)
+    with pytest.raises(ValueError, match="two OOD sets are named 'uniform'"):
+        ODINEvalCallback(ood=[str(tmp_path / "a" / "uniform"), str(tmp_path / "b" / "uniform")])
 
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Callable
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from conftest import REPO
-from data_factories import write_cifar10, write_cifar100, write_mnist
+from data_factories import write_cifar10, write_cifar10_folder, write_cifar100, write_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
@@ -22,7 +23,7 @@ import train
 from callbacks import ODINEvalCallback
 from datamodules import MNISTDataModule
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
-from odin_pl.module import ImageClassifier
+from odin_pl.module import ImageClassifier, one_cycle_factor
 
 CONFIGS = REPO / "configs"
 #: One experiment config per paper setting (configs/experiment/ may hold others).
@@ -34,7 +35,7 @@ RECIPES = {"densenet_bc_100": (300, 64, 1e-4, [150, 225]), "wrn_28_10": (200, 12
 #: Writers of tiny data in the real on-disk formats, by the data config each experiment name ends with.
 WRITERS: dict[str, Callable[[Path], object]] = {
     "cifar10": write_cifar10, "cifar100": write_cifar100, "cifar80": write_cifar100,
-    "mnist": lambda root: write_mnist(root, gz=True)}
+    "mnist": lambda root: write_mnist(root, gz=True), "cifar10_jpeg": write_cifar10_folder}
 
 
 def _data_name(experiment: str) -> str:
@@ -274,3 +275,35 @@ def test_weight_decay_scope_hidden_weights_decays_only_hidden_weights(parser) ->
     optimizer.step()
     assert all(not torch.equal(p, b) for p, b in zip(decay["params"], before[0]))
     assert all(torch.equal(p, b) for p, b in zip(rest["params"], before[1]))
+
+
+def test_resnet9_cifar10_jpeg_recipe_trains(tmp_path: Path) -> None:
+    """The CPU recipe (configs/experiment/resnet9_cifar10_jpeg.yaml) trains a few batches on a class-folder copy:
+    half-width ResNet-9 in bfloat16 autocast with channels_last, SGD and the per-step one-cycle schedule."""
+    cli = train.build_cli(["--config", _config("experiment", "resnet9_cifar10_jpeg"),
+                           *_quick_args(tmp_path, "cifar10_jpeg"), "--data.init_args.batch_size", "4",
+                           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                           "--trainer.limit_val_batches", "0", "--skip_test", "true"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    model, trainer = cli.model, cli.trainer
+    assert (model.hparams.backbone, trainer.precision, model.hparams.channels_last) == ("resnet9_half", "bf16-mixed",
+                                                                                        True)
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    factor = scheduler.scheduler.lr_lambdas[0]
+    assert (factor.func, factor.keywords) == (one_cycle_factor, {"total_steps": 3, "peak_fraction": 0.2})
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.4 * one_cycle_factor(3, 3, 0.2))
+
+
+def test_one_cycle_factor_is_pages_piecewise_linear_schedule() -> None:
+    """Against numpy's interpolation of (0, 0), (p, 1), (1, 0) at the middle of each step (1e-12)."""
+    for total, peak in ((100, 0.2), (7, 0.5), (1, 0.3)):
+        t = (np.arange(total) + 0.5) / total
+        expected = np.interp(t, [0, peak, 1], [0, 1, 0])
+        np.testing.assert_allclose([one_cycle_factor(k, total, peak) for k in range(total)], expected, atol=1e-12)
+    with pytest.raises(ValueError, match="lr_peak_fraction"):
+        ImageClassifier(lr_schedule="one_cycle", lr_peak_fraction=1.0)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        ImageClassifier(lr_schedule="cosine")

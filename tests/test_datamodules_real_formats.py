@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import shared_dataset
-from data_factories import CIFAR10_NAMES, idx_bytes, write_cifar10, write_cifar100, write_mnist
+from data_factories import CIFAR10_NAMES, idx_bytes, write_cifar10, write_cifar10_folder, write_cifar100, write_mnist
 from datamodules import (CIFAR10DataModule, CIFAR80DataModule, CIFAR100DataModule, DatasetNotFoundError,
                          ImageFolderDataModule, MNISTDataModule, cifar80_split)
 from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, cifar100_test_images_of_classes
 from datamodules.download import (ChecksumError, RemoteDataset, Resource, UnsafeArchiveError, check_md5,
                                   download_url, extract_archive, require_files)
+from datamodules.image_folder import SpecArrayDataset
 from datamodules.mnist import read_idx
+from odin_pl.spec import ImageSpec
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -77,6 +79,34 @@ def test_cifar10_pickles_shapes_labels_normalization_and_train_only_augmentation
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 
 
+def test_array_augmentation_is_a_function_of_the_sample_seed():
+    """SpecArrayDataset.seeded_item against a numpy reference: seed s crops at (s mod 9, s // 9 mod 9) of the
+    4-pixel zero-padded image and flips when s // 81 is odd, so 162 consecutive seeds give every crop and flip
+    once (float32 pixels, 1e-6); the global generators are not touched."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    spec = ImageSpec(size=32, channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD, class_names=tuple(CIFAR10_NAMES))
+    dataset = SpecArrayDataset(images, [4, 5, 6], spec, augment=True)
+    state = torch.get_rng_state()
+    seen = set()
+    for seed in range(2**32 - 200, 2**32 - 38):
+        x, label = dataset.seeded_item(1, seed)
+        top, left, flip = seed % 9, seed // 9 % 9, seed // 81 % 2
+        crop = np.pad(images[1], ((4, 4), (4, 4), (0, 0)))[top:top + 32, left:left + 32]
+        crop = crop[:, ::-1] if flip else crop
+        expected = (crop.transpose(2, 0, 1) / 255 - np.reshape(CIFAR10_MEAN, (3, 1, 1))) / np.reshape(CIFAR10_STD,
+                                                                                                     (3, 1, 1))
+        np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
+        assert label == 5
+        seen.add((top, left, flip))
+    assert len(seen) == 162 and torch.equal(torch.get_rng_state(), state)
+    plain = SpecArrayDataset(images, [4, 5, 6], spec)
+    np.testing.assert_allclose(_pixels(plain[2][0], CIFAR10_MEAN, CIFAR10_STD).numpy(),
+                               images[2].transpose(2, 0, 1) / 255, atol=1e-6)
+    with pytest.raises(ValueError, match=r"do not match the spec's \(32, 32, 1\)"):
+        SpecArrayDataset(images, [4, 5, 6], ImageSpec(size=32, channels=1, mean=(0.5,), std=(0.5,)))
+
+
 def test_cifar10_val_split_is_seeded_and_unaugmented(tmp_path):
     write_cifar10(tmp_path)
     dm = CIFAR10DataModule(data_root=str(tmp_path), val_split=0.2, seed=3)
@@ -87,13 +117,7 @@ def test_cifar10_val_split_is_seeded_and_unaugmented(tmp_path):
 
 
 def test_cifar10_class_folder_layout(tmp_path):
-    rng = np.random.default_rng(4)
-    for split, per_class in (("train", 2), ("test", 1)):
-        for name in reversed(CIFAR10_NAMES):
-            folder = tmp_path / "cifar10-jpeg" / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    write_cifar10_folder(tmp_path)
     dm = CIFAR10DataModule(data_root=str(tmp_path), image_folder="cifar10-jpeg")
     dm.setup("fit")
     spec = dm.image_spec

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
 from torch import nn
 
 import odin_pl  # noqa: F401  (registers the models with timm)
-from odin_pl.models import DenseNet, WideResNet
+from odin_pl.models import DenseNet, ResNet9, WideResNet
 
 CIFAR_MODELS = ["densenet_bc_100", "wrn_28_10", "wrn_40_4"]
 MODEL_CLASSES = {"densenet_bc_100": DenseNet, "wrn_28_10": WideResNet, "wrn_40_4": WideResNet}
@@ -161,3 +162,33 @@ def test_pretrained_refused(name: str) -> None:
 def test_bad_depth_refused(model_cls: type[nn.Module]) -> None:
     with pytest.raises(ValueError, match="6n\\+4"):
         model_cls(depth=27)
+
+
+def resnet9_count(widths: tuple[int, int, int, int], num_classes: int, in_chans: int = 3) -> int:
+    """Parameters of ResNet-9 from its layer formula: 8 conv3x3 weights, their BN affine pairs, a bias-free fc."""
+    w0, w1, w2, w3 = widths
+    convs = [(in_chans, w0), (w0, w1), (w1, w1), (w1, w1), (w1, w2), (w2, w3), (w3, w3), (w3, w3)]
+    return sum(9 * a * b + 2 * b for a, b in convs) + w3 * num_classes
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("name, widths", [("resnet9", (64, 128, 256, 512)), ("resnet9_half", (32, 64, 128, 256))])
+def test_resnet9_registered_and_its_feature_path_is_the_model(name: str, widths: tuple, num_classes: int) -> None:
+    """The feature path reproduces model(x) exactly; features are the global max over the last 4x4 map and the
+    0.125 logit scale is in the classifier (float64 reference, 1e-12)."""
+    assert name in timm.list_models()
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=num_classes).eval().double()
+    assert isinstance(model, ResNet9) and n_params(model) == resnet9_count(widths, num_classes)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        maps = model.forward_features(x)
+        h = model.forward_head(maps, pre_logits=True)
+        assert maps.shape == (3, widths[3], 4, 4) and torch.equal(h, maps.amax(dim=(2, 3)))
+        torch.testing.assert_close(model.get_classifier()(h), model(x), rtol=0, atol=0)
+        reference = 0.125 * h.numpy() @ model.fc.weight.numpy().T
+        np.testing.assert_allclose(model(x).numpy(), reference, rtol=1e-12, atol=1e-12)
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity)
+    with pytest.raises(ValueError, match="global_pool='max'"):
+        model.reset_classifier(10, global_pool="avg")

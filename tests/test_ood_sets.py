@@ -22,7 +22,9 @@ from datamodules import ood_sets
 from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar80_split
 from datamodules.download import ChecksumError, UnsafeArchiveError, file_md5
 from datamodules.image_folder import load_image
+from datamodules.ood import find_images
 from datamodules.ood_natural import ODIN_FOLDER, PAPER_ARCHIVES, TINY_IMAGENET_TEST_IMAGES
+from datamodules.suite import build_ood_suite
 from odin_pl.spec import ImageSpec
 
 CIFAR_SPEC = ImageSpec(size=32, channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -275,7 +277,7 @@ def _write_notmnist(folder: Path) -> None:
 
 def test_notmnist_skips_corrupt_files_with_one_counting_warning(tmp_path):
     _write_notmnist(tmp_path / "notMNIST_small")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable image file"):
+    with pytest.warns(UserWarning, match=r"skipped 1 image file\(s\) .* cannot be decoded"):
         dataset = build_ood_dataset("notmnist", MNIST_SPEC, tmp_path)
     _check(dataset, MNIST_SPEC, 10)
     with pytest.warns(UserWarning):
@@ -312,7 +314,7 @@ def test_any_folder_of_images(tmp_path):
     folder = tmp_path / "my_photos"
     _write_mixed_folder(folder)
     for spec in (CIFAR_SPEC, MNIST_SPEC):
-        with pytest.warns(UserWarning, match="skipped 1 unreadable image file"):
+        with pytest.warns(UserWarning, match=r"skipped 1 image file\(s\) .* cannot be decoded"):
             _check(build_ood_dataset(str(folder), spec, tmp_path / "unused_root"), spec, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -324,13 +326,47 @@ def test_any_folder_of_images(tmp_path):
     assert ood_set_name("gaussian") == "gaussian" and ood_set_name("tin_crop") == "tin_crop"
 
 
+def test_a_folder_is_exactly_its_decodable_images(tmp_path):
+    """A truncated JPEG (its header still parses) is skipped with one counting warning; a symbolic-link loop and a
+    second link to a folder are read once; an excluded folder inside (the run's output) is not read."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        _noise_image(32, seed=i).save(folder / "sub" / f"{i}.jpg")
+    whole = (folder / "sub" / "0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    with Image.open(folder / "truncated.jpg") as image:
+        assert image.size == (32, 32)  # the header alone looks fine
+    (folder / "self").symlink_to(folder, target_is_directory=True)
+    (folder / "again").symlink_to(folder / "sub", target_is_directory=True)
+    (folder / "evaluation" / "figures").mkdir(parents=True)
+    _noise_image(32).save(folder / "evaluation" / "figures" / "plot.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 image file\(s\) .* cannot be decoded .*truncated.jpg"):
+        paths = find_images(folder, exclude=[folder / "evaluation"])
+    # sorted walk: "again" (a link to "sub") comes first; "self" (the folder itself) and "sub" are then known
+    assert [p.relative_to(folder).as_posix() for p in paths] == ["again/0.jpg", "again/1.jpg", "again/2.jpg"]
+    with pytest.warns(UserWarning, match="cannot be decoded"):
+        assert len(build_ood_dataset(folder, CIFAR_SPEC, exclude=[folder / "evaluation"])) == 3
+    with pytest.warns(UserWarning, match="cannot be decoded"):
+        assert len(build_ood_dataset(folder, CIFAR_SPEC)) == 4  # the figure, when not excluded
+
+
+def test_two_ood_folders_with_one_name_are_refused(tmp_path):
+    for parent in ("a", "b"):
+        (tmp_path / parent / "photos").mkdir(parents=True)
+        _noise_image(32).save(tmp_path / parent / "photos" / "x.png")
+    folders = [str(tmp_path / "a" / "photos"), str(tmp_path / "b" / "photos")]
+    with pytest.raises(ValueError, match=r"two OOD sets are named 'photos'.*a/photos.*b/photos.*rename"):
+        build_ood_suite(folders, (), CIFAR_SPEC, tmp_path, 0, None, False, False)
+
+
 def test_empty_folder_and_unknown_names_raise(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no readable images"):
+    with pytest.raises(ValueError, match="no decodable images"):
         build_ood_dataset(str(tmp_path / "empty"), CIFAR_SPEC)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"broken")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no readable images"):
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no decodable images"):
         build_ood_dataset(str(tmp_path / "broken"), CIFAR_SPEC)
     for call in (lambda: build_ood_dataset("no_such_set", CIFAR_SPEC), lambda: ood_set_name("no_such_set"),
                  lambda: OODDataModule(str(tmp_path / "missing"))):
