@@ -55,6 +55,10 @@ def check_images(x: Tensor, model: nn.Module | None = None) -> None:
     if bad:
         raise ValueError(f"the input contains {bad} NaN or Inf values; check the data pipeline "
                          "(normalization with a zero std, corrupt images)")
+    parameter = next(model.parameters(), None) if model is not None else None
+    if parameter is not None and parameter.is_floating_point() and x.dtype != parameter.dtype:
+        raise ValueError(f"the images are {x.dtype} but the model's weights are {parameter.dtype}: convert the images "
+                         f"(x.to({parameter.dtype})) or the model (model.to({x.dtype}))")
     spec = getattr(model, "image_spec", None)
     if spec is not None:
         expected = (spec.channels, spec.size, spec.size)

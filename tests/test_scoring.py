@@ -351,3 +351,9 @@ def test_wrong_channel_count_for_model(model, epsilon, mode):
     ctx = torch.inference_mode if mode == "inference_mode" else torch.enable_grad
     with ctx(), pytest.raises(ValueError, match=re.escape("(6, 1, 8, 8)")):
         odin_score(model, x1, temperature=10.0, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.001])
+def test_float64_images_to_a_float32_model_name_the_dtypes(model, x, epsilon):
+    with pytest.raises(ValueError, match=r"images are torch.float64 but the model's weights are torch.float32"):
+        odin_score(model, x.double(), temperature=10.0, epsilon=epsilon)
