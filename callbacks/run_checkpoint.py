@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from odin_pl.checkpoint import RUN_KEY, replace_atomically
+from odin_pl.checkpoint import RUN_KEY
+from odin_pl.files import replace_atomically
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -18,7 +19,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     Names are fixed (no ``last-v1.ckpt``): a new run in the folder replaces them, and train.py refuses to start
     one over an unfinished run. Each file is written as ``<name>.partial`` in the same folder and then renamed
-    over ``<name>`` (:func:`odin_pl.checkpoint.replace_atomically`), so a kill mid-write leaves the previous file
+    over ``<name>`` (:func:`odin_pl.files.replace_atomically`), so a kill mid-write leaves the previous file
     intact. Checkpoints record whether the run finished and its completed epochs (``checkpoint["odin_pl"]["run"]``):
     at the end of ``fit``, ``last.ckpt`` is written once more, marked finished. ``fast_dev_run`` writes nothing.
     """

@@ -4,7 +4,6 @@ from them (the model and its in-distribution DataModule)."""
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,6 @@ RUN_KEY = "run"  # checkpoint["odin_pl"]["run"]: {"finished": bool, "epochs": in
 # checkpoint["odin_pl"]["training"]: {"experiment": str, "seed": int | None, "logger": run identity or None} (see
 # callbacks.TrainingRun and odin_pl.loggers.run_identity)
 TRAINING_KEY = "training"
-
-
-def replace_atomically(staging: str | Path, path: str | Path) -> None:
-    """Put the complete file ``staging`` in place of ``path``: flush it to disk, rename it (atomic within one
-    filesystem: ``staging`` must lie beside ``path``), then flush the folder, so that a crash at any moment leaves
-    either the old or the new file at ``path``."""
-    with open(staging, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(staging, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def run_progress(path: str | Path) -> tuple[bool, int]:

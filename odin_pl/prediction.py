@@ -9,7 +9,6 @@ and process 0 writes the file.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from odin_pl.detector import Detection, Detector
 from odin_pl.distributed import gather_shards, shard_indices, world
+from odin_pl.files import atomic_write
 
 COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "<method>", "is_ood")  # <method>: its score
 
@@ -47,16 +47,12 @@ def write_detections(path: str | Path, detections: Detection, method: str,
     """Write one row per image (columns :data:`COLUMNS`, the score's named after ``method``) atomically; ``paths``
     (the images' files) and ``class_names`` fill the ``path`` and ``class_name`` columns when given. Returns the
     path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     rows = zip(detections.predicted_class.tolist(), detections.msp.tolist(), detections.score.tolist(),
                detections.is_ood.tolist())
-    with temporary.open("w", newline="") as handle:
+    with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([method if column == "<method>" else column for column in COLUMNS])
         writer.writerows([index, paths[index] if paths is not None else "", label,
                           class_names[label] if label < len(class_names) else "", msp, score, is_ood]
                          for index, (label, msp, score, is_ood) in enumerate(rows))
-    os.replace(temporary, path)
-    return path
+    return Path(path)

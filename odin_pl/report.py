@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from odin_pl.files import atomic_write
+
 TABLE_METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR ↓"), ("detection_error", "Detection error ↓"),
                  ("auroc", "AUROC ↑"), ("aupr_in", "AUPR-In ↑"), ("aupr_out", "AUPR-Out ↑"))
 CSV_FIELDS = ("ood", "method", "fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out",
@@ -105,16 +107,18 @@ def results_tables(records: Sequence[dict], title: str = "", cross: bool = False
 
 
 def write_results(output_dir: str | Path, records: Sequence[dict], meta: dict[str, Any], table: str) -> list[Path]:
-    """Write results.json (records + meta), results.csv and table.md; return their paths."""
+    """Write results.json (records + meta), results.csv and table.md, each atomically (:func:`atomic_write`);
+    return their paths."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.csv", out / "table.md"]
-    paths[0].write_text(json.dumps({**meta, "records": list(records)}, indent=2, default=str))
-    with paths[1].open("w", newline="") as handle:
+    with atomic_write(paths[0]) as handle:
+        handle.write(json.dumps({**meta, "records": list(records)}, indent=2, default=str))
+    with atomic_write(paths[1], newline="") as handle:
         params = [key for key in dict.fromkeys(k for r in records for k in r) if key not in CSV_FIELDS
                   and key not in NOT_IN_CSV]
         writer = csv.DictWriter(handle, fieldnames=[*CSV_FIELDS, *params], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    paths[2].write_text(table + "\n")
+    with atomic_write(paths[2]) as handle:
+        handle.write(table + "\n")
     return paths

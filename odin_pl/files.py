@@ -1,0 +1,51 @@
+"""Files that are never seen half-written: a temporary file beside the target, flushed, then renamed over it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from odin_pl.errors import OutputError
+
+#: errno values a user fixes (free space, permissions, a read-only mount), reported as an OutputError.
+_USER_FIXABLE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.EROFS: "the file system is read-only"}
+
+
+def replace_atomically(staging: str | Path, path: str | Path) -> None:
+    """Put the complete file ``staging`` in place of ``path``: flush it to disk, rename it (atomic within one
+    filesystem: ``staging`` must lie beside ``path``), then flush the folder, so that a crash at any moment leaves
+    either the old or the new file at ``path``."""
+    with open(staging, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(staging, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]:
+    """Open a hidden temporary file beside ``path`` for writing; when the block ends, put it in place with
+    :func:`replace_atomically`. If anything fails the temporary file is removed and ``path`` keeps its old content;
+    a full disk or missing permission becomes an :class:`~odin_pl.errors.OutputError` that names the file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, mode, **open_args) as handle:
+            yield handle
+        replace_atomically(temporary, path)
+    except BaseException as err:
+        temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _USER_FIXABLE and not isinstance(err, OutputError):
+            raise OutputError(f"cannot write {path}: {_USER_FIXABLE[err.errno]} ({err.strerror}); free space or "
+                              f"choose another output folder (--output.dir), then run again with --output.resume "
+                              f"true to keep what was already computed") from err
+        raise

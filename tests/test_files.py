@@ -1,0 +1,61 @@
+"""odin_pl.files: atomic writes keep the old file and leave no temporary file when writing fails."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from odin_pl import report
+from odin_pl.errors import OutputError, UserError
+from odin_pl.files import atomic_write
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_atomic_write_replaces_the_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "folder" / "a.txt"
+    with atomic_write(path) as handle:
+        handle.write("first")
+        assert not path.exists()  # nothing at the target until the block ends
+    assert path.read_text() == "first" and sorted(p.name for p in path.parent.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied"),
+                                         (errno.EROFS, "the file system is read-only")])
+def test_a_failed_write_keeps_the_old_file_and_says_why(tmp_path: Path, code: int, words: str) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with pytest.raises(OutputError, match=f"cannot write {re.escape(str(path))}: {words}.*--output.dir") as caught:
+        with atomic_write(path) as handle:
+            handle.write("half")
+            raise OSError(code, "injected")
+    assert isinstance(caught.value, UserError) and isinstance(caught.value, OSError)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_other_errors_pass_through_and_leave_nothing(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        with atomic_write(tmp_path / "b.txt") as handle:
+            handle.write("x")
+            raise KeyError("a bug keeps its type")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_survive_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_results over an earlier run's files: a disk that fills while results.csv is written leaves
+    results.json complete (new), results.csv and table.md as they were, and no hidden temporary file."""
+    records = [{"ood": "gaussian", "method": "msp", "auroc": 0.9}]
+    report.write_results(tmp_path, records, {"seed": 0}, "old table")
+    before = (tmp_path / "results.csv").read_text()
+    monkeypatch.setattr(report.csv, "DictWriter", _disk_full)
+    with pytest.raises(OutputError, match="results.csv: the disk is full"):
+        report.write_results(tmp_path, [{**records[0], "auroc": 0.5}], {"seed": 0}, "new table")
+    assert json.loads((tmp_path / "results.json").read_text())["records"][0]["auroc"] == 0.5
+    assert (tmp_path / "results.csv").read_text() == before and (tmp_path / "table.md").read_text() == "old table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json", "table.md"]
