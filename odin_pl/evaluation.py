@@ -25,11 +25,12 @@ from odin_pl.convert import load_foreign_model
 from odin_pl.distributed import world
 from odin_pl.environment import describe_environment
 from odin_pl.eval_config import ModelSource, ProtocolConfig
+from odin_pl.fingerprint import file_sha256
 from odin_pl.module import ImageClassifier
 from odin_pl.methods import Plan, Setting
 from odin_pl.protocol import ProtocolResult, run_protocol
 from odin_pl.report import results_tables
-from odin_pl.score_store import ScoreStore, file_sha256
+from odin_pl.score_store import ScoreStore
 from odin_pl.spec import ImageSpec
 
 IN_DISTRIBUTION = "in_distribution"
