@@ -38,6 +38,7 @@ from odin_pl.distributed import world
 from odin_pl.aggregate import aggregate_runs, aggregate_table
 from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig
 from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
+from odin_pl.fingerprint import file_sha256
 from odin_pl.prediction import detect_dataset, write_detections
 from odin_pl.run_logging import log_run
 from odin_pl.report import write_results
@@ -225,6 +226,8 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     if run.reused_score_files:
         print(f"Resumed: reused {len(run.reused_score_files)} saved score file(s): "
               f"{', '.join(run.reused_score_files)}")
+    if run.fits is not None and run.fits.reused:
+        print(f"Resumed: reused the saved fit(s) of {', '.join(run.fits.reused)} ({out / 'fits'})")
     print(f"Results: {', '.join(map(str, files.results))}; figures in {out / 'figures'}; detectors: "
           f"{', '.join(map(str, files.detectors))}")
     analyses = _run_analyses(run, target, suite)
@@ -300,7 +303,7 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     target = load_target(config)
     target.model.to(device=fabric.device, dtype=config.runtime.dtype)
-    detector = Detector.load(config.detector, target.model)
+    detector = Detector.load(config.detector, target.model, weights_sha256=file_sha256(target.weights_file))
     spec = target.spec
     dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images,
                                 exclude=[config.output_folder])

@@ -45,9 +45,9 @@ from datamodules.base import ImageDataModule
 from odin_pl.artifacts import artifact_name, log_checkpoint
 from odin_pl.checkpoint import run_progress, training_record
 from odin_pl.console import quiet_console
+from odin_pl.fingerprint import file_sha256
 from odin_pl.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
 from odin_pl.module import ImageClassifier
-from odin_pl.score_store import file_sha256
 
 ROOT = Path(__file__).resolve().parent
 QUICKSTART_CONFIG = ROOT / "configs" / "experiment" / "quickstart.yaml"

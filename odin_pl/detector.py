@@ -4,19 +4,24 @@
 (:func:`odin_pl.metrics.threshold_at_tpr`: the largest delta with mean(scores >= delta) >= tpr), ``predict(x)``
 flags ``score < threshold`` as OOD, and ``save`` / ``load`` keep everything but the model's weights in a small,
 human-readable JSON file (format version 2 names the method; version 1 files are ODIN detectors and still load).
+A detector of a method fitted on training features (mahalanobis, react, knn) records its fit file (relative to the
+detector file) and that file's SHA-256, and refuses to load when the file changed.
 :class:`ODINDetector` is the ODIN detector with (T, epsilon) as its arguments.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from odin_pl.methods import Setting, create_method
+from odin_pl.features import FeatureModel, Fits
+from odin_pl.fits import SavedFit, load_fit
+from odin_pl.methods import Setting, create_method, method_batch
 from odin_pl.metrics import _as_scores, threshold_at_tpr
 from odin_pl.scoring import Batch, max_softmax
 from odin_pl.spec import ImageSpec
@@ -40,12 +45,13 @@ class Detector:
 
     ``model`` takes images normalized with ``input_spec`` (its std makes ODIN's epsilon a step in [0, 1] pixels)
     and must be in eval mode. ``params``: the setting, by name or in the method's parameter order. ``tuned_on``
-    records where the setting and threshold come from (data, seed, split).
+    records where the setting and threshold come from (data, seed, split). ``fit``: the saved fit of a method
+    that needs one (``<output_dir>/fits/<method>.pt``), made for ``model``.
     """
 
     def __init__(self, model: nn.Module, method: str, params: Mapping[str, float] | Sequence[float],
-                 input_spec: ImageSpec, threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None
-                 ) -> None:
+                 input_spec: ImageSpec, threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None,
+                 fit: SavedFit | None = None) -> None:
         self.method = create_method(method)
         if isinstance(params, Mapping):
             names = [p.name for p in self.method.params]
@@ -59,6 +65,23 @@ class Detector:
         self.input_spec = input_spec
         self.threshold, self.tpr = float(threshold), float(tpr)
         self.tuned_on = dict(tuned_on or {})
+        self.fit_file, self.fits = fit, self._fits(model, fit)
+
+    def _fits(self, model: nn.Module, fit: SavedFit | None) -> Fits | None:
+        """The fit of a fitted method on ``model``'s features (None for other methods), checked to match."""
+        name = self.method.name
+        if not self.method.needs_fit:
+            if fit is not None:
+                raise ValueError(f"method {name!r} needs no fit; got the fit file {fit.path}")
+            return None
+        if fit is None:
+            raise ValueError(f"method {name!r} scores with a fit on the training images: pass fit= (evaluate.py "
+                             f"saves it to <output_dir>/fits/{name}.pt)")
+        if fit.method != name:
+            raise ValueError(f"the fit file {fit.path} is the fit of {fit.method!r}, not of {name!r}")
+        self.method.settings_for_fit([self.setting], fit.tensors)
+        device = next(model.parameters()).device
+        return Fits(FeatureModel(model), {name: {key: t.to(device) for key, t in fit.tensors.items()}})
 
     @property
     def params(self) -> dict[str, float]:
@@ -66,11 +89,11 @@ class Detector:
 
     @classmethod
     def fit(cls, model: nn.Module, method: str, params: Mapping[str, float] | Sequence[float],
-            input_spec: ImageSpec, in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None
-            ) -> "Detector":
+            input_spec: ImageSpec, in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None,
+            fit: SavedFit | None = None) -> "Detector":
         """A detector whose threshold keeps at least ``tpr`` of the in-distribution ``in_scores`` (the method's
         scores at this setting)."""
-        detector = Detector(model, method, params, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on)
+        detector = Detector(model, method, params, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on, fit=fit)
         detector.fit_threshold(in_scores, tpr)
         return detector
 
@@ -80,7 +103,8 @@ class Detector:
         return self.threshold
 
     def _batch(self, x: Tensor) -> Batch:
-        return Batch(self.model, x, self.input_spec.std, self.method.gradient_temperatures([self.setting]))
+        return method_batch(self.model, x, {self.method.name: (self.method, [self.setting])}, self.input_spec.std,
+                            fits=self.fits)
 
     def score(self, x: Tensor) -> Tensor:
         """The method's scores [B] of a normalized batch (higher = more in-distribution)."""
@@ -101,25 +125,32 @@ class Detector:
         detection = self.predict_all(x)
         return detection.is_ood, detection.predicted_class
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, folder: Path | None = None) -> dict[str, Any]:
+        """The detector's fields; a fit file's path is relative to ``folder`` (the detector file's) when given."""
         from odin_pl import __version__
 
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "odin_pl_version": __version__,
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "odin_pl_version": __version__,
                 "method": self.method.name, "params": self.params, "threshold": self.threshold, "tpr": self.tpr,
                 "input_spec": self.input_spec.to_dict(), "tuned_on": self.tuned_on}
+        if self.fit_file is not None:
+            path = self.fit_file.path.resolve()
+            data["fit"] = {"file": os.path.relpath(path, folder.resolve()) if folder is not None else str(path),
+                           "sha256": self.fit_file.sha256}
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write the detector (not the weights) as JSON; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(path.parent), indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> "Detector":
+    def load(cls, path: str | Path, model: nn.Module, weights_sha256: str | None = None) -> "Detector":
         """The detector saved at ``path`` (format version 1 or 2), on ``model`` (whose spec and class count must
         match): an :class:`ODINDetector` for ODIN, else a :class:`Detector` of its method (which
-        ``ODINDetector.load`` refuses)."""
+        ``ODINDetector.load`` refuses). A fitted method's fit file must still have its recorded SHA-256 and, given
+        ``weights_sha256`` (of the model's weights file), have been made with those weights."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"detector file {path} does not exist; evaluate.py writes one per tuned set "
@@ -138,13 +169,14 @@ class Detector:
             method, params = (("odin", {"temperature": data["temperature"], "epsilon": data["epsilon"]})
                               if version == 1 else (data["method"], data["params"]))
             spec, rest = ImageSpec.from_dict(data["input_spec"]), (data["threshold"], data["tpr"], data.get("tuned_on"))
+            fit = _load_fit(path, data["fit"], weights_sha256) if "fit" in data else None
         except KeyError as err:
             raise ValueError(f"{path} lacks the field {err}: not a complete detector file") from err
         if method == "odin" and isinstance(params, dict) and set(params) == {"temperature", "epsilon"}:
             return ODINDetector(model, params["temperature"], params["epsilon"], spec, *rest)
         if cls is ODINDetector:
             raise ValueError(f"{path} is a detector of the method {method!r}, not ODIN: load it with Detector.load")
-        return Detector(model, method, params, spec, *rest)
+        return Detector(model, method, params, spec, *rest, fit=fit)
 
 
 class ODINDetector(Detector):
@@ -168,6 +200,17 @@ class ODINDetector(Detector):
     @property
     def epsilon(self) -> float:
         return self.setting[1]
+
+
+def _load_fit(path: Path, record: Mapping[str, str], weights_sha256: str | None) -> SavedFit:
+    """The fit file a detector file records (its path relative to the detector's folder), checked against the
+    recorded SHA-256 and, when given, the weights' SHA-256."""
+    fit = load_fit(path.parent / record["file"], record["sha256"])
+    made_with = fit.context.get("weights_sha256")
+    if weights_sha256 is not None and made_with != weights_sha256:
+        raise ValueError(f"the fit {fit.path} of detector {path} was made with the weights of SHA-256 {made_with}, "
+                         f"not these ({weights_sha256}): load the detector with the model it was tuned for")
+    return fit
 
 
 def _check_model_fits(model: nn.Module, spec: ImageSpec) -> None:

@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
 
 T = TypeVar("T")
 
@@ -29,6 +30,14 @@ def world() -> tuple[int, int]:
 def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
     """Indices rank, rank + world_size, ... of range(n)."""
     return list(range(rank, n, world_size))
+
+
+def shard_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Batches of this process's shard of ``dataset`` (its :func:`shard_indices`; all of it without a process
+    group), in order."""
+    rank, world_size = world()
+    shard = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
 def gather_shards(local: Tensor, n: int) -> Tensor:

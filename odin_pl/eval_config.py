@@ -30,7 +30,7 @@ from lightning.pytorch import LightningDataModule
 from odin_pl.analyses import check_analyses, parse_analyses
 from odin_pl.bootstrap import DEFAULT_RESAMPLES
 from odin_pl.loggers import LoggerOptions
-from odin_pl.methods import list_methods
+from odin_pl.methods import create_method, list_methods
 from odin_pl.protocol import MethodGrid
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
 
@@ -331,8 +331,14 @@ class ModelSource:
 
 @dataclass
 class ProtocolConfig(ModelSource):
-    """A protocol run: what to evaluate (see :class:`ModelSource`) and the option groups."""
+    """A protocol run: what to evaluate (see :class:`ModelSource`) and the option groups.
 
+    Args:
+        fit_images: the feature methods (mahalanobis, react, knn) fit on a seeded subset of this many
+            in-distribution training images (default: all of them).
+    """
+
+    fit_images: int | None = None
     ood: OODOptions = field(default_factory=OODOptions)
     tuning: TuningOptions = field(default_factory=TuningOptions)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -343,6 +349,14 @@ class ProtocolConfig(ModelSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.fit_images is not None:
+            if self.fit_images < 1:
+                raise ValueError(f"--fit_images must be at least 1 (training images to fit the feature methods on), "
+                                 f"got {self.fit_images}; leave it out to fit on all of them")
+            if not any(create_method(name).needs_fit for name in self.tuning.methods):
+                raise ValueError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
+                                 f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
+                                 "drop it or add such a method")
         check_analyses(self.analyses.names, self.tuning.methods)
         if self.analyses.names and (self.runtime.devices or 1) * (self.runtime.num_nodes or 1) > 1:
             raise ValueError("the analyses run in a single process: run them with --runtime.devices 1, or later on "

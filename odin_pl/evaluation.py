@@ -25,11 +25,13 @@ from odin_pl.convert import load_foreign_model
 from odin_pl.distributed import world
 from odin_pl.environment import describe_environment
 from odin_pl.eval_config import ModelSource, ProtocolConfig
+from odin_pl.fingerprint import file_sha256
+from odin_pl.fits import RunFits, prepare_fits, training_set
+from odin_pl.methods import Plan, Setting, create_method
 from odin_pl.module import ImageClassifier
-from odin_pl.methods import Plan, Setting
-from odin_pl.protocol import ProtocolResult, run_protocol
+from odin_pl.protocol import MethodGrid, ProtocolResult, run_protocol, split_seed
 from odin_pl.report import results_tables
-from odin_pl.score_store import ScoreStore, file_sha256
+from odin_pl.score_store import ScoreStore
 from odin_pl.spec import ImageSpec
 
 IN_DISTRIBUTION = "in_distribution"
@@ -80,6 +82,7 @@ class ProtocolRun:
     processes: int = 1
     threads_per_process: int = 1
     environment: dict[str, Any] = field(default_factory=dict)
+    fits: RunFits | None = None
 
     @property
     def mode(self) -> str:
@@ -130,6 +133,7 @@ class ProtocolRun:
                                                "grid_edge": s.edge_note} for name, s in by_set.items()}
                                for method, by_set in selections.items()},
                 "splits": self.result.splits,
+                "fits": {name: saved.describe() for name, saved in self.fits.saved.items()} if self.fits else {},
                 "runtime": {"processes": self.processes, "threads_per_process": self.threads_per_process,
                             "precision": self.config.runtime.precision},
                 "bootstrap": {"resamples": bootstrap.resamples, "level": LEVEL, "method": "paired percentile",
@@ -139,10 +143,14 @@ class ProtocolRun:
 
 
 def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
-                sources: Mapping[str, str], tuning_only: Mapping[str, Dataset]) -> ScoreStore:
-    """The run's score files: fingerprinted by the weights, precision, seed, tuning size, image count and sets."""
-    context = {"weights_sha256": file_sha256(target.weights_file), "float64": config.runtime.precision == "64-true",
+                sources: Mapping[str, str], tuning_only: Mapping[str, Dataset], weights_sha256: str,
+                fits: RunFits | None) -> ScoreStore:
+    """The run's score files: fingerprinted by the weights, precision, seed, tuning size, image count, sets and
+    (with feature methods) the fits' files."""
+    context = {"weights_sha256": weights_sha256, "float64": config.runtime.precision == "64-true",
                "seed": config.seed, "n_tune": config.tuning.n_tune, "num_ood_images": config.ood.num_images}
+    if fits is not None:
+        context["fits_sha256"] = fits.sha256
     sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
     return ScoreStore(config.output_dir / "scores", context,
                       {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset)}
@@ -163,7 +171,11 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     """
     runtime, tuning = config.runtime, config.tuning
     target.model.to(device=device, dtype=runtime.dtype)
-    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {})
+    rank = world()[0]
+    weights_sha256 = file_sha256(target.weights_file)
+    methods = tuning.method_grids()
+    fits = run_fits(config, target, methods, weights_sha256, device, saved_only=saved_scores_only)
+    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {}, weights_sha256, fits)
     resume = store.load if config.output.resume else None
 
     def load_saved(name: str, split: str, plan: Plan) -> dict[str, Tensor]:
@@ -173,20 +185,37 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
                              " run the protocol (again) into this folder with --output.resume true first")
         return scores
 
-    rank = world()[0]
     result = run_protocol(
         target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode,
-        methods=tuning.method_grids(), tune_on=tuning.tune_on, tuning_only_datasets=tuning_only,
-        n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
+        methods=fits.methods if fits is not None else methods, tune_on=tuning.tune_on,
+        tuning_only_datasets=tuning_only, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
         num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
-        load_scores=load_saved if saved_scores_only else resume, progress=rank == 0)
+        load_scores=load_saved if saved_scores_only else resume, progress=rank == 0,
+        fits=fits.fits if fits is not None else None)
+    if fits is not None:
+        result.notes[:0] = fits.notes
     if rank == 0 and config.bootstrap.resamples:
         for record, intervals in zip(result.records, record_intervals(result, config.bootstrap.resamples,
                                                                       config.seed)):
             record.update(intervals)
-    return ProtocolRun(config, target.spec, target.model.hparams.backbone, store.context["weights_sha256"], result,
+    return ProtocolRun(config, target.spec, target.model.hparams.backbone, weights_sha256, result,
                        list(skipped or []), store.reused, processes=world()[1],
-                       threads_per_process=torch.get_num_threads(), environment=describe_environment(device))
+                       threads_per_process=torch.get_num_threads(), environment=describe_environment(device),
+                       fits=fits)
+
+
+def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: list[MethodGrid], weights_sha256: str,
+             device: torch.device | str, saved_only: bool = False) -> RunFits | None:
+    """The fits of the run's feature methods (None without any) on the DataModule's training split (a seeded
+    ``--fit_images`` subset), saved in ``<output_dir>/fits/``; with ``--output.resume`` (or ``saved_only``, which
+    fails instead of fitting) a saved fit that matches is reused."""
+    if not any(create_method(grid.name).needs_fit for grid in methods):
+        return None
+    train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit"))
+    return prepare_fits(target.model, methods, train, folder=config.output_dir / "fits",
+                        weights_sha256=weights_sha256, reuse=config.output.resume or saved_only,
+                        fit_missing=not saved_only, batch_size=config.runtime.batch_size,
+                        num_workers=config.runtime.num_workers, device=device, progress=world()[0] == 0)
 
 
 def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset]
@@ -198,4 +227,4 @@ def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: M
         ood_datasets=ood_datasets, result=run.result, grid=config.tuning.grid,
         output_dir=config.output_dir / "analyses", seed=config.seed, batch_size=config.runtime.batch_size,
         device=next(target.model.parameters()).device, num_images=config.analyses.images,
-        class_names=run.spec.class_names)
+        class_names=run.spec.class_names, fits=run.fits.fits if run.fits is not None else None)

@@ -108,10 +108,12 @@ class ImageClassifier(pl.LightningModule):
                              "that has an `image_spec` property")
         self._build(spec)
 
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """x in the memory format the backbone runs in (channels_last when configured)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self.prepare_input(x))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

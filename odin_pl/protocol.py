@@ -20,10 +20,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_indices, world
+from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
+from odin_pl.features import Fits
 from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
 from odin_pl.report import main_records
@@ -38,22 +39,20 @@ ScoresLoader = Callable[[str, str, Plan], "dict[str, Tensor] | None"]
 def score_plan(
     model: nn.Module, dataset: Dataset, plan: Plan, *, input_std: StdLike = None, batch_size: int = 256,
     num_workers: int = 0, device: str | torch.device | None = None, forward_batch_size: int | None = None,
-    desc: str | None = None,
+    desc: str | None = None, fits: Fits | None = None,
 ) -> dict[str, Tensor]:
     """Scores [len(settings), len(dataset)] (on the CPU) per method of ``plan`` of every image of a data set
-    yielding (image, label); one forward pass per batch serves all methods.
+    yielding (image, label); one forward pass per batch serves all methods (``fits``: those of the fitted ones).
 
     In a process group, each process scores its own shard and all get the gathered scores in dataset order.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    rank, world_size = world()
-    shard = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks: dict[str, list[Tensor]] = {name: [] for name in plan}
-    for images, _ in tqdm(loader, desc=desc, disable=desc is None or rank > 0, leave=False):
+    loader = shard_loader(dataset, batch_size, num_workers)
+    for images, _ in tqdm(loader, desc=desc, disable=desc is None or world()[0] > 0, leave=False):
         images = images.to(device=device, dtype=dtype, non_blocking=True)
-        for name, scores in score_batch(model, images, plan, input_std, forward_batch_size).items():
+        for name, scores in score_batch(model, images, plan, input_std, forward_batch_size, fits).items():
             chunks[name].append(scores.cpu())
     if len(dataset) == 0:
         raise ValueError(f"{desc or 'the data set'} is empty: nothing to score")
@@ -186,9 +185,11 @@ def run_protocol(
     progress: bool = True,
     on_scores: ScoresHook | None = None,
     load_scores: ScoresLoader | None = None,
+    fits: Fits | None = None,
 ) -> ProtocolResult:
     """Run the protocol for ``methods`` (default: MSP and ODIN over ``grid``, fixed mode at ``temperature`` and
-    ``epsilon``); ``on_scores(set, split, plan, scores)`` sees every pass's scores as they are computed.
+    ``epsilon``); ``on_scores(set, split, plan, scores)`` sees every pass's scores as they are computed. ``fits``:
+    the fits of the methods that need one (``odin_pl.fits.prepare_fits``).
 
     ``load_scores(set, split, plan)``, asked before each scoring pass, may return saved scores (per method,
     [len(settings), n]) of exactly that split to use instead (to resume a run); it must check that they come from
@@ -231,7 +232,7 @@ def run_protocol(
         total = sum(len(s) for s in plan.values())
         scores = score_plan(model, dataset, plan, input_std=input_std, batch_size=batch_size,
                             num_workers=num_workers, device=device,
-                            desc=f"{name}/{split} ({total} settings)" if progress else None)
+                            desc=f"{name}/{split} ({total} settings)" if progress else None, fits=fits)
         if on_scores is not None:
             on_scores(name, split, plan, scores)
         return scores

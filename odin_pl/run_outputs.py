@@ -47,15 +47,17 @@ def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
 def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> list[Path]:
     """One :class:`Detector` per tuning of each method (or for its fixed setting; see
     :meth:`ProtocolRun.detector_settings`), its threshold at 95% TPR on the in-distribution test split, so that its
-    flags reproduce the reported FPR at 95% TPR."""
+    flags reproduce the reported FPR at 95% TPR; a fitted method's detector records the run's fit file."""
     config = run.config
     info = {"checkpoint": str(config.weights_file), "weights_sha256": run.weights_sha256,
             "in_distribution": run.spec.dataset, "mode": run.mode, "seed": config.seed,
             "n_tune": config.tuning.n_tune, "threshold_split": f"{IN_DISTRIBUTION}/test"}
+    saved_fits = run.fits.saved if run.fits is not None else {}
     paths = []
     for stem, (method, setting, ood_set) in run.detector_settings().items():
         in_scores = run.result.in_test_scores[method, setting]
         tuned_on = {**info, "ood_set": ood_set, "n_threshold_images": len(in_scores)}
-        detector = Detector.fit(model, method, setting, run.spec, in_scores, tuned_on=tuned_on)
+        detector = Detector.fit(model, method, setting, run.spec, in_scores, tuned_on=tuned_on,
+                                fit=saved_fits.get(method))
         paths.append(detector.save(folder / f"{stem}.json"))
     return paths

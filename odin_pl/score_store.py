@@ -9,7 +9,6 @@ of an earlier version, is scored again).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,10 +19,15 @@ from torch import Tensor
 Plan = Mapping[str, Sequence[Sequence[float]]]
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the fingerprint of a checkpoint or weights file)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` through a temporary file renamed into place: never a half-written file. Saved
+    through a file handle, the bytes depend on ``obj`` alone (a path would name the archive inside after the
+    temporary file), so that equal contents have equal SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+    os.replace(temporary, path)
 
 
 def _plan(plan: Plan) -> dict[str, list[list[float]]]:
@@ -48,13 +52,9 @@ class ScoreStore:
         return {**self.context, "set": self.sets.get(name)}
 
     def save(self, name: str, split: str, plan: Plan, scores: Mapping[str, Tensor]) -> None:
-        """Write the scores atomically (a temporary file renamed into place: never a half-written file)."""
-        path = self.path(name, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"plan": _plan(plan), "scores": {m: t.cpu() for m, t in scores.items()},
-                    "context": self._context(name)}, temporary)
-        os.replace(temporary, path)
+        """Write the scores atomically (see :func:`save_atomically`)."""
+        save_atomically({"plan": _plan(plan), "scores": {m: t.cpu() for m, t in scores.items()},
+                         "context": self._context(name)}, self.path(name, split))
 
     def load(self, name: str, split: str, plan: Plan) -> dict[str, Tensor] | None:
         """The saved scores of (set, split) for exactly this plan and this context, else None."""

@@ -15,13 +15,16 @@ loops) and never write ``.grad`` on parameters.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from odin_pl.features import Fit, Fits
+
 StdLike = Sequence[float] | Tensor | None
+FeatureLoss = Callable[[Tensor], Tensor]  # penultimate features h [B, D] -> a scalar summed over the batch
 
 
 def check_temperature(temperature: float) -> None:
@@ -92,35 +95,29 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
                          f"size?): {err}") from err
 
 
-def logits_and_steps(
-    model: nn.Module, x: Tensor, temperatures: Sequence[float], input_std: StdLike = None
-) -> tuple[Tensor, list[Tensor]]:
-    """One forward pass, then one input gradient per temperature.
+def sign_steps(x_leaf: Tensor, losses: Sequence[Tensor], std: Tensor | None) -> list[Tensor]:
+    """For each scalar loss of one forward graph on the leaf x, the input step sign+(d loss / dx) / std (sign+ maps
+    0 to +1, as ODIN's reference code; ``std`` as from :func:`std_view`, or None), so that x_tilde = x - epsilon *
+    step for any epsilon. The graph is kept until the last loss."""
+    steps = []
+    for i, loss in enumerate(losses):
+        (grad,) = torch.autograd.grad(loss, x_leaf, retain_graph=i < len(losses) - 1)
+        step = torch.where(grad >= 0, 1.0, -1.0).to(x_leaf.dtype)
+        steps.append(step / std if std is not None else step)
+    return steps
 
-    Returns the clean logits f(x) and, for each T, the step s_T = sign+(d CE(f(x)/T, y_hat) / dx) / std
-    (sign+ maps 0 to +1), so that x_tilde = x - epsilon * s_T for any epsilon. The forward graph is shared by
-    all temperatures; only the input gets a gradient.
-    """
-    std = std_view(input_std, x)
-    with torch.inference_mode(False), torch.enable_grad():
-        x_leaf = x.clone().requires_grad_(True)
-        logits = _forward(model, x_leaf)
-        y_hat = logits.argmax(dim=1)
-        steps = []
-        for i, temperature in enumerate(temperatures):
-            loss = F.cross_entropy(logits / temperature, y_hat, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_leaf, retain_graph=i < len(temperatures) - 1)
-            step = torch.where(grad >= 0, 1.0, -1.0).to(x.dtype)
-            steps.append(step / std if std is not None else step)
-        return logits.detach(), steps
+
+def odin_loss(logits: Tensor, temperature: float) -> Tensor:
+    """sum_b CE(f(x_b) / T, y_hat_b) with y_hat = argmax f(x): the loss whose input gradient ODIN steps against."""
+    return F.cross_entropy(logits / temperature, logits.argmax(dim=1), reduction="sum")
 
 
 @torch.no_grad()
-def perturbed_scores(
-    model: nn.Module, x: Tensor, step: Tensor, temperature: float, epsilons: Sequence[float],
+def perturbed_rows(
+    score: Callable[[Tensor], Tensor], x: Tensor, step: Tensor, epsilons: Sequence[float],
     forward_batch_size: int | None = None,
 ) -> Tensor:
-    """S(x - epsilon * step; T) for every epsilon, as a tensor [len(epsilons), B].
+    """score(x - epsilon * step) (a score per image) for every epsilon, as a tensor [len(epsilons), B].
 
     The perturbed copies of several epsilons are stacked into forward batches of up to
     ``forward_batch_size`` images (default: the batch size) to keep the device busy.
@@ -132,8 +129,17 @@ def perturbed_scores(
     for start in range(0, len(eps), per_chunk):
         chunk = eps[start:start + per_chunk].view(-1, 1, 1, 1, 1)
         x_tilde = (x.unsqueeze(0) - chunk * step.unsqueeze(0)).flatten(0, 1)
-        out.append(max_softmax(_forward(model, x_tilde), temperature).view(len(chunk), batch))
+        out.append(score(x_tilde).view(len(chunk), batch))
     return torch.cat(out) if out else x.new_zeros(0, batch)
+
+
+def perturbed_scores(
+    model: nn.Module, x: Tensor, step: Tensor, temperature: float, epsilons: Sequence[float],
+    forward_batch_size: int | None = None,
+) -> Tensor:
+    """S(x - epsilon * step; T) for every epsilon, as a tensor [len(epsilons), B] (see :func:`perturbed_rows`)."""
+    return perturbed_rows(lambda z: max_softmax(_forward(model, z), temperature), x, step, epsilons,
+                          forward_batch_size)
 
 
 class Batch:
@@ -143,26 +149,66 @@ class Batch:
     ``step(T)``: ODIN's input step for temperature T (one backward each, on that same forward's graph), for the
     ``gradient_temperatures`` asked for when the batch was made.
     ``forward_batch_size``: the most images per forward pass of perturbed copies (default: the batch size).
+
+    With ``fits`` (for the methods fitted on training features), the forward pass goes through the penultimate
+    features: ``features`` is h(x) and ``logits`` the classifier applied to it (``fits.model`` checks once that
+    they reproduce the model); ``feature_step(name)`` is the input step sign+(d loss / dx) / std of each of the
+    ``feature_losses`` (functions of h), on the same graph; ``fit(name)`` is a method's fit.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, input_std: StdLike = None,
-                 gradient_temperatures: Sequence[float] = (), forward_batch_size: int | None = None) -> None:
+                 gradient_temperatures: Sequence[float] = (), forward_batch_size: int | None = None, *,
+                 fits: Fits | None = None, feature_losses: Mapping[str, FeatureLoss] | None = None) -> None:
         check_model_in_eval(model)
         check_images(x, model)
         self.model, self.x, self.input_std, self.forward_batch_size = model, x, input_std, forward_batch_size
+        self.fits = fits
         temperatures = list(dict.fromkeys(float(t) for t in gradient_temperatures))
-        if temperatures:
-            self.logits, steps = logits_and_steps(model, x, temperatures, input_std)
+        feature_losses = dict(feature_losses or {})
+        if feature_losses and fits is None:
+            raise ValueError("feature losses need the model's features: pass fits")
+        std = std_view(input_std, x)
+
+        def forward(z: Tensor) -> tuple[Tensor | None, Tensor]:
+            return fits.model(z) if fits is not None else (None, _forward(model, z))
+
+        if temperatures or feature_losses:
+            with torch.inference_mode(False), torch.enable_grad():
+                x_leaf = x.clone().requires_grad_(True)
+                h, logits = forward(x_leaf)
+                losses = [odin_loss(logits, t) for t in temperatures] + [loss(h) for loss in feature_losses.values()]
+                steps = sign_steps(x_leaf, losses, std)
         else:
-            std_view(input_std, x)  # checks it
             with torch.no_grad():
-                self.logits, steps = _forward(model, x), []
+                h, logits = forward(x)
+            steps = []
+        self.logits = logits.detach()
+        self._features = h.detach() if h is not None else None
         self._steps = dict(zip(temperatures, steps))
+        self._feature_steps = dict(zip(feature_losses, steps[len(temperatures):]))
 
     def step(self, temperature: float) -> Tensor:
         if float(temperature) not in self._steps:
             raise KeyError(f"no input gradient at T = {temperature}: pass it in gradient_temperatures")
         return self._steps[float(temperature)]
+
+    @property
+    def features(self) -> Tensor:
+        """The penultimate features h(x) [B, D] (a batch made with ``fits``)."""
+        if self._features is None:
+            raise KeyError("this batch has no penultimate features: make it with fits")
+        return self._features
+
+    def feature_step(self, name: str) -> Tensor:
+        if name not in self._feature_steps:
+            raise KeyError(f"no input gradient of the feature loss {name!r}: pass it in feature_losses")
+        return self._feature_steps[name]
+
+    def fit(self, method: str) -> Fit:
+        """The fit of ``method`` on the training features (a batch made with ``fits``)."""
+        if self.fits is None:
+            raise KeyError(f"method {method!r} needs its fit on the training images: make the batch with fits")
+        return self.fits.of(method)
 
 
 def odin_gradient_temperatures(settings: Sequence[tuple[float, float]]) -> list[float]:

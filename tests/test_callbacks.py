@@ -61,6 +61,13 @@ def test_callback_rejects_bad_settings(tmp_path) -> None:
 
 
 
+@pytest.mark.parametrize("method", ["mahalanobis", "react", "knn"])
+def test_callback_does_not_offer_methods_fitted_on_training_images(method: str) -> None:
+    with pytest.raises(ValueError, match=f"method '{method}' needs a fit on training data: evaluate it with "
+                                         "evaluate.py, not in the callback"):
+        ODINEvalCallback(methods=["msp", method])
+
+
 def _validate_with(callbacks: list[ODINEvalCallback], tmp_path) -> dict[str, float]:
     model, datamodule = _tiny_model_and_data()
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,

@@ -1,4 +1,5 @@
-"""ODINDetector: threshold at a target TPR, predictions from one pass, JSON save/load, evaluate's detector files."""
+"""ODINDetector: threshold at a target TPR, predictions from one pass, JSON save/load, evaluate's detector files;
+a fitted method's detector and its fit file."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import sys
 import pytest
 import torch
 from conftest import REPO, saved_scores
+from feature_nets import N_CLASSES, images, labels, make_fits, tiny_net
 from torch import nn
 
 import evaluate
 from datamodules import build_ood_dataset
 from odin_pl import Detector, ODINDetector, msp_score, odin_score
 from odin_pl.checkpoint import load_model, read_checkpoint
+from odin_pl.fits import save_fit
+from odin_pl.methods import score_batch
 from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
 from odin_pl.spec import ImageSpec
 
@@ -113,6 +117,29 @@ def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
     four_classes = nn.Sequential(nn.Flatten(), nn.Linear(32, 4)).double().eval()
     with pytest.raises(ValueError, match="4 logits but the detector was tuned for 3 classes"):
         ODINDetector.load(path, four_classes).predict(_images(2))
+
+
+def test_a_fitted_method_s_detector_needs_its_own_fit_and_keeps_it_across_save_and_load(tmp_path) -> None:
+    model, x_train, y_train = tiny_net(), images(60, 4), labels(60)
+    spec = ImageSpec(size=4, channels=3, mean=(0.0,) * 3, std=(0.5, 0.25, 2.0),
+                     class_names=tuple(map(str, range(N_CLASSES))))
+    fits = make_fits(model, x_train, y_train, {"knn": [(10.0,)], "react": [(90.0,)]})
+    knn = save_fit(tmp_path / "fits" / "knn.pt", "knn", [(10.0,)], {"weights_sha256": "w"}, fits.of("knn"))
+    detector = Detector(model, "knn", {"k": 10}, spec, threshold=-0.5, fit=knn)
+    x = images(5, 9)
+    expected = score_batch(model, x, {"knn": [(10.0,)]}, spec.std, fits=fits)["knn"][0]
+    assert torch.equal(detector.score(x), expected)
+    path = detector.save(tmp_path / "detectors" / "knn.json")
+    assert json.loads(path.read_text())["fit"] == {"file": "../fits/knn.pt", "sha256": knn.sha256}
+    assert torch.equal(Detector.load(path, model, weights_sha256="w").score(x), expected)
+    with pytest.raises(ValueError, match="method 'knn' scores with a fit on the training images: pass fit="):
+        Detector(model, "knn", {"k": 10}, spec, threshold=-0.5)
+    with pytest.raises(ValueError, match="the fit file .*knn.pt is the fit of 'knn', not of 'react'"):
+        Detector(model, "react", {"percentile": 90}, spec, threshold=0.0, fit=knn)
+    with pytest.raises(ValueError, match="k = 61 is larger than the feature bank \\(60 training images\\)"):
+        Detector(model, "knn", {"k": 61}, spec, threshold=-0.5, fit=knn)
+    with pytest.raises(ValueError, match="method 'msp' needs no fit"):
+        Detector(model, "msp", {}, spec, threshold=0.5, fit=knn)
 
 
 def test_load_rejects_a_model_of_another_spec_or_class_count(quickstart_ckpt: str, tmp_path) -> None:

@@ -1,5 +1,6 @@
 """odin_pl.methods: each method against an independent float64 reference of its paper's definition and against
-pytorch-ood 0.4.0 (DESIGN, "Other detectors"), the registry, and a contract every registered method must keep.
+pytorch-ood 0.4.0 (DESIGN, "Other detectors"), the registry, and a contract every registered method must keep
+(the feature methods' references are in test_feature_methods.py).
 
 Tolerances: references in float64 to 1e-12 (relative to the scores' size); pytorch-ood: ours = -theirs to 1e-10.
 """
@@ -12,12 +13,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from feature_nets import IdentityFeatures, images, labels, make_fits, tiny_net
 from pytorch_ood.detector import ODIN as TheirODIN
 from pytorch_ood.detector import EnergyBased, Entropy, MaxLogit, MaxSoftmax
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from odin_pl.detector import Detector
+from odin_pl.features import FeatureModel, Fits
+from odin_pl.fits import save_fit
 from odin_pl.methods import Method, create_method, list_methods, register_method, score_batch
 from odin_pl.methods import registry as method_registry
 from odin_pl.protocol import MethodGrid, run_protocol
@@ -161,31 +165,51 @@ def _contract_methods() -> list[str]:
     return list_methods()
 
 
+def _fitted_scores(name: str, model: nn.Module, x: torch.Tensor, settings: list, train: tuple, fits: Fits | None = None,
+                   input_std=STD) -> torch.Tensor:
+    """The method's scores of x; a fitted method's fit is made on the training images ``train`` (or ``fits``)."""
+    if fits is None and create_method(name).needs_fit:
+        fits = make_fits(model, *train, {name: settings})
+    return score_batch(model, x, {name: settings}, input_std, fits=fits)[name]
+
+
+def _identity_training_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """20 features per class near 8 e_c (noise 0.1), as [120, 6, 1, 1] "images" of the identity model."""
+    y = torch.arange(120) % N_CLASSES
+    noise = 0.1 * torch.randn(120, N_CLASSES, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return (8.0 * nn.functional.one_hot(y, N_CLASSES).double() + noise).view(120, N_CLASSES, 1, 1), y
+
+
 @pytest.mark.parametrize("name", _contract_methods())
 def test_contract_shapes_direction_range_inference_mode_and_precision(name: str) -> None:
     method = create_method(name)
     settings = method.grid()[:3]
-    x, model = _images(), _model()
-    scores = _scores(name, x, settings, model)
+    x, model, train = images(9, 1, scale=3.0), tiny_net(), (images(60, 4), labels(60))
+    fits = make_fits(model, *train, {name: settings}) if method.needs_fit else None
+    scores = _fitted_scores(name, model, x, settings, train, fits)
     assert scores.shape == (len(settings), len(x)) and scores.dtype == torch.float64
     # Range, up to a few units in the last place.
     low, high = method.score_range(N_CLASSES)
     slack = 8 * torch.finfo(torch.float64).eps * max([1.0, *(abs(v) for v in (low, high) if math.isfinite(v))])
     assert bool(((scores >= low - slack) & (scores <= high + slack)).all()), (name, scores.min(), scores.max())
-    # Higher = in-distribution: confident logits (in) against flat ones (out), on the identity "model".
-    identity = nn.Flatten().eval()
+    # Higher = in-distribution: confident logits (in) against flat ones (out) on the identity "model", whose
+    # training features (for the fitted methods) lie near the confident ones.
+    identity = IdentityFeatures().eval()
     confident = torch.zeros(4, N_CLASSES, 1, 1, dtype=torch.float64)
     confident[torch.arange(4), torch.arange(4) % N_CLASSES] = 8.0
-    flat = torch.zeros(4, N_CLASSES, 1, 1, dtype=torch.float64)
-    s_in, s_out = (score_batch(identity, z, {name: settings})[name] for z in (confident, flat))
+    flat = torch.full((4, N_CLASSES, 1, 1), 0.5, dtype=torch.float64)
+    s_in, s_out = (_fitted_scores(name, identity, z, settings, _identity_training_set(), input_std=None)
+                   for z in (confident, flat))
     assert bool((s_in > s_out).all()), name
     # Under inference mode (Lightning's validate and test loops), the same scores.
     with torch.inference_mode():
-        assert torch.equal(_scores(name, x, settings, model), scores)
-    # float32 against float64: rtol 1e-4 plus 1e-6 of the range's width (1e-4 for unbounded scores).
+        assert torch.equal(_fitted_scores(name, model, x, settings, train, fits), scores)
+    # float32 against float64 (the same fit): rtol 1e-4 plus 1e-6 of the range's width (1e-4 for unbounded scores).
     width = high - low
     atol = 1e-6 * width if math.isfinite(width) else 1e-4
-    single = _scores(name, x.float(), settings, _model(torch.float32))
+    single_model = tiny_net(torch.float32)
+    single_fits = Fits(FeatureModel(single_model), fits.tensors) if fits is not None else None
+    single = _fitted_scores(name, single_model, x.float(), settings, train, single_fits)
     torch.testing.assert_close(single.double(), scores, rtol=1e-4, atol=atol)
 
 
@@ -197,17 +221,22 @@ def test_contract_protocol_and_saved_detector_round_trip(name: str, tmp_path) ->
 def _check_protocol_and_detector_round_trip(name: str, tmp_path) -> None:
     """The protocol tunes the method on a small grid; a detector at its choice, saved and loaded, gives the same
     scores and flags exactly the reported FPR at 95% TPR of the OOD test images."""
-    model, g = _model(), torch.Generator().manual_seed(2)
+    model, g = tiny_net(), torch.Generator().manual_seed(2)
     in_set = TensorDataset(torch.randn(40, 3, 4, 4, generator=g, dtype=torch.float64), torch.zeros(40))
     ood = {"ood": TensorDataset(3 * torch.randn(30, 3, 4, 4, generator=g, dtype=torch.float64), -torch.ones(30))}
     method = create_method(name)
     grid = MethodGrid(name, tuple(method.grid()[:4]))
-    result = run_protocol(model, in_set, ood, input_std=STD, methods=[grid], batch_size=16, progress=False)
+    fits, saved = None, None
+    if method.needs_fit:
+        fits = make_fits(model, images(60, 4), labels(60), {name: grid.settings})
+        saved = save_fit(tmp_path / "fits" / f"{name}.pt", name, grid.settings, {}, fits.of(name))
+    result = run_protocol(model, in_set, ood, input_std=STD, methods=[grid], batch_size=16, progress=False,
+                          fits=fits)
     (record,) = [r for r in result.records if r["method"] == name]
     setting = result.selections[name]["ood"].setting if grid.tuned else grid.settings[0]
     s_in, s_out = result.test_scores["ood"][name]
-    detector = Detector.fit(model, name, setting, _spec(), s_in)
-    loaded = Detector.load(detector.save(tmp_path / f"{name}.json"), model)
+    detector = Detector.fit(model, name, setting, _spec(), s_in, fit=saved)
+    loaded = Detector.load(detector.save(tmp_path / "detectors" / f"{name}.json"), model)
     assert loaded.method.name == name and loaded.setting == setting and loaded.threshold == detector.threshold
     ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[torch.as_tensor(
         sorted(set(range(30)) - set(result.splits["ood"]["tune_indices"])))]

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from odin_pl.protocol import run_protocol
-from odin_pl.score_store import ScoreStore, file_sha256
+from odin_pl.score_store import ScoreStore
 from odin_pl.tuning import Grid
 
 PLAN = {"msp": [()], "odin": [(1.0, 0.0), (10.0, 0.002)]}
@@ -38,11 +38,6 @@ def test_store_returns_scores_only_for_the_same_plan_and_context(tmp_path) -> No
     torch.save({"settings": PLAN["odin"], "scores": scores["odin"], "context": saved["context"]},
                tmp_path / "gaussian__tune.pt")
     assert store.load("gaussian", "tune", PLAN) is None
-
-
-def test_file_fingerprint_is_the_sha256_of_its_bytes(tmp_path) -> None:
-    (tmp_path / "w").write_bytes(b"abc")
-    assert file_sha256(tmp_path / "w") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from odin_pl import msp_score, odin_score
-from odin_pl.scoring import logits_and_steps, perturbed_scores, score_settings
+from odin_pl.scoring import Batch, perturbed_scores, score_settings
 
 STD = (0.2, 0.5, 1.3)
 SETTINGS = [(1.0, 0.0), (1000.0, 0.0014), (10.0, 0.004), (2.0, 0.0), (1.0, 0.002), (1000.0, 0.0)]
@@ -129,7 +129,8 @@ def test_odin_float64_matches_reference_exactly(model, x, temperature, epsilon):
 def test_odin_steps_equal_reference_signs_in_float64(model, x, std):
     model64, x64 = copy.deepcopy(model).double(), x.double()
     temperatures = [1.0, 10.0, 1000.0]
-    logits, steps = logits_and_steps(model64, x64, temperatures, std)
+    batch = Batch(model64, x64, std, temperatures)
+    logits, steps = batch.logits, [batch.step(t) for t in temperatures]
     with torch.no_grad():
         torch.testing.assert_close(logits, model64(x64), atol=0, rtol=0)
     ref_std = None if std is None else STD
@@ -143,7 +144,7 @@ def test_odin_steps_equal_reference_signs_in_float64(model, x, std):
 
 def test_perturbed_scores_several_epsilons_and_chunks(model, x):
     model64, x64 = copy.deepcopy(model).double(), x.double()
-    _, (step,) = logits_and_steps(model64, x64, [10.0], STD)
+    step = Batch(model64, x64, STD, [10.0]).step(10.0)
     eps = [0.0, 0.001, 0.002, 0.004]
     for fbs in (None, 6, 12, 18, 100):
         out = perturbed_scores(model64, x64, step, 10.0, eps, forward_batch_size=fbs)

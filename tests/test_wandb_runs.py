@@ -12,8 +12,8 @@ from wandb_records import offline_runs
 import evaluate
 import train
 from odin_pl.checkpoint import training_record
+from odin_pl.fingerprint import file_sha256
 from odin_pl.metrics import METRIC_NAMES
-from odin_pl.score_store import file_sha256
 
 SETS = ("gaussian", "uniform", "photos")
 

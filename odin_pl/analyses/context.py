@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from odin_pl.features import Fits
 from odin_pl.plots import save_figure
 from odin_pl.protocol import ProtocolResult, split_seed
 from odin_pl.report import method_pairs
@@ -39,7 +40,8 @@ class AnalysisContext:
     """The eval-mode model, its input normalization, the data sets, the protocol's result and where to write.
 
     ``num_images``: images per set for the per-image analyses (a seeded sample of each set's test split) and the
-    size of the distance samples. Work that several analyses need is computed once (:meth:`cached`).
+    size of the distance samples. ``fits``: the run's fits of its feature methods, if any. Work that several
+    analyses need is computed once (:meth:`cached`).
     """
 
     model: nn.Module
@@ -55,6 +57,7 @@ class AnalysisContext:
     device: str | torch.device = "cpu"
     num_images: int = 1000
     class_names: Sequence[str] = ()
+    fits: Fits | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:

@@ -61,7 +61,7 @@ def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
         for method, setting in keys:
             plan.setdefault(method, []).append(setting)
         scores = score_plan(ctx.model, Subset(dataset, indices.tolist()), plan, input_std=ctx.input_std,
-                            batch_size=ctx.batch_size, device=ctx.device)
+                            batch_size=ctx.batch_size, device=ctx.device, fits=ctx.fits)
         return torch.stack([scores[method][plan[method].index(setting)] for method, setting in keys])
 
     cache = ScoreCache(len(dataset), scorer)

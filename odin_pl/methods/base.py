@@ -4,6 +4,10 @@ A method scores a :class:`~odin_pl.scoring.Batch` for a list of settings at once
 higher = more in-distribution), so that work shared between settings stays shared (ODIN's one gradient per T),
 and the batch carries what all methods share (one clean forward pass). A setting is a tuple of floats, one per
 parameter in the order of ``params``; a method without parameters has the one setting ``()``.
+
+A method with ``needs_fit`` scores the penultimate features h with statistics of the in-distribution training
+split: :meth:`Method.fit` computes them (its fit, a few named tensors) from the training features, once per run
+(``odin_pl.fits``), and the batch hands them back (``batch.fit(name)``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import ClassVar, Mapping, Sequence
 
 from torch import Tensor
 
-from odin_pl.scoring import Batch
+from odin_pl.features import Fit
+from odin_pl.scoring import Batch, FeatureLoss
 
 Setting = tuple[float, ...]
 
@@ -55,6 +60,21 @@ class Method(ABC):
     def gradient_temperatures(self, settings: Sequence[Setting]) -> list[float]:
         """The temperatures whose input gradient the batch must hold for these settings."""
         return []
+
+    def fit(self, features: Tensor, labels: Tensor, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """The method's fit for these settings from the training features h [N, D] (float64) and labels [N]
+        (methods with ``needs_fit``)."""
+        raise NotImplementedError(f"method {self.name!r} needs no fit")
+
+    def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
+        """The settings this fit can score and a note on those it drops (a ValueError where it cannot score a
+        setting that was asked for explicitly); by default all of them, no note."""
+        return list(settings), None
+
+    def feature_loss(self, settings: Sequence[Setting], fit: Fit) -> FeatureLoss | None:
+        """A function of the features h whose input gradient the batch must hold for these settings (the batch's
+        ``feature_step(name)``), or None."""
+        return None
 
     def check_setting(self, setting: Sequence[float]) -> Setting:
         """The setting as a tuple of floats, or a ValueError that names the method's parameters."""

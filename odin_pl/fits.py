@@ -1,0 +1,214 @@
+"""The fits of a run's feature methods (``needs_fit``: mahalanobis, react, knn): one pass over the training
+images gives every fit, computed once, saved beside the run and reused only where it matches.
+
+* :func:`training_set`: the DataModule's training split with the test-time transform
+  (``load_split(train=True, augment=False)``), or a seeded subset of it (``--fit_images``);
+* :func:`training_features`: h [N, D] and labels [N] of every training image in index order, on any number of
+  processes (each its shard, gathered: exactly one process's features);
+* :func:`prepare_fits`: process 0 fits each method on the gathered features (float64), saves
+  ``<folder>/<method>.pt`` and sends the fits to the other processes; a saved fit is reused (``reuse``) only when
+  its method, settings and context (weights and training images' SHA-256, image count, dtype) equal the run's.
+
+A fit file holds ``{"format": "odin_pl.fit", "method", "settings", "context", "fit": {name: Tensor}}``; its own
+SHA-256 (:class:`SavedFit`) goes into the score files' context, results.json and the detectors that use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
+from odin_pl.features import FeatureModel, Fits
+from odin_pl.fingerprint import dataset_sha256, file_sha256
+from odin_pl.methods import Setting, create_method
+from odin_pl.protocol import MethodGrid
+from odin_pl.score_store import save_atomically
+from odin_pl.tuning import split_indices
+
+FIT_FORMAT = "odin_pl.fit"
+
+
+@dataclass(frozen=True)
+class SavedFit:
+    """A method's fit (``tensors``), the settings and context it was made for, its file and the file's SHA-256."""
+
+    method: str
+    settings: list[list[float]]
+    context: dict[str, Any]
+    tensors: dict[str, Tensor] = field(repr=False)
+    path: Path
+    sha256: str
+
+    def describe(self) -> dict[str, Any]:
+        """What results.json records of the fit."""
+        return {"file": str(self.path), "sha256": self.sha256, **self.context}
+
+
+def _settings(settings: Sequence[Setting]) -> list[list[float]]:
+    return [[float(v) for v in setting] for setting in settings]
+
+
+def save_fit(path: Path, method: str, settings: Sequence[Setting], context: Mapping[str, Any],
+             tensors: Mapping[str, Tensor]) -> SavedFit:
+    """Write a fit file atomically; returns it with its SHA-256."""
+    content = {"format": FIT_FORMAT, "method": method, "settings": _settings(settings), "context": dict(context),
+               "fit": {name: t.detach().cpu() for name, t in tensors.items()}}
+    save_atomically(content, path)
+    return SavedFit(method, content["settings"], content["context"], content["fit"], path, file_sha256(path))
+
+
+def load_fit(path: str | Path, sha256: str | None = None) -> SavedFit:
+    """The fit saved at ``path``; with ``sha256``, a ValueError unless the file still has that SHA-256."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fit file {path} does not exist; evaluate.py writes <output_dir>/fits/<method>.pt "
+                                "for the feature methods")
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise ValueError(f"fit file {path} has SHA-256 {digest}, not the {sha256} it was used with: it was "
+                         "changed or refitted since; run evaluate.py again to make a matching detector")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable fit file: {err}") from err
+    if not isinstance(content, dict) or content.get("format") != FIT_FORMAT:
+        raise ValueError(f"{path} is not an odin_pl fit file (no \"format\": \"{FIT_FORMAT}\")")
+    return SavedFit(content["method"], content["settings"], content["context"], content["fit"], path, digest)
+
+
+def training_set(datamodule: Any, fit_images: int | None = None, seed: int = 0) -> Dataset:
+    """The in-distribution training split with the test-time transform, or a seeded subset of ``fit_images`` of
+    its images (kept in index order)."""
+    load_split = getattr(datamodule, "load_split", None)
+    if not callable(load_split):
+        raise ValueError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training images, "
+                         f"and the DataModule {type(datamodule).__name__} has no training split "
+                         "(load_split(train=True, augment=False)): give --data a DataModule of datamodules.* that "
+                         "has one, or drop these methods from --methods")
+    try:
+        train = load_split(train=True, augment=False)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training "
+                                f"images, which are not available: {err}") from err
+    if len(train) == 0:
+        raise ValueError("the in-distribution training split is empty: the feature methods have nothing to fit on")
+    if fit_images is None:
+        return train
+    if fit_images > len(train):
+        raise ValueError(f"--fit_images {fit_images} is more than the {len(train)} training images: give at most "
+                         f"{len(train)}, or leave it out to fit on all of them")
+    return Subset(train, split_indices(len(train), fit_images, seed)[0].tolist())
+
+
+@torch.no_grad()
+def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      desc: str | None = None) -> tuple[Tensor, Tensor]:
+    """h [N, D] (in ``dtype``) and labels [N] (int64) of every image of ``dataset``, on the CPU in index order;
+    in a process group every process passes its shard and all get the gathered features."""
+    features, labels = [], []
+    for images, targets in tqdm(shard_loader(dataset, batch_size, num_workers), desc=desc,
+                                disable=desc is None or world()[0] > 0, leave=False):
+        h, _ = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
+        features.append(h.cpu())
+        labels.append(torch.as_tensor(targets, dtype=torch.long))
+    if not features:  # an empty shard (fewer images than processes): the feature dimension from one image
+        dim = model.features(dataset[0][0][None].to(device=device, dtype=dtype)).shape[1]
+        features, labels = [torch.empty(0, dim, dtype=dtype)], [torch.empty(0, dtype=torch.long)]
+    n = len(dataset)
+    return gather_shards(torch.cat(features).T.contiguous(), n).T, gather_shards(torch.cat(labels), n)
+
+
+@dataclass
+class RunFits:
+    """The fits of a run: what scoring uses (``fits``), the saved files by method, the method grids the fits can
+    score (a KNN grid without its k larger than the bank), notes for the user and the methods whose saved fit was
+    reused."""
+
+    fits: Fits
+    saved: dict[str, SavedFit]
+    methods: list[MethodGrid]
+    notes: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        """Per fitted method, its fit file's SHA-256 (part of the context of the run's score files)."""
+        return {name: saved.sha256 for name, saved in self.saved.items()}
+
+
+def _saved_fits(folder: Path, grids: Sequence[MethodGrid], context: Mapping[str, Any]
+                ) -> tuple[dict[str, SavedFit], list[str]]:
+    """The fits saved in ``folder`` that were made for their method's settings and this context, and the names
+    of the files that were not (stale or unreadable)."""
+    found, stale = {}, []
+    for grid in grids:
+        path = folder / f"{grid.name}.pt"
+        if not path.is_file():
+            continue
+        try:
+            saved = load_fit(path)
+        except ValueError:
+            stale.append(path.name)
+            continue
+        if (saved.method, saved.settings, saved.context) == (grid.name, _settings(grid.settings), dict(context)):
+            found[grid.name] = saved
+        else:
+            stale.append(path.name)
+    return found, stale
+
+
+def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dataset, *, folder: Path,
+                 weights_sha256: str, reuse: bool = False, fit_missing: bool = True, batch_size: int = 256,
+                 num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> RunFits:
+    """The fits of the methods with ``needs_fit`` among ``methods`` on ``train_set``, saved to ``folder``.
+
+    One pass over the training images gives every missing fit. ``reuse``: take a saved fit that matches (resume);
+    ``fit_missing=False``: fail instead of fitting (work on a finished run). In a process group, process 0 reads,
+    fits and saves, and sends the fits to the others; each process's features come from its own shard.
+    """
+    feature_model = FeatureModel(model)  # refuses a model without the features first
+    fitted = [grid for grid in methods if create_method(grid.name).needs_fit]
+    rank = world()[0]
+    dtype = next(model.parameters()).dtype
+    context = broadcast_from_zero({"weights_sha256": weights_sha256, "train_images_sha256": dataset_sha256(train_set),
+                                   "n_images": len(train_set), "dtype": str(dtype).removeprefix("torch.")}
+                                  if rank == 0 else None)
+    saved, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))
+    reused = list(saved)
+    missing = [grid for grid in fitted if grid.name not in saved]
+    if missing and not fit_missing:
+        files = ", ".join(str(folder / f"{grid.name}.pt") for grid in missing)
+        raise ValueError(f"{files}: missing, or made with other weights, training images or settings; run the "
+                         "protocol (again) into this folder with --output.resume true first")
+    notes = [f"{', '.join(stale)} in {folder}: made with other weights, training images or settings; fitted "
+             "again"] if stale else []
+    if missing:
+        features, labels = training_features(feature_model, train_set, batch_size=batch_size,
+                                             num_workers=num_workers, device=device, dtype=dtype,
+                                             desc="training features" if progress else None)
+        made = {}
+        if rank == 0:
+            features = features.double()
+            for grid in missing:
+                tensors = create_method(grid.name).fit(features, labels, grid.settings)
+                made[grid.name] = save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context, tensors)
+        saved.update(broadcast_from_zero(made if rank == 0 else None))
+    grids = []
+    for grid in methods:
+        if grid.name in saved:
+            method = create_method(grid.name)
+            kept, note = method.settings_for_fit(grid.settings, saved[grid.name].tensors)
+            grid = MethodGrid(grid.name, tuple(kept), grid.fixed if grid.fixed in kept else
+                              min(kept, key=method.tie_key))
+            notes += [note] if note else []
+        grids.append(grid)
+    tensors = {name: {key: t.to(device) for key, t in fit.tensors.items()} for name, fit in saved.items()}
+    return RunFits(Fits(feature_model, tensors), saved, grids, notes, reused)
