@@ -44,6 +44,7 @@ from odin_pl.run_logging import log_run
 from odin_pl.report import write_results
 from odin_pl.run_outputs import SAVED_CONFIG, write_run
 from odin_pl.runtime import start_processes
+from odin_pl.errors import DEBUG_FLAG, MissingFileError, UserError, report_user_error, without_debug_flag
 
 SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
 
@@ -92,7 +93,7 @@ def _legacy_value_flags(flag: str, value: str) -> list[str] | None:
         return ["--runtime.precision", "64-true" if value.lower() in ("true", "1", "yes") else "32-true"]
     if flag == "--dataset":
         if value not in IN_DISTRIBUTION:
-            raise ValueError(f"unknown in-distribution data set {value!r}; use one of {', '.join(IN_DISTRIBUTION)}")
+            raise UserError(f"unknown in-distribution data set {value!r}; use one of {', '.join(IN_DISTRIBUTION)}")
         cls = IN_DISTRIBUTION[value]
         return ["--data", f"{cls.__module__}.{cls.__qualname__}"]
     return None
@@ -139,7 +140,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     """``evaluate.py protocol | predict | analyses | bootstrap | aggregate``, built from the typed groups of
     ``odin_pl.eval_config``; and the parser of each subcommand."""
     parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses, "
-                            "bootstrap, aggregate")
+                            f"bootstrap, aggregate. An error is one line; add {DEBUG_FLAG} for its traceback.")
     analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
     analyses.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
     analyses.add_class_arguments(AnalysesOptions, "analyses")
@@ -207,8 +208,8 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     config.check_output_dir()
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     if config.analyses.names and fabric.world_size > 1:
-        raise ValueError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
-                         "with `evaluate.py analyses RUN_DIR`")
+        raise UserError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
+                        "with `evaluate.py analyses RUN_DIR`")
     target = load_target(config)
     suite = _suite(config, target)
     if resolved_config and fabric.global_rank == 0:
@@ -253,7 +254,7 @@ def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
 def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: ArgumentParser) -> list[Path]:
     """Bootstrap intervals of a finished run: results.json, results.csv and table.md written again with them."""
     if not options.resamples:
-        raise ValueError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
+        raise UserError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
     run, _, _ = _finished_run(run_dir, protocol_parser, bootstrap=options)
     paths = write_results(run_dir, run.result.records, run.meta(), run.table)
     print(run.table)
@@ -275,8 +276,8 @@ def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: s
     give the protocol's result (nothing is scored)."""
     saved = run_dir / SAVED_CONFIG
     if not saved.is_file():
-        raise FileNotFoundError(f"{saved} does not exist: give the output folder of a finished protocol run "
-                                "(it holds config.yaml, results.json and scores/)")
+        raise MissingFileError(f"{saved} does not exist: give the output folder of a finished protocol run "
+                               "(it holds config.yaml, results.json and scores/)")
     content = yaml.safe_load(saved.read_text())
     runtime = content.get("runtime") or {}
     if "device" in runtime:  # saved by the version before the Fabric runtime
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     Only with the command line (``argv`` None) may a run with several processes start them itself.
     """
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = without_debug_flag(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("-h", "--help"):
         argv, notes = modernize(argv)
         for note in notes if rank_zero_only.rank == 0 else ():  # processes started by a launcher say it once
@@ -349,13 +350,13 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
 
 
 def run_command_line() -> int:
-    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback; in a
-    run of several processes, a process whose peer stopped ends with one line and status 1."""
+    """``main()`` for the shell: a user error (:class:`~odin_pl.errors.UserError`) ends in one line on stderr and
+    exit status 2 (its traceback with ``--debug``); any other exception is a bug and keeps its traceback. In a run
+    of several processes, a process whose peer stopped ends with one line and status 1."""
     try:
         main()
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"evaluate.py: error{_process_label()}: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        return report_user_error(f"evaluate.py{_process_label()}", err, sys.argv[1:])
     except RuntimeError as err:
         if world()[1] == 1:
             raise

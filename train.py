@@ -48,6 +48,7 @@ from odin_pl.console import quiet_console
 from odin_pl.fingerprint import file_sha256
 from odin_pl.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
 from odin_pl.module import ImageClassifier
+from odin_pl.errors import UserError, report_user_error, without_debug_flag
 
 ROOT = Path(__file__).resolve().parent
 QUICKSTART_CONFIG = ROOT / "configs" / "experiment" / "quickstart.yaml"
@@ -123,17 +124,17 @@ class TrainCLI(LightningCLI):
         ckpt_path = self._get(self.config, "ckpt_path")
         last = Path(self.run_checkpoint.dirpath, "last.ckpt") if self.run_checkpoint is not None else None
         if ckpt_path == "last" and (last is None or not last.is_file()):
-            raise ValueError(f"--ckpt_path last: there is no checkpoint to resume "
-                             f"({last or 'trainer.enable_checkpointing is off'}); start a new run without "
-                             "--ckpt_path, or set --trainer.default_root_dir to the folder of the run to resume")
+            raise UserError(f"--ckpt_path last: there is no checkpoint to resume "
+                            f"({last or 'trainer.enable_checkpointing is off'}); start a new run without "
+                            "--ckpt_path, or set --trainer.default_root_dir to the folder of the run to resume")
         if self.subcommand != "fit" or ckpt_path is not None or last is None or self.trainer.fast_dev_run:
             return
         if last.is_file():
             finished, epochs = run_progress(last)
             if not finished:
-                raise ValueError(f"{last} is from a run that stopped after {epochs} epoch(s) without finishing: "
-                                 "resume it with --ckpt_path last, or train into another folder with "
-                                 "--trainer.default_root_dir DIR")
+                raise UserError(f"{last} is from a run that stopped after {epochs} epoch(s) without finishing: "
+                                "resume it with --ckpt_path last, or train into another folder with "
+                                "--trainer.default_root_dir DIR")
 
     def after_fit(self) -> None:
         """Report test accuracy (of best.ckpt when one is kept), then print the checkpoint and what to run next."""
@@ -199,16 +200,16 @@ def with_train_flags(message: str) -> str:
 
 def main(args: list[str] | None = None) -> str:
     """Run train.py; returns the path of the checkpoint to evaluate (after ``fit``; else "")."""
-    return build_cli(sys.argv[1:] if args is None else args).checkpoint_path
+    return build_cli(without_debug_flag(sys.argv[1:] if args is None else args)).checkpoint_path
 
 
 def run_command_line() -> int:
-    """``main()`` for the shell: a user error ends in one line on stderr and exit status 2, not a traceback."""
+    """``main()`` for the shell: a user error (:class:`~odin_pl.errors.UserError`) ends in one line on stderr and
+    exit status 2 (its traceback with ``--debug``); any other exception keeps its traceback."""
     try:
         main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"train.py: error: {with_train_flags(str(err))}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        return report_user_error("train.py", err, sys.argv[1:], rewrite=with_train_flags)
     return 0
 
 

@@ -16,6 +16,7 @@ from odin_pl.distributed import shard_indices
 from odin_pl.methods import Setting, create_method, score_batch
 from odin_pl.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
+from odin_pl.errors import UserError
 
 
 class ODINEvalCallback(Callback):
@@ -41,18 +42,18 @@ class ODINEvalCallback(Callback):
         self.settings = {method: _fixed_setting(method, params.get(method, {})) for method in methods}
         unknown = sorted(set(params) - set(methods) - {"odin"})
         if unknown:
-            raise ValueError(f"params names {', '.join(unknown)}, not among methods ({', '.join(methods)})")
+            raise UserError(f"params names {', '.join(unknown)}, not among methods ({', '.join(methods)})")
         if not self.settings:
-            raise ValueError("ODINEvalCallback needs at least one method (e.g. methods=['msp', 'odin'])")
+            raise UserError("ODINEvalCallback needs at least one method (e.g. methods=['msp', 'odin'])")
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise UserError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if name is not None and (not name or "/" in name):
-            raise ValueError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
+            raise UserError(f"ODINEvalCallback name must be a non-empty string without '/', got {name!r}")
         self.ood = [o if isinstance(o, OODDataModule) else
                     OODDataModule(o, data_root=data_root, batch_size=batch_size, seed=seed, num_images=num_images)
                     for o in ood]
         if not self.ood:
-            raise ValueError("ODINEvalCallback needs at least one OOD set")
+            raise UserError("ODINEvalCallback needs at least one OOD set")
         check_distinct_names([o.source for o in self.ood])
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
@@ -62,14 +63,14 @@ class ODINEvalCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if any(isinstance(c, ODINEvalCallback) and c is not self and c.prefix == self.prefix
                for c in trainer.callbacks):
-            raise ValueError(f"two ODINEvalCallbacks would both log under {self.prefix}<set>/<method>/<metric>: give "
-                             "each a distinct name (ODINEvalCallback(name=...), in a config "
-                             "`init_args: {name: ...}`)")
+            raise UserError(f"two ODINEvalCallbacks would both log under {self.prefix}<set>/<method>/<metric>: give "
+                            "each a distinct name (ODINEvalCallback(name=...), in a config "
+                            "`init_args: {name: ...}`)")
         datamodule = trainer.datamodule
         spec = getattr(datamodule, "image_spec", None) or getattr(pl_module, "image_spec", None)
         if spec is None:
-            raise ValueError("ODINEvalCallback needs the in-distribution image spec: use a DataModule with an "
-                             "`image_spec` property or a model that has one")
+            raise UserError("ODINEvalCallback needs the in-distribution image spec: use a DataModule with an "
+                            "`image_spec` property or a model that has one")
         for ood in self.ood:
             ood.bind(spec, getattr(datamodule, "data_root", None))
 
@@ -114,7 +115,7 @@ def _fixed_setting(name: str, params: dict[str, float]) -> Setting:
     """The method's setting: ``params`` where given, else the first of its grid in its tie order."""
     method = create_method(name)
     if method.needs_fit:
-        raise ValueError(f"method {name!r} needs a fit on training data: evaluate it with evaluate.py, not in the "
-                         "callback (it would refit every validation epoch)")
+        raise UserError(f"method {name!r} needs a fit on training data: evaluate it with evaluate.py, not in the "
+                        "callback (it would refit every validation epoch)")
     grid = method.grid({key: [value] for key, value in params.items()})
     return min(grid, key=method.tie_key)

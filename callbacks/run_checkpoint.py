@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from odin_pl.checkpoint import RUN_KEY
 from odin_pl.files import replace_atomically
+from odin_pl.errors import UserError
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -26,8 +27,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, select_best: bool = False) -> None:
         if not _is_local_file_protocol(dirpath):
-            raise ValueError(f"RunCheckpoint writes to local folders only (it renames files atomically), got "
-                             f"{dirpath}")
+            raise UserError(f"RunCheckpoint writes to local folders only (it renames files atomically), got "
+                            f"{dirpath}")
         super().__init__(dirpath=dirpath, filename="best", monitor="val/acc" if select_best else None, mode="max",
                          save_top_k=1 if select_best else 0, save_last=True, enable_version_counter=False,
                          save_on_train_epoch_end=True)

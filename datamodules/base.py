@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from datamodules.sampling import EpochSampler, EpochSeededDataset, ShardSampler, run_seed
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 DATA_ROOT_ENV = "ODIN_PL_DATA"
 
@@ -40,9 +41,9 @@ class ImageDataModule(pl.LightningDataModule, ABC):
                  num_workers: int = 0, val_split: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         if not 0 <= val_split < 1:
-            raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+            raise UserError(f"val_split must be in [0, 1), got {val_split}")
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UserError(f"batch_size must be positive, got {batch_size}")
         self.data_root = resolve_data_root(data_root)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -20,6 +20,7 @@ from datamodules.base import ImageDataModule, seeded_permutation
 from datamodules.download import RemoteDataset, Resource, require_files
 from datamodules.image_folder import ImageFolderSplits, SpecArrayDataset, decode_images
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 # Per-channel mean / std of the 50,000 training images' [0, 1] pixels (the values used throughout the literature).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -71,8 +72,8 @@ def load_cifar(data_root: str | Path, fmt: CIFARFormat, train: bool, download: b
         entry = _unpickle(folder / name)
         data = np.asarray(entry["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(entry[fmt.label_key]) != len(data):
-            raise ValueError(f"{folder / name} is not a CIFAR batch: data of shape {data.shape} with "
-                             f"{len(entry[fmt.label_key])} labels (expected [N, 3072] and N labels)")
+            raise UserError(f"{folder / name} is not a CIFAR batch: data of shape {data.shape} with "
+                            f"{len(entry[fmt.label_key])} labels (expected [N, 3072] and N labels)")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(entry[fmt.label_key], dtype=np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
@@ -185,8 +186,8 @@ class CIFAR10DataModule(_CIFARDataModule):
             return super().class_names()
         names = self.folder.class_names
         if len(names) != 10:
-            raise ValueError(f"{self.folder.folders[True]} has {len(names)} class folders {list(names)}; "
-                             f"CIFAR-10 needs its 10 classes")
+            raise UserError(f"{self.folder.folders[True]} has {len(names)} class folders {list(names)}; "
+                            f"CIFAR-10 needs its 10 classes")
         return names
 
     def arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +226,7 @@ class CIFAR80DataModule(_CIFARDataModule):
                          eval_batch_size=eval_batch_size, num_workers=num_workers, val_split=val_split, seed=seed)
         classes = cifar80_split(split_seed)[0] if in_classes is None else sorted(int(c) for c in in_classes)
         if len(set(classes)) != 80 or not all(0 <= c < 100 for c in classes):
-            raise ValueError(f"in_classes must be 80 distinct CIFAR-100 labels in 0..99, got {classes}")
+            raise UserError(f"in_classes must be 80 distinct CIFAR-100 labels in 0..99, got {classes}")
         self.in_classes = classes
         self.out_classes = sorted(set(range(100)) - set(classes))
         self.hparams["in_classes"] = list(classes)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, TensorDataset
 from datamodules.base import ImageDataModule, seeded_permutation
 from datamodules.transforms import normalize
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 
 @cache
@@ -34,7 +35,7 @@ class DigitsDataModule(ImageDataModule):
         super().__init__(data_root=data_root, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers, val_split=val_split, seed=seed)
         if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.save_hyperparameters()
         images, labels = _digits()
         order = seeded_permutation(len(labels), seed).numpy()

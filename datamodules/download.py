@@ -20,19 +20,20 @@ from pathlib import Path
 from typing import Callable
 
 from datamodules.base import DATA_ROOT_ENV
+from odin_pl.errors import MissingFileError, UserError
 
 _CHUNK = 1 << 20
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """A data set is missing (or could not be downloaded); the message says what to download and where."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """A file's md5 differs from the published one."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError):
     """An archive member would be written outside the extraction folder."""
 
 
@@ -139,7 +140,7 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 _check_member(path, root, member.name, link, hardlink=member.islnk())
                 archive.extract(member, root, **options)
     else:
-        raise ValueError(f"cannot extract {path}: supported archives are .tar.gz, .tgz, .tar and .zip")
+        raise UserError(f"cannot extract {path}: supported archives are .tar.gz, .tgz, .tar and .zip")
     return dest
 
 

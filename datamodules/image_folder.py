@@ -19,6 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from datamodules.base import DATA_ROOT_ENV, ImageDataModule, seeded_permutation
 from datamodules.transforms import ToSpec, pil_to_spec, pil_to_spec_mode
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import MissingFileError, UserError
 
 Transform = Callable[[Image.Image], Tensor]
 Sample = tuple[Path, int]
@@ -44,7 +45,7 @@ class ArrayImageDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | Sequence[int], transform: Transform) -> None:
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise UserError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
 
     def __len__(self) -> int:
@@ -69,13 +70,13 @@ class SpecArrayDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray | Sequence[int], spec: ImageSpec,
                  augment: bool = False) -> None:
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise UserError(f"{len(images)} images but {len(labels)} labels")
         pixels = torch.from_numpy(np.ascontiguousarray(images))
         pixels = pixels.unsqueeze(-1) if pixels.dim() == 3 else pixels
         expected = (spec.size, spec.size, spec.channels)
         if tuple(pixels.shape[1:]) != expected:
-            raise ValueError(f"images of shape {tuple(pixels.shape[1:])} do not match the spec's {expected} "
-                             f"(height, width, channels)")
+            raise UserError(f"images of shape {tuple(pixels.shape[1:])} do not match the spec's {expected} "
+                            f"(height, width, channels)")
         self.pixels = pixels.permute(0, 3, 1, 2)  # a [N, C, H, W] view
         self.labels, self.augment, self.pad = np.asarray(labels, dtype=np.int64), augment, spec.size // 8
         self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
@@ -120,14 +121,14 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; expected {folder}/<class>/<image> "
-                                f"(the data root is set with --data_root or {DATA_ROOT_ENV})")
+        raise MissingFileError(f"image folder {folder} does not exist; expected {folder}/<class>/<image> "
+                               f"(the data root is set with --data_root or {DATA_ROOT_ENV})")
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
     if class_names is None:
         class_names = found
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-        raise ValueError(f"{folder} has class folders {unknown} that are not among the classes {list(class_names)}")
+        raise UserError(f"{folder} has class folders {unknown} that are not among the classes {list(class_names)}")
     index = {name: i for i, name in enumerate(class_names)}
     samples: list[Sample] = []
     unreadable: list[Path] = []
@@ -146,8 +147,8 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
         warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {folder} (first: {unreadable[0]})",
                       stacklevel=2)
     if not samples:
-        raise FileNotFoundError(f"no images found in {folder}: expected {folder}/<class>/<image> with one of the "
-                                f"extensions {', '.join(IMG_EXTENSIONS)}")
+        raise MissingFileError(f"no images found in {folder}: expected {folder}/<class>/<image> with one of the "
+                               f"extensions {', '.join(IMG_EXTENSIONS)}")
     return tuple(class_names), samples
 
 
@@ -239,11 +240,11 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(data_root=data_root, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers, val_split=val_split, seed=seed)
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+            raise UserError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither (then they are computed from training images)")
+            raise UserError("give both mean and std, or neither (then they are computed from training images)")
         if stats_images <= 0:
-            raise ValueError(f"stats_images must be positive, got {stats_images}")
+            raise UserError(f"stats_images must be positive, got {stats_images}")
         self.save_hyperparameters()
         self.splits = ImageFolderSplits(self.data_root / train_dir, self.data_root / test_dir)
         self.image_size, self.channels, self.augment = image_size, channels, augment

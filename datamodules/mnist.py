@@ -17,6 +17,7 @@ from datamodules.base import ImageDataModule
 from datamodules.download import RemoteDataset, Resource
 from datamodules.image_folder import ArrayImageDataset, spec_transform
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 # Mirrors and md5s of the gzipped files as in torchvision.datasets.MNIST.
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -46,14 +47,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an idx file (bad magic number {data[:4].hex()})")
+        raise UserError(f"{path} is not an idx file (bad magic number {data[:4].hex()})")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     body = data[4 + 4 * ndim:]
     if len(body) != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"{path} is truncated or corrupt: header says shape {shape} of {dtype}, "
-                         f"but {len(body)} bytes follow")
+        raise UserError(f"{path} is truncated or corrupt: header says shape {shape} of {dtype}, "
+                        f"but {len(body)} bytes follow")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -63,8 +64,8 @@ def load_mnist(data_root: str | Path, train: bool, download: bool = False) -> tu
     images = read_idx(_find(folder, _FILES[train, True][0]))
     labels = read_idx(_find(folder, _FILES[train, False][0])).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"MNIST files in {folder} disagree: images of shape {images.shape}, labels of shape "
-                         f"{labels.shape}")
+        raise UserError(f"MNIST files in {folder} disagree: images of shape {images.shape}, labels of shape "
+                        f"{labels.shape}")
     return images, labels
 
 

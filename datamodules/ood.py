@@ -28,6 +28,7 @@ from datamodules.base import resolve_data_root, seeded_permutation
 from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, load_image
 from datamodules.transforms import ToSpec, normalize
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 OOD_LABEL = -1
 NOISE_KINDS = {"gaussian": 1, "uniform": 2}
@@ -79,8 +80,8 @@ def _folder(name_or_path: str | os.PathLike) -> Path | None:
         return None
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
-        raise ValueError(f"unknown OOD set {str(name_or_path)!r}: neither a known set "
-                         f"({', '.join(available_ood_sets())}) nor an existing folder of images")
+        raise UserError(f"unknown OOD set {str(name_or_path)!r}: neither a known set "
+                        f"({', '.join(available_ood_sets())}) nor an existing folder of images")
     return path
 
 
@@ -99,8 +100,8 @@ def check_distinct_names(sets: Sequence[str]) -> None:
     for source in sets:
         name = ood_set_name(source)
         if name in first and first[name] != str(source):
-            raise ValueError(f"two OOD sets are named {name!r} ({first[name]} and {source}): results are keyed by "
-                             f"the set's name, so rename one of the folders (or link it under another name)")
+            raise UserError(f"two OOD sets are named {name!r} ({first[name]} and {source}): results are keyed by "
+                            f"the set's name, so rename one of the folders (or link it under another name)")
         first[name] = str(source)
 
 
@@ -115,12 +116,12 @@ def build_ood_dataset(name: str | os.PathLike, spec: ImageSpec, data_root: str |
     """
     folder = _folder(name)
     if num_images is not None and num_images <= 0:
-        raise ValueError(f"num_images must be positive, got {num_images}")
+        raise UserError(f"num_images must be positive, got {num_images}")
     request = OODRequest(spec, resolve_data_root(data_root), seed, num_images, download,
                          tuple(Path(e).expanduser().resolve() for e in exclude))
     dataset = _BUILDERS[str(name)](request) if folder is None else folder_dataset(folder, request)
     if len(dataset) == 0:
-        raise ValueError(f"the OOD set {str(name)!r} is empty: nothing to evaluate against")
+        raise UserError(f"the OOD set {str(name)!r} is empty: nothing to evaluate against")
     return dataset
 
 
@@ -183,8 +184,8 @@ def folder_dataset(folder: Path, req: OODRequest, prepare: Callable[[Image.Image
     handled) and normalized."""
     paths = find_images(folder, req.exclude)
     if not paths:
-        raise ValueError(f"no decodable images in the folder {folder}: an OOD folder needs image files (any depth) "
-                         f"with one of the extensions {', '.join(IMG_EXTENSIONS)}")
+        raise UserError(f"no decodable images in the folder {folder}: an OOD folder needs image files (any depth) "
+                        f"with one of the extensions {', '.join(IMG_EXTENSIONS)}")
     to_spec = ToSpec(req.spec)
     return image_files_dataset(req.pick(paths), to_spec if prepare is None else T.Compose([prepare, to_spec]))
 
@@ -194,7 +195,7 @@ class NoiseDataset(Dataset):
 
     def __init__(self, kind: str, spec: ImageSpec, num_images: int = 10_000, seed: int = 0) -> None:
         if kind not in NOISE_KINDS:
-            raise ValueError(f"unknown noise kind {kind!r}; use one of {sorted(NOISE_KINDS)}")
+            raise UserError(f"unknown noise kind {kind!r}; use one of {sorted(NOISE_KINDS)}")
         self.kind, self.spec, self.num_images, self.seed = kind, spec, num_images, seed
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from datamodules.ood import NOISE_KINDS, NoiseDataset, build_ood_dataset, check_distinct_names, ood_set_name
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 NOISE_TUNING_IMAGES = 500  # per noise kind, for transfer from "noise"
 NOISE_TUNING_SEED_OFFSET = 1  # noise tuning images use a seed apart from the noise test sets
@@ -50,8 +51,8 @@ def build_ood_suite(requested: Sequence[str], default: Sequence[str], spec: Imag
                 raise
             suite.skipped[str(name)] = str(err)
     if not suite.datasets:
-        raise ValueError(f"none of the OOD sets {list(requested or default)} is available: "
-                         f"{'; '.join(suite.skipped.values())}")
+        raise UserError(f"none of the OOD sets {list(requested or default)} is available: "
+                        f"{'; '.join(suite.skipped.values())}")
     if noise_tuning:
         suite.tuning_only["noise"] = noise_tuning_set(spec, seed)
     return suite

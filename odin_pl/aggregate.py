@@ -16,6 +16,7 @@ import numpy as np
 
 from odin_pl.metrics import METRIC_NAMES
 from odin_pl.report import TABLE_METRICS
+from odin_pl.errors import MissingFileError, UserError
 
 SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid")  # must be equal in every run
 
@@ -27,16 +28,16 @@ def _shared(results: dict[str, Any], key: str) -> Any:
 def aggregate_results(results: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     """``{"runs", "rows"}``: per (OOD set, method, tuning set) row, ``<metric>_mean`` and ``<metric>_std``."""
     if len(results) < 2:
-        raise ValueError("aggregate needs at least two evaluation folders: one run has no standard deviation")
+        raise UserError("aggregate needs at least two evaluation folders: one run has no standard deviation")
     for name, result in zip(names[1:], results[1:]):
         for key in SHARED:
             if _shared(result, key) != _shared(results[0], key):
-                raise ValueError(f"{name} differs from {names[0]} in {key!r}: aggregate evaluations of one setting "
-                                 "(same data set, evaluation seed, splits, mode, methods and grids; only the "
-                                 "checkpoint differs)")
+                raise UserError(f"{name} differs from {names[0]} in {key!r}: aggregate evaluations of one setting "
+                                "(same data set, evaluation seed, splits, mode, methods and grids; only the "
+                                "checkpoint differs)")
     keys = [[(r["ood"], r["method"], r["tuned_on"]) for r in result["records"]] for result in results]
     if any(k != keys[0] for k in keys[1:]):
-        raise ValueError(f"the evaluations report different rows (OOD sets, methods or tunings): {', '.join(names)}")
+        raise UserError(f"the evaluations report different rows (OOD sets, methods or tunings): {', '.join(names)}")
     rows = []
     for position, (ood, method, tuned_on) in enumerate(keys[0]):
         row: dict[str, Any] = {"ood": ood, "method": method, "tuned_on": tuned_on}
@@ -69,7 +70,7 @@ def aggregate_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> di
     for run_dir in map(Path, run_dirs):
         path = run_dir / "results.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: give the output folders of finished protocol runs")
+            raise MissingFileError(f"{path} does not exist: give the output folders of finished protocol runs")
         results.append(json.loads(path.read_text()))
     aggregate = aggregate_results(results, [str(d) for d in run_dirs])
     out = Path(output_dir)

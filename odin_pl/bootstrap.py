@@ -21,6 +21,7 @@ from torch import Tensor
 
 from odin_pl.metrics import METRIC_NAMES, metric_rows
 from odin_pl.protocol import ProtocolResult, record_setting, split_seed
+from odin_pl.errors import UserError
 
 DEFAULT_RESAMPLES = 1000
 INTERVAL_FIELDS = ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high")  # a record's <metric>_<field>
@@ -66,7 +67,7 @@ def record_intervals(result: ProtocolResult, resamples: int, seed: int, level: f
     """For each record of ``result`` (in order), ``<metric>_ci_low``/``_ci_high`` and, for a record of another
     method than MSP in a run with MSP, ``<metric>_diff_ci_low``/``_diff_ci_high`` of (record - MSP)."""
     if resamples < 2:
-        raise ValueError(f"the bootstrap needs at least 2 resamples, got {resamples} (0 turns it off)")
+        raise UserError(f"the bootstrap needs at least 2 resamples, got {resamples} (0 turns it off)")
     by_set: dict[str, list[int]] = {}
     for index, record in enumerate(result.records):
         by_set.setdefault(record["ood"], []).append(index)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from odin_pl.module import ImageClassifier
+from odin_pl.errors import MissingFileError, UserError
 
 RUN_KEY = "run"  # checkpoint["odin_pl"]["run"]: {"finished": bool, "epochs": int} of the run that wrote it
 # checkpoint["odin_pl"]["training"]: {"experiment": str, "seed": int | None, "logger": run identity or None} (see
@@ -37,19 +38,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict (tensors and plain data only: ``weights_only=True``), with clear errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `python train.py` "
-                                "(it prints the path) or pass the right --ckpt")
+        raise MissingFileError(f"checkpoint {path} does not exist; train one with `python train.py` "
+                               "(it prints the path) or pass the right --ckpt")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. Is it a checkpoint "
-                         "written by train.py (a Lightning .ckpt)?") from err
+        raise UserError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. Is it a checkpoint "
+                        "written by train.py (a Lightning .ckpt)?") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint of odin-pl (no state_dict / hyper_parameters); for "
-                         "a plain state_dict give --model NAME --weights FILE --data DATAMODULE (or --dataset NAME) "
-                         "instead of --ckpt")
+        raise UserError(f"{path} is not a Lightning checkpoint of odin-pl (no state_dict / hyper_parameters); for "
+                        "a plain state_dict give --model NAME --weights FILE --data DATAMODULE (or --dataset NAME) "
+                        "instead of --ckpt")
     if not checkpoint["hyper_parameters"].get("image_spec"):
-        raise ValueError(f"{path} records no image spec; it was not written by odin_pl.ImageClassifier")
+        raise UserError(f"{path} records no image spec; it was not written by odin_pl.ImageClassifier")
     return checkpoint
 
 
@@ -60,8 +61,8 @@ def load_model(checkpoint: dict[str, Any], path: str | Path = "") -> ImageClassi
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"the weights in {path or 'the checkpoint'} do not fit backbone {hparams['backbone']!r} "
-                         f"with {hparams.get('num_classes')} classes: {str(err).splitlines()[0]} ...") from err
+        raise UserError(f"the weights in {path or 'the checkpoint'} do not fit backbone {hparams['backbone']!r} "
+                        f"with {hparams.get('num_classes')} classes: {str(err).splitlines()[0]} ...") from err
     return model.eval()
 
 
@@ -70,8 +71,8 @@ def build_datamodule(checkpoint: dict[str, Any], **overrides: Any) -> Any:
     class_path = (checkpoint.get("odin_pl") or {}).get("datamodule_class")
     init_args = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if not class_path:
-        raise ValueError("the checkpoint does not record its DataModule; it was saved without a trainer "
-                         "DataModule, so evaluate.py cannot rebuild the in-distribution data")
+        raise UserError("the checkpoint does not record its DataModule; it was saved without a trainer "
+                        "DataModule, so evaluate.py cannot rebuild the in-distribution data")
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     init_args = {k: v for k, v in init_args.items() if not k.startswith("_")}

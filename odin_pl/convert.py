@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from odin_pl.module import ImageClassifier
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import MissingFileError, UserError
 
 StateDict = dict[str, Tensor]
 RENAMES = ((re.compile(r"(^|\.)convShortcut\."), r"\1shortcut."),)  # the release's WRN -> odin_pl.models
@@ -47,7 +48,7 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> StateDict:
     also a whole pickled model (as the ODIN release's files are)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingFileError(f"weights file {path} does not exist")
     if trust_pickle:
         warnings.warn(f"--trust_pickle: unpickling {path}, which can run arbitrary code; do this only with files "
                       "from a source you trust", UserWarning, stacklevel=2)
@@ -57,17 +58,17 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> StateDict:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if "Unsupported global" not in str(err):  # damaged, or no pickle at all
-                raise ValueError(f"cannot read weights from {path}: {err}") from err
-            raise ValueError(f"{path} holds pickled Python objects, not only tensors (a whole pickled model, such "
-                             "as the ODIN release's densenet10.pth, or another object); if you trust its source, "
-                             "pass --trust_pickle true to load it") from err
+                raise UserError(f"cannot read weights from {path}: {err}") from err
+            raise UserError(f"{path} holds pickled Python objects, not only tensors (a whole pickled model, such "
+                            "as the ODIN release's densenet10.pth, or another object); if you trust its source, "
+                            "pass --trust_pickle true to load it") from err
         except Exception as err:  # torch raises many types for a damaged or foreign file
-            raise ValueError(f"cannot read weights from {path}: {err.__class__.__name__}: {err}") from err
+            raise UserError(f"cannot read weights from {path}: {err.__class__.__name__}: {err}") from err
     state_dict = loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
                                                    for k, v in state_dict.items()):
-        raise ValueError(f"{path} is not a state_dict (a dict of parameter names to tensors) nor a whole model; "
-                         f"found {type(loaded).__name__}")
+        raise UserError(f"{path} is not a state_dict (a dict of parameter names to tensors) nor a whole model; "
+                        f"found {type(loaded).__name__}")
     return dict(state_dict)
 
 
@@ -101,7 +102,7 @@ def check_fits(state_dict: StateDict, target: nn.Module, what: str) -> None:
                 for label, keys in (("missing", missing), ("unexpected", unexpected),
                                     ("shape (weights vs model)", shapes)) if keys]
     if problems:
-        raise ValueError(f"the weights do not fit {what}: " + "; ".join(problems))
+        raise UserError(f"the weights do not fit {what}: " + "; ".join(problems))
 
 
 def load_foreign_model(name: str, weights: str | Path, spec: ImageSpec, trust_pickle: bool = False

@@ -25,6 +25,7 @@ from odin_pl.methods import Setting, create_method, method_batch
 from odin_pl.metrics import _as_scores, threshold_at_tpr
 from odin_pl.scoring import Batch, max_softmax
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import MissingFileError, UserError
 
 FORMAT = "odin_pl.detector"
 FORMAT_VERSION = 2  # 2: "method" and "params"; 1: ODIN's "temperature" and "epsilon"
@@ -56,8 +57,8 @@ class Detector:
         if isinstance(params, Mapping):
             names = [p.name for p in self.method.params]
             if set(params) != set(names):
-                raise ValueError(f"method {method!r} takes the parameters ({', '.join(names) or 'none'}), got "
-                                 f"({', '.join(params) or 'none'})")
+                raise UserError(f"method {method!r} takes the parameters ({', '.join(names) or 'none'}), got "
+                                f"({', '.join(params) or 'none'})")
             params = [params[name] for name in names]
         self.setting: Setting = self.method.check_setting(params)
         _check_model_fits(model, input_spec)
@@ -72,13 +73,13 @@ class Detector:
         name = self.method.name
         if not self.method.needs_fit:
             if fit is not None:
-                raise ValueError(f"method {name!r} needs no fit; got the fit file {fit.path}")
+                raise UserError(f"method {name!r} needs no fit; got the fit file {fit.path}")
             return None
         if fit is None:
-            raise ValueError(f"method {name!r} scores with a fit on the training images: pass fit= (evaluate.py "
-                             f"saves it to <output_dir>/fits/{name}.pt)")
+            raise UserError(f"method {name!r} scores with a fit on the training images: pass fit= (evaluate.py "
+                            f"saves it to <output_dir>/fits/{name}.pt)")
         if fit.method != name:
-            raise ValueError(f"the fit file {fit.path} is the fit of {fit.method!r}, not of {name!r}")
+            raise UserError(f"the fit file {fit.path} is the fit of {fit.method!r}, not of {name!r}")
         self.method.settings_for_fit([self.setting], fit.tensors)
         device = next(model.parameters()).device
         return Fits(FeatureModel(model), {name: {key: t.to(device) for key, t in fit.tensors.items()}})
@@ -115,8 +116,8 @@ class Detector:
         (and the method's own, such as ODIN's on the perturbed x)."""
         batch = self._batch(x)
         if self.input_spec.num_classes and batch.logits.shape[1] != self.input_spec.num_classes:
-            raise ValueError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
-                             f"{self.input_spec.num_classes} classes")
+            raise UserError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
+                            f"{self.input_spec.num_classes} classes")
         score = self.method.score(batch, [self.setting])[0]
         return Detection(batch.logits.argmax(dim=1), max_softmax(batch.logits, 1.0), score, score < self.threshold)
 
@@ -153,29 +154,29 @@ class Detector:
         ``weights_sha256`` (of the model's weights file), have been made with those weights."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"detector file {path} does not exist; evaluate.py writes one per tuned set "
-                                    "to <output_dir>/detectors/<set>.json")
+            raise MissingFileError(f"detector file {path} does not exist; evaluate.py writes one per tuned set "
+                                   "to <output_dir>/detectors/<set>.json")
         try:
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a detector file (invalid JSON: {err})") from err
+            raise UserError(f"{path} is not a detector file (invalid JSON: {err})") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an odin_pl detector file (no \"format\": \"{FORMAT}\")")
+            raise UserError(f"{path} is not an odin_pl detector file (no \"format\": \"{FORMAT}\")")
         version = data.get("format_version")
         if version not in (1, FORMAT_VERSION):
-            raise ValueError(f"{path} has detector format version {version!r}; this odin_pl reads versions 1 and "
-                             f"{FORMAT_VERSION} (re-run evaluate.py to write it again)")
+            raise UserError(f"{path} has detector format version {version!r}; this odin_pl reads versions 1 and "
+                            f"{FORMAT_VERSION} (re-run evaluate.py to write it again)")
         try:
             method, params = (("odin", {"temperature": data["temperature"], "epsilon": data["epsilon"]})
                               if version == 1 else (data["method"], data["params"]))
             spec, rest = ImageSpec.from_dict(data["input_spec"]), (data["threshold"], data["tpr"], data.get("tuned_on"))
             fit = _load_fit(path, data["fit"], weights_sha256) if "fit" in data else None
         except KeyError as err:
-            raise ValueError(f"{path} lacks the field {err}: not a complete detector file") from err
+            raise UserError(f"{path} lacks the field {err}: not a complete detector file") from err
         if method == "odin" and isinstance(params, dict) and set(params) == {"temperature", "epsilon"}:
             return ODINDetector(model, params["temperature"], params["epsilon"], spec, *rest)
         if cls is ODINDetector:
-            raise ValueError(f"{path} is a detector of the method {method!r}, not ODIN: load it with Detector.load")
+            raise UserError(f"{path} is a detector of the method {method!r}, not ODIN: load it with Detector.load")
         return Detector(model, method, params, spec, *rest, fit=fit)
 
 
@@ -208,8 +209,8 @@ def _load_fit(path: Path, record: Mapping[str, str], weights_sha256: str | None)
     fit = load_fit(path.parent / record["file"], record["sha256"])
     made_with = fit.context.get("weights_sha256")
     if weights_sha256 is not None and made_with != weights_sha256:
-        raise ValueError(f"the fit {fit.path} of detector {path} was made with the weights of SHA-256 {made_with}, "
-                         f"not these ({weights_sha256}): load the detector with the model it was tuned for")
+        raise UserError(f"the fit {fit.path} of detector {path} was made with the weights of SHA-256 {made_with}, "
+                        f"not these ({weights_sha256}): load the detector with the model it was tuned for")
     return fit
 
 
@@ -221,9 +222,9 @@ def _check_model_fits(model: nn.Module, spec: ImageSpec) -> None:
         differ = [f"{f} {getattr(model_spec, f)} vs {getattr(spec, f)}" for f in fields
                   if getattr(model_spec, f) != getattr(spec, f)]
         if differ:
-            raise ValueError(f"the model's image spec does not match the detector's: {'; '.join(differ)} "
-                             "(model vs detector); use the model the detector was tuned for")
+            raise UserError(f"the model's image spec does not match the detector's: {'; '.join(differ)} "
+                            "(model vs detector); use the model the detector was tuned for")
     hparams = getattr(model, "hparams", {})
     num_classes = hparams.get("num_classes") if "num_classes" in hparams else getattr(model, "num_classes", None)
     if num_classes is not None and spec.num_classes and num_classes != spec.num_classes:
-        raise ValueError(f"the model has {num_classes} classes but the detector was tuned for {spec.num_classes}")
+        raise UserError(f"the model has {num_classes} classes but the detector was tuned for {spec.num_classes}")

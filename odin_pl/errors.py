@@ -7,6 +7,9 @@ of a UserError too.
 
 from __future__ import annotations
 
+import sys
+from typing import Callable, Sequence
+
 
 class UserError(ValueError):
     """Something the user gave or pointed at is wrong; the message says what and how to fix it."""
@@ -14,3 +17,25 @@ class UserError(ValueError):
 
 class OutputError(UserError, OSError):
     """A result could not be written (disk full, no permission, read-only file system); nothing partial is left."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user pointed at (or that a data set needs) does not exist."""
+
+
+DEBUG_FLAG = "--debug"  # on the command line of train.py and evaluate.py: show a user error's traceback
+
+
+def without_debug_flag(argv: Sequence[str]) -> list[str]:
+    """The command line without :data:`DEBUG_FLAG` (which the entry points read before parsing)."""
+    return [arg for arg in argv if arg != DEBUG_FLAG]
+
+
+def report_user_error(prog: str, err: UserError, argv: Sequence[str],
+                      rewrite: Callable[[str], str] = str) -> int:
+    """Print ``<prog>: error: <message>`` (``rewrite`` applied to it) on stderr and return the exit status 2; with
+    ``--debug`` in ``argv``, raise ``err`` again instead (its full traceback)."""
+    if DEBUG_FLAG in argv:
+        raise err
+    print(f"{prog}: error: {rewrite(str(err))}", file=sys.stderr)
+    return 2

@@ -33,6 +33,7 @@ from odin_pl.loggers import LoggerOptions
 from odin_pl.methods import create_method, list_methods
 from odin_pl.protocol import MethodGrid
 from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
+from odin_pl.errors import UserError
 
 TuningMode = Literal["paper", "transfer", "cross", "fixed"]
 PRECISIONS = ("32-true", "64-true")
@@ -64,7 +65,7 @@ class OODOptions:
     def __post_init__(self) -> None:
         self.sets = comma_list(self.sets)
         if self.num_images is not None and self.num_images < 2:
-            raise ValueError(f"--ood.num_images must be at least 2 (a tuning and a test image), got {self.num_images}")
+            raise UserError(f"--ood.num_images must be at least 2 (a tuning and a test image), got {self.num_images}")
 
 
 @dataclass
@@ -106,37 +107,37 @@ class TuningOptions:
         self.methods = list(dict.fromkeys(comma_list(self.methods)))
         unknown = [m for m in self.methods if m not in list_methods()]
         if unknown or not self.methods:
-            raise ValueError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
-                             f"registered methods are {', '.join(list_methods())}")
+            raise UserError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
+                            f"registered methods are {', '.join(list_methods())}")
         self.params = comma_list(self.params)
         fixed_params = self.fixed_params  # checks the names
         self.grids = {m: dict(values) for m, values in (self.grids or {}).items()}
         unknown = sorted(set(self.grids) - set(self.methods))
         if unknown:
-            raise ValueError(f"--tuning.grids has {', '.join(unknown)}, not among --tuning.methods "
-                             f"({', '.join(self.methods)}): add them there or drop their grids")
+            raise UserError(f"--tuning.grids has {', '.join(unknown)}, not among --tuning.methods "
+                            f"({', '.join(self.methods)}): add them there or drop their grids")
         if "odin" in self.grids and (self.temperatures is not None or self.epsilons is not None):
-            raise ValueError("give ODIN's grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
+            raise UserError("give ODIN's grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
         fixed = (self.temperature, self.epsilon)
         odin_fixed = {**dict(zip(("temperature", "epsilon"), fixed)), **fixed_params.get("odin", {})}
         if self.mode == "fixed" and "odin" in self.methods and None in (odin_fixed.get("temperature"),
                                                                         odin_fixed.get("epsilon")):
-            raise ValueError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
+            raise UserError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
         if self.mode != "fixed" and fixed != (None, None):
-            raise ValueError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
-                             f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
+            raise UserError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
+                            f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
         if (self.mode == "transfer") != (self.tune_on is not None):
-            raise ValueError("--tuning.tune_on SET goes with --tuning.mode transfer (and only with it)")
+            raise UserError("--tuning.tune_on SET goes with --tuning.mode transfer (and only with it)")
         if self.n_tune < 1:
-            raise ValueError(f"--tuning.n_tune must be positive, got {self.n_tune}")
+            raise UserError(f"--tuning.n_tune must be positive, got {self.n_tune}")
         self.temperatures = list(parse_floats(self.temperatures, "--tuning.temperatures")
                                  if self.temperatures is not None else PAPER_TEMPERATURES)
         self.epsilons = list(parse_floats(self.epsilons, "--tuning.epsilons")
                              if self.epsilons is not None else PAPER_EPSILONS)
         for name, values in (("temperatures", self.temperatures), ("epsilons", self.epsilons)):
             if not values:
-                raise ValueError(f"--tuning.{name} is empty: give at least one value (leave the option out for the "
-                                 "paper's grid)")
+                raise UserError(f"--tuning.{name} is empty: give at least one value (leave the option out for the "
+                                "paper's grid)")
         self.grid  # noqa: B018  (checks the grid now)
         self.method_grids()  # checks every method's grid and fixed values now
 
@@ -153,15 +154,15 @@ class TuningOptions:
             key, equals, value = item.partition("=")
             method, dot, name = key.strip().partition(".")
             if not (equals and dot and name):
-                raise ValueError(f"--tuning.params takes method.name=value items (e.g. energy.temperature=1), got "
-                                 f"{item!r}")
+                raise UserError(f"--tuning.params takes method.name=value items (e.g. energy.temperature=1), got "
+                                f"{item!r}")
             if method not in self.methods:
-                raise ValueError(f"--tuning.params {item!r}: {method!r} is not among --tuning.methods "
-                                 f"({', '.join(self.methods)})")
+                raise UserError(f"--tuning.params {item!r}: {method!r} is not among --tuning.methods "
+                                f"({', '.join(self.methods)})")
             try:
                 parsed.setdefault(method, {})[name.strip()] = float(value)
             except ValueError as err:
-                raise ValueError(f"--tuning.params {item!r}: {value!r} is not a number") from err
+                raise UserError(f"--tuning.params {item!r}: {value!r} is not a number") from err
         return parsed
 
     def method_grids(self) -> list[MethodGrid]:
@@ -212,19 +213,19 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
             hint = " (to choose a GPU, set CUDA_VISIBLE_DEVICES)" if self.accelerator.startswith("cuda:") else ""
-            raise ValueError(f"--runtime.accelerator must be one of {', '.join(ACCELERATORS)}, got "
-                             f"{self.accelerator!r}{hint}")
+            raise UserError(f"--runtime.accelerator must be one of {', '.join(ACCELERATORS)}, got "
+                            f"{self.accelerator!r}{hint}")
         for name in ("devices", "num_nodes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--runtime.{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"--runtime.{name} must be >= 1, got {getattr(self, name)}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"--runtime.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r} "
-                             "(scoring keeps a whole model on every process; it needs no sharded strategy)")
+            raise UserError(f"--runtime.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r} "
+                            "(scoring keeps a whole model on every process; it needs no sharded strategy)")
         if self.batch_size < 1:
-            raise ValueError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r}: half-precision"
-                             " softmax at T = 1000 ties scores that differ by 1e-4, so mixed precision is refused")
+            raise UserError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r}: half-precision"
+                            " softmax at T = 1000 ties scores that differ by 1e-4, so mixed precision is refused")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -262,7 +263,7 @@ class AnalysesOptions:
     def __post_init__(self) -> None:
         self.names = parse_analyses(",".join(comma_list(self.names)))
         if self.images < 2:
-            raise ValueError(f"--analyses.images must be at least 2, got {self.images}")
+            raise UserError(f"--analyses.images must be at least 2, got {self.images}")
 
 
 @dataclass
@@ -279,9 +280,9 @@ class BootstrapOptions:
 
     def __post_init__(self) -> None:
         if self.resamples < 0 or self.resamples == 1:
-            raise ValueError(f"--bootstrap.resamples must be 0 (no intervals) or at least 2, got {self.resamples}")
+            raise UserError(f"--bootstrap.resamples must be 0 (no intervals) or at least 2, got {self.resamples}")
         if self.show and not self.resamples:
-            raise ValueError("--bootstrap.show needs intervals: set --bootstrap.resamples (e.g. 1000)")
+            raise UserError("--bootstrap.show needs intervals: set --bootstrap.resamples (e.g. 1000)")
 
 
 @dataclass
@@ -311,12 +312,12 @@ class ModelSource:
     def __post_init__(self) -> None:
         foreign = (self.model, self.weights)
         if self.ckpt is None and (None in foreign or self.data is None):
-            raise ValueError("say what to evaluate: --ckpt PATH (a checkpoint of train.py), or all of --model NAME "
-                             "--weights FILE --data DATAMODULE (or --dataset NAME) for a state_dict of another model")
+            raise UserError("say what to evaluate: --ckpt PATH (a checkpoint of train.py), or all of --model NAME "
+                            "--weights FILE --data DATAMODULE (or --dataset NAME) for a state_dict of another model")
         if self.ckpt is not None and foreign != (None, None):
-            raise ValueError("give either --ckpt or --model/--weights, not both")
+            raise UserError("give either --ckpt or --model/--weights, not both")
         if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
 
     @property
     def weights_file(self) -> Path:
@@ -351,16 +352,16 @@ class ProtocolConfig(ModelSource):
         super().__post_init__()
         if self.fit_images is not None:
             if self.fit_images < 1:
-                raise ValueError(f"--fit_images must be at least 1 (training images to fit the feature methods on), "
-                                 f"got {self.fit_images}; leave it out to fit on all of them")
+                raise UserError(f"--fit_images must be at least 1 (training images to fit the feature methods on), "
+                                f"got {self.fit_images}; leave it out to fit on all of them")
             if not any(create_method(name).needs_fit for name in self.tuning.methods):
-                raise ValueError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
-                                 f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
-                                 "drop it or add such a method")
+                raise UserError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
+                                f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
+                                "drop it or add such a method")
         check_analyses(self.analyses.names, self.tuning.methods)
         if self.analyses.names and (self.runtime.devices or 1) * (self.runtime.num_nodes or 1) > 1:
-            raise ValueError("the analyses run in a single process: run them with --runtime.devices 1, or later on "
-                             "the finished run with `evaluate.py analyses RUN_DIR`")
+            raise UserError("the analyses run in a single process: run them with --runtime.devices 1, or later on "
+                            "the finished run with `evaluate.py analyses RUN_DIR`")
 
     @property
     def output_dir(self) -> Path:
@@ -370,10 +371,10 @@ class ProtocolConfig(ModelSource):
         """Refuse an output folder that is a file or cannot be created or written, before any work."""
         out = self.output_dir
         if out.exists() and not out.is_dir():
-            raise ValueError(f"--output.dir {out} is a file: give a folder (it is created when missing)")
+            raise UserError(f"--output.dir {out} is a file: give a folder (it is created when missing)")
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(f"--output.dir {out}: {existing} is not writable; give a folder you can write to")
+            raise UserError(f"--output.dir {out}: {existing} is not writable; give a folder you can write to")
 
 
 @dataclass
@@ -396,9 +397,9 @@ class PredictConfig(ModelSource):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.images is None:
-            raise ValueError("predict needs --images FOLDER_OR_SET (the images to score)")
+            raise UserError("predict needs --images FOLDER_OR_SET (the images to score)")
         if self.detector is None:
-            raise ValueError("predict needs --detector FILE (the protocol writes them to <output_dir>/detectors/)")
+            raise UserError("predict needs --detector FILE (the protocol writes them to <output_dir>/detectors/)")
 
     @property
     def output_folder(self) -> Path:

@@ -33,6 +33,7 @@ from odin_pl.protocol import MethodGrid, ProtocolResult, run_protocol, split_see
 from odin_pl.report import results_tables
 from odin_pl.score_store import ScoreStore
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 IN_DISTRIBUTION = "in_distribution"
 
@@ -181,8 +182,8 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     def load_saved(name: str, split: str, plan: Plan) -> dict[str, Tensor]:
         scores = store.load(name, split, plan)
         if scores is None:
-            raise ValueError(f"{store.path(name, split)} is missing or was made with other weights, data or settings;"
-                             " run the protocol (again) into this folder with --output.resume true first")
+            raise UserError(f"{store.path(name, split)} is missing or was made with other weights, data or settings;"
+                            " run the protocol (again) into this folder with --output.resume true first")
         return scores
 
     result = run_protocol(

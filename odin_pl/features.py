@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from odin_pl.errors import UserError
 
 Fit = Mapping[str, Tensor]  # a method's statistics of the training features, by name (see Method.fit)
 TIMM_API = ("forward_features", "forward_head", "get_classifier")
@@ -25,9 +26,9 @@ def _timm_net(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] |
     for net in (model, getattr(model, "net", None)):
         if isinstance(net, nn.Module) and all(callable(getattr(net, name, None)) for name in TIMM_API):
             return net, (getattr(model, "prepare_input", None) if net is not model else None)
-    raise ValueError(f"the feature methods (mahalanobis, react, knn) need the penultimate features, and "
-                     f"{type(model).__name__} has no {', '.join(TIMM_API)} (timm's classifier API), nor a backbone "
-                     "`net` that has: use an odin_pl or timm model, or drop these methods from --methods")
+    raise UserError(f"the feature methods (mahalanobis, react, knn) need the penultimate features, and "
+                    f"{type(model).__name__} has no {', '.join(TIMM_API)} (timm's classifier API), nor a backbone "
+                    "`net` that has: use an odin_pl or timm model, or drop these methods from --methods")
 
 
 class FeatureModel:
@@ -47,8 +48,8 @@ class FeatureModel:
         x = self._prepare(x) if self._prepare is not None else x
         h = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
         if h.dim() != 2:
-            raise ValueError(f"forward_head(..., pre_logits=True) of {type(self.net).__name__} gives features of "
-                             f"shape {tuple(h.shape)}, not [B, D]: the feature methods need flat features")
+            raise UserError(f"forward_head(..., pre_logits=True) of {type(self.net).__name__} gives features of "
+                            f"shape {tuple(h.shape)}, not [B, D]: the feature methods need flat features")
         return h
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,16 +66,16 @@ class FeatureModel:
             direct = self.model(x.detach())
         via_features = logits.detach()
         if direct.shape != via_features.shape:
-            raise ValueError(f"the feature methods cannot use this model: the classifier applied to its "
-                             f"penultimate features gives logits of shape {tuple(via_features.shape)}, the model "
-                             f"{tuple(direct.shape)}")
+            raise UserError(f"the feature methods cannot use this model: the classifier applied to its "
+                            f"penultimate features gives logits of shape {tuple(via_features.shape)}, the model "
+                            f"{tuple(direct.shape)}")
         tolerance = CHECK_ULPS * torch.finfo(direct.dtype).eps * max(1.0, float(direct.abs().max()))
         gap = float((via_features - direct).abs().max()) if direct.numel() else 0.0
         if not gap <= tolerance:
-            raise ValueError(f"the feature methods cannot use this model: get_classifier()(forward_head("
-                             f"forward_features(x), pre_logits=True)) differs from model(x) by up to {gap:.3g} "
-                             f"(tolerance {tolerance:.3g}), so its forward does more than the classifier on the "
-                             "penultimate features; drop mahalanobis, react and knn from --methods for this model")
+            raise UserError(f"the feature methods cannot use this model: get_classifier()(forward_head("
+                            f"forward_features(x), pre_logits=True)) differs from model(x) by up to {gap:.3g} "
+                            f"(tolerance {tolerance:.3g}), so its forward does more than the classifier on the "
+                            "penultimate features; drop mahalanobis, react and knn from --methods for this model")
         self.checked = True
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
+from odin_pl.errors import UserError
 
 
 def file_sha256(path: str | Path) -> str:
@@ -51,8 +52,8 @@ def dataset_sha256(dataset: Dataset) -> str:
     elif hasattr(dataset, "labels") and (hasattr(dataset, "pixels") or hasattr(dataset, "images")):
         images = dataset.pixels if hasattr(dataset, "pixels") else dataset.images
         if images.dtype not in (np.uint8, torch.uint8):
-            raise ValueError(f"cannot fingerprint {type(dataset).__name__}: its images are {images.dtype}, "
-                             "expected uint8 arrays")
+            raise UserError(f"cannot fingerprint {type(dataset).__name__}: its images are {images.dtype}, "
+                            "expected uint8 arrays")
         digest.update(b"arrays")
         _update_array(digest, images)
         _update_array(digest, np.asarray(dataset.labels, dtype=np.int64))
@@ -61,7 +62,7 @@ def dataset_sha256(dataset: Dataset) -> str:
         for path, label in dataset.samples:
             digest.update(f"{file_sha256(path)}:{int(label)};".encode())
     else:
-        raise ValueError(f"cannot fingerprint a data set of type {type(dataset).__name__}: odin_pl.fingerprint reads "
-                         "in-memory uint8 arrays (`pixels` or `images` with `labels`), image files (`samples`), "
-                         "TensorDataset and Subset; give the data set one of these forms")
+        raise UserError(f"cannot fingerprint a data set of type {type(dataset).__name__}: odin_pl.fingerprint reads "
+                        "in-memory uint8 arrays (`pixels` or `images` with `labels`), image files (`samples`), "
+                        "TensorDataset and Subset; give the data set one of these forms")
     return digest.hexdigest()

@@ -31,6 +31,7 @@ from odin_pl.methods import Setting, create_method
 from odin_pl.protocol import MethodGrid
 from odin_pl.score_store import save_atomically
 from odin_pl.tuning import split_indices
+from odin_pl.errors import MissingFileError, UserError
 
 FIT_FORMAT = "odin_pl.fit"
 
@@ -68,18 +69,18 @@ def load_fit(path: str | Path, sha256: str | None = None) -> SavedFit:
     """The fit saved at ``path``; with ``sha256``, a ValueError unless the file still has that SHA-256."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"fit file {path} does not exist; evaluate.py writes <output_dir>/fits/<method>.pt "
-                                "for the feature methods")
+        raise MissingFileError(f"fit file {path} does not exist; evaluate.py writes <output_dir>/fits/<method>.pt "
+                               "for the feature methods")
     digest = file_sha256(path)
     if sha256 is not None and digest != sha256:
-        raise ValueError(f"fit file {path} has SHA-256 {digest}, not the {sha256} it was used with: it was "
-                         "changed or refitted since; run evaluate.py again to make a matching detector")
+        raise UserError(f"fit file {path} has SHA-256 {digest}, not the {sha256} it was used with: it was "
+                        "changed or refitted since; run evaluate.py again to make a matching detector")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable fit file: {err}") from err
+        raise UserError(f"{path} is not a readable fit file: {err}") from err
     if not isinstance(content, dict) or content.get("format") != FIT_FORMAT:
-        raise ValueError(f"{path} is not an odin_pl fit file (no \"format\": \"{FIT_FORMAT}\")")
+        raise UserError(f"{path} is not an odin_pl fit file (no \"format\": \"{FIT_FORMAT}\")")
     return SavedFit(content["method"], content["settings"], content["context"], content["fit"], path, digest)
 
 
@@ -88,22 +89,22 @@ def training_set(datamodule: Any, fit_images: int | None = None, seed: int = 0) 
     its images (kept in index order)."""
     load_split = getattr(datamodule, "load_split", None)
     if not callable(load_split):
-        raise ValueError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training images, "
-                         f"and the DataModule {type(datamodule).__name__} has no training split "
-                         "(load_split(train=True, augment=False)): give --data a DataModule of datamodules.* that "
-                         "has one, or drop these methods from --methods")
+        raise UserError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training images, "
+                        f"and the DataModule {type(datamodule).__name__} has no training split "
+                        "(load_split(train=True, augment=False)): give --data a DataModule of datamodules.* that "
+                        "has one, or drop these methods from --methods")
     try:
         train = load_split(train=True, augment=False)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training "
-                                f"images, which are not available: {err}") from err
+        raise MissingFileError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training "
+                               f"images, which are not available: {err}") from err
     if len(train) == 0:
-        raise ValueError("the in-distribution training split is empty: the feature methods have nothing to fit on")
+        raise UserError("the in-distribution training split is empty: the feature methods have nothing to fit on")
     if fit_images is None:
         return train
     if fit_images > len(train):
-        raise ValueError(f"--fit_images {fit_images} is more than the {len(train)} training images: give at most "
-                         f"{len(train)}, or leave it out to fit on all of them")
+        raise UserError(f"--fit_images {fit_images} is more than the {len(train)} training images: give at most "
+                        f"{len(train)}, or leave it out to fit on all of them")
     return Subset(train, split_indices(len(train), fit_images, seed)[0].tolist())
 
 
@@ -186,8 +187,8 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
     missing = [grid for grid in fitted if grid.name not in saved]
     if missing and not fit_missing:
         files = ", ".join(str(folder / f"{grid.name}.pt") for grid in missing)
-        raise ValueError(f"{files}: missing, or made with other weights, training images or settings; run the "
-                         "protocol (again) into this folder with --output.resume true first")
+        raise UserError(f"{files}: missing, or made with other weights, training images or settings; run the "
+                        "protocol (again) into this folder with --output.resume true first")
     notes = [f"{', '.join(stale)} in {folder}: made with other weights, training images or settings; fitted "
              "again"] if stale else []
     if missing:

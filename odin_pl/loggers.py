@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from odin_pl.errors import UserError
 
 WANDB_HOST = "api.wandb.ai"
 BACKENDS = ("wandb", "csv")
@@ -50,10 +51,10 @@ class LoggerOptions:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"--logger.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise UserError(f"--logger.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.mode not in WANDB_MODES:
-            raise ValueError(f"--logger.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r} (the "
-                             "environment variable WANDB_MODE=disabled turns W&B off)")
+            raise UserError(f"--logger.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r} (the "
+                            "environment variable WANDB_MODE=disabled turns W&B off)")
         self.tags = list(self.tags)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from odin_pl.errors import UserError
 
 METRIC_NAMES = ("fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive")
 
@@ -30,14 +31,14 @@ def _as_scores(scores: Any, name: str) -> Tensor:
     [2, n] array would pool two settings' scores into one wrong metric)."""
     t = torch.as_tensor(scores).detach().to("cpu", torch.float64)
     if t.dim() > 2 or (t.dim() == 2 and 1 not in t.shape):
-        raise ValueError(f"{name} has shape {tuple(t.shape)}: give one score per image, shape [n] (or [n, 1] / "
-                         "[1, n]); for several settings, compute the metrics of each row separately")
+        raise UserError(f"{name} has shape {tuple(t.shape)}: give one score per image, shape [n] (or [n, 1] / "
+                        "[1, n]); for several settings, compute the metrics of each row separately")
     t = t.flatten()
     if t.numel() == 0:
-        raise ValueError(f"{name} is empty: an OOD metric needs at least one in-distribution and one OOD score "
-                         "(check that the data set is not empty)")
+        raise UserError(f"{name} is empty: an OOD metric needs at least one in-distribution and one OOD score "
+                        "(check that the data set is not empty)")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf; scores must be finite")
+        raise UserError(f"{name} contains NaN or Inf; scores must be finite")
     return t
 
 
@@ -45,7 +46,7 @@ def threshold_at_tpr(in_scores: Tensor, tpr: float = 0.95) -> float:
     """The largest delta with mean(in_scores >= delta) >= tpr: the ceil(tpr * n)-th largest score."""
     frac = Fraction(tpr).limit_denominator(10**6)
     if not 0 < frac <= 1:
-        raise ValueError(f"tpr must lie in (0, 1], got {tpr}")
+        raise UserError(f"tpr must lie in (0, 1], got {tpr}")
     n = in_scores.numel()
     k = -(-frac.numerator * n // frac.denominator)  # exact ceil(tpr * n), no float rounding
     return float(torch.sort(in_scores, descending=True).values[k - 1])
@@ -155,11 +156,11 @@ class OODMetrics(Metric):
         if targets.numel() == 1:
             targets = targets.expand(scores.numel())
         if targets.numel() != scores.numel():
-            raise ValueError(f"got {scores.numel()} scores but {targets.numel()} targets")
+            raise UserError(f"got {scores.numel()} scores but {targets.numel()} targets")
         if indexes is None:
             indexes = torch.full_like(scores, -1, dtype=torch.long)
         elif bool((torch.as_tensor(indexes) < 0).any()):
-            raise ValueError("sample indexes must be >= 0")
+            raise UserError("sample indexes must be >= 0")
         self.scores.append(scores)
         self.targets.append(targets.clone())
         self.indexes.append(torch.as_tensor(indexes, device=scores.device).flatten().long())
@@ -168,7 +169,7 @@ class OODMetrics(Metric):
         scores, targets, indexes = (torch.cat(s) if isinstance(s, list) and s else s
                                     for s in (self.scores, self.targets, self.indexes))
         if isinstance(scores, list):
-            raise ValueError("OODMetrics.compute() called before any update(): no scores to evaluate")
+            raise UserError("OODMetrics.compute() called before any update(): no scores to evaluate")
         keep = _first_occurrence(indexes * 2 + targets.long(), indexes >= 0)
         scores, targets = scores[keep], targets[keep]
         return ood_metrics(scores[targets], scores[~targets])

@@ -17,14 +17,15 @@ import odin_pl.models  # noqa: F401  (registers the project's models with timm)
 from odin_pl.epoch_metrics import ClassificationTotals, log_global
 from odin_pl.rng import rng_states, set_rng_states
 from odin_pl.spec import ImageSpec
+from odin_pl.errors import UserError
 
 
 def create_backbone(name: str, num_classes: int, spec: ImageSpec, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, num_classes, in_chans=spec.channels)``, plus ``img_size=spec.size`` for
     entrypoints that name an ``img_size`` argument (the MLPs, which must know their input size)."""
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone {name!r}: use a model registered in timm (timm.list_models()) or by "
-                         "odin_pl.models (hendrycks_mlp, densenet_bc_100, wrn_28_10, wrn_40_4)")
+        raise UserError(f"unknown backbone {name!r}: use a model registered in timm (timm.list_models()) or by "
+                        "odin_pl.models (hendrycks_mlp, densenet_bc_100, wrn_28_10, wrn_40_4)")
     if "img_size" in inspect.signature(timm.models.model_entrypoint(name)).parameters:
         kwargs.setdefault("img_size", spec.size)
     return timm.create_model(name, num_classes=num_classes, in_chans=spec.channels, **kwargs)
@@ -71,11 +72,11 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if any(not 0 < m < 1 for m in lr_milestones):
-            raise ValueError(f"lr_milestones are fractions of training in (0, 1), got {list(lr_milestones)}")
+            raise UserError(f"lr_milestones are fractions of training in (0, 1), got {list(lr_milestones)}")
         if lr_schedule not in ("multistep", "one_cycle"):
-            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use 'multistep' or 'one_cycle'")
+            raise UserError(f"unknown lr_schedule {lr_schedule!r}; use 'multistep' or 'one_cycle'")
         if not 0 < lr_peak_fraction < 1:
-            raise ValueError(f"lr_peak_fraction is a fraction of training in (0, 1), got {lr_peak_fraction}")
+            raise UserError(f"lr_peak_fraction is a fraction of training in (0, 1), got {lr_peak_fraction}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
         self._totals = ClassificationTotals()
@@ -91,7 +92,7 @@ class ImageClassifier(pl.LightningModule):
     def _build(self, spec: ImageSpec) -> None:
         num_classes = self.hparams.num_classes or spec.num_classes
         if not num_classes:
-            raise ValueError("num_classes is unknown: set model.num_classes or give the data set class names")
+            raise UserError("num_classes is unknown: set model.num_classes or give the data set class names")
         self.hparams.update(image_spec=spec.to_dict(), num_classes=num_classes)
         self.net = create_backbone(self.hparams.backbone, num_classes, spec, **(self.hparams.backbone_kwargs or {}))
         if self.hparams.channels_last:
@@ -104,8 +105,8 @@ class ImageClassifier(pl.LightningModule):
             return
         spec = getattr(getattr(self._trainer, "datamodule", None), "image_spec", None)
         if spec is None:
-            raise ValueError("ImageClassifier needs an image spec: pass image_spec=... or train with a DataModule "
-                             "that has an `image_spec` property")
+            raise UserError("ImageClassifier needs an image spec: pass image_spec=... or train with a DataModule "
+                            "that has an `image_spec` property")
         self._build(spec)
 
     def prepare_input(self, x: Tensor) -> Tensor:
@@ -151,8 +152,8 @@ class ImageClassifier(pl.LightningModule):
         if self.hparams.weight_decay_scope == "all":
             return [{"params": list(self.net.parameters()), "weight_decay": decay}]
         if not hasattr(self.net, "hidden_weights"):
-            raise ValueError(f"weight_decay_scope='hidden_weights' needs a backbone with hidden_weights() "
-                             f"(the MLPs); {self.hparams.backbone} has none")
+            raise UserError(f"weight_decay_scope='hidden_weights' needs a backbone with hidden_weights() "
+                            f"(the MLPs); {self.hparams.backbone} has none")
         hidden = {id(p) for p in self.net.hidden_weights()}
         return [{"params": [p for p in self.net.parameters() if id(p) in hidden], "weight_decay": decay},
                 {"params": [p for p in self.net.parameters() if id(p) not in hidden], "weight_decay": 0.0}]
@@ -165,7 +166,7 @@ class ImageClassifier(pl.LightningModule):
         elif hp.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, lr=hp.lr)
         else:
-            raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'")
+            raise UserError(f"unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'")
         if hp.lr_schedule == "one_cycle":
             factor = partial(one_cycle_factor, total_steps=self.trainer.estimated_stepping_batches,
                              peak_fraction=hp.lr_peak_fraction)
@@ -175,7 +176,7 @@ class ImageClassifier(pl.LightningModule):
         if not hp.lr_milestones:
             return {"optimizer": optimizer}
         if max_epochs is None or max_epochs < 1:
-            raise ValueError("lr_milestones are fractions of trainer.max_epochs: set max_epochs or lr_milestones: []")
+            raise UserError("lr_milestones are fractions of trainer.max_epochs: set max_epochs or lr_milestones: []")
         milestones = sorted({max(1, round(m * max_epochs)) for m in hp.lr_milestones})
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -30,6 +30,7 @@ from odin_pl.metrics import ood_metrics
 from odin_pl.report import main_records
 from odin_pl.scoring import StdLike, check_model_in_eval
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
+from odin_pl.errors import UserError
 
 MSP: Setting = (1.0, 0.0)  # ODIN's setting that equals the MSP baseline
 ScoresHook = Callable[[str, str, Plan, dict[str, Tensor]], None]
@@ -55,7 +56,7 @@ def score_plan(
         for name, scores in score_batch(model, images, plan, input_std, forward_batch_size, fits).items():
             chunks[name].append(scores.cpu())
     if len(dataset) == 0:
-        raise ValueError(f"{desc or 'the data set'} is empty: nothing to score")
+        raise UserError(f"{desc or 'the data set'} is empty: nothing to score")
     return {name: gather_shards(torch.cat(chunks[name], dim=1) if chunks[name] else
                                 torch.empty(len(plan[name]), 0, dtype=dtype), len(dataset)) for name in plan}
 
@@ -199,23 +200,23 @@ def run_protocol(
     check_model_in_eval(model)
     if methods is None:
         if mode == "fixed" and None in (temperature, epsilon):
-            raise ValueError("mode 'fixed' needs both temperature and epsilon")
+            raise UserError("mode 'fixed' needs both temperature and epsilon")
         methods = default_methods(grid, temperature, epsilon)
     methods = list(methods)
     if not methods:
-        raise ValueError("no method to evaluate: give at least one (see odin_pl.methods.list_methods())")
+        raise UserError("no method to evaluate: give at least one (see odin_pl.methods.list_methods())")
     if not ood_datasets:
-        raise ValueError("no OOD set to evaluate: give at least one")
+        raise UserError("no OOD set to evaluate: give at least one")
     tuning_only = dict(tuning_only_datasets or {})
     for name, dataset in [("in-distribution set", in_dataset), *ood_datasets.items(), *tuning_only.items()]:
         if len(dataset) == 0:
-            raise ValueError(f"{name!r} is empty: nothing to evaluate (check its folder or image count)")
+            raise UserError(f"{name!r} is empty: nothing to evaluate (check its folder or image count)")
     if mode == "transfer":
         if tune_on not in ood_datasets and tune_on not in tuning_only:
             known = sorted([*ood_datasets, *tuning_only])
-            raise ValueError(f"tune_on={tune_on!r} is not one of the evaluated sets {known}")
+            raise UserError(f"tune_on={tune_on!r} is not one of the evaluated sets {known}")
     elif mode not in ("paper", "cross", "fixed"):
-        raise ValueError(f"unknown mode {mode!r}; use 'paper', 'transfer', 'cross' or 'fixed'")
+        raise UserError(f"unknown mode {mode!r}; use 'paper', 'transfer', 'cross' or 'fixed'")
 
     result = ProtocolResult(methods=methods)
 
@@ -226,8 +227,8 @@ def run_protocol(
                 expected = {m: (len(s), len(dataset)) for m, s in plan.items()}
                 shapes = {m: tuple(t.shape) for m, t in saved.items()}
                 if shapes != expected:
-                    raise ValueError(f"load_scores gave scores of shapes {shapes} for {name}/{split}; "
-                                     f"expected {expected}")
+                    raise UserError(f"load_scores gave scores of shapes {shapes} for {name}/{split}; "
+                                    f"expected {expected}")
                 return saved
         total = sum(len(s) for s in plan.values())
         scores = score_plan(model, dataset, plan, input_std=input_std, batch_size=batch_size,

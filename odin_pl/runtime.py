@@ -22,6 +22,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from odin_pl.eval_config import RuntimeOptions
+from odin_pl.errors import UserError
 
 
 def launcher_processes() -> tuple[int, int] | None:
@@ -45,7 +46,7 @@ def create_fabric(options: RuntimeOptions) -> Fabric:
         return Fabric(accelerator=options.accelerator, devices=devices, num_nodes=num_nodes,
                       strategy=options.strategy, precision=options.precision)
     except (ValueError, RuntimeError) as err:  # e.g. "cuda" on a machine without a GPU
-        raise ValueError(f"--runtime.accelerator {options.accelerator} --runtime.devices {devices}: {err}") from err
+        raise UserError(f"--runtime.accelerator {options.accelerator} --runtime.devices {devices}: {err}") from err
 
 
 def start_processes(options: RuntimeOptions, *, may_start_processes: bool) -> Fabric:
@@ -59,12 +60,12 @@ def start_processes(options: RuntimeOptions, *, may_start_processes: bool) -> Fa
     environment = getattr(fabric.strategy, "cluster_environment", None)
     starts_processes = environment is not None and not environment.creates_processes_externally
     if fabric.world_size > 1 and starts_processes and not may_start_processes:
-        raise ValueError(f"{fabric.world_size} processes cannot be started from inside another program: it would "
-                         f"run that program's command line ({' '.join(sys.argv)}) again. Run `python evaluate.py "
-                         "... --runtime.devices N` from the shell, or under torchrun or SLURM")
+        raise UserError(f"{fabric.world_size} processes cannot be started from inside another program: it would "
+                        f"run that program's command line ({' '.join(sys.argv)}) again. Run `python evaluate.py "
+                        "... --runtime.devices N` from the shell, or under torchrun or SLURM")
     try:
         fabric.launch()
     except ValueError as err:  # the cluster's process counts disagree with --runtime.devices / --runtime.num_nodes
-        raise ValueError(f"{err} (--runtime.devices is Lightning's `devices`, --runtime.num_nodes its "
-                         "`num_nodes`; leave them unset under torchrun or SLURM)") from err
+        raise UserError(f"{err} (--runtime.devices is Lightning's `devices`, --runtime.num_nodes its "
+                        "`num_nodes`; leave them unset under torchrun or SLURM)") from err
     return fabric

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odin_pl.features import Fit, Fits
+from odin_pl.errors import UserError
 
 StdLike = Sequence[float] | Tensor | None
 FeatureLoss = Callable[[Tensor], Tensor]  # penultimate features h [B, D] -> a scalar summed over the batch
@@ -29,20 +30,20 @@ FeatureLoss = Callable[[Tensor], Tensor]  # penultimate features h [B, D] -> a s
 
 def check_temperature(temperature: float) -> None:
     if not (float(temperature) > 0 and torch.isfinite(torch.tensor(float(temperature)))):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
-                         "(the paper's grid is 1, 2, 5, ..., 1000; T = 1 is no scaling)")
+        raise UserError(f"temperature must be a finite number > 0, got {temperature!r} "
+                        "(the paper's grid is 1, 2, 5, ..., 1000; T = 1 is no scaling)")
 
 
 def check_epsilon(epsilon: float) -> None:
     if not (float(epsilon) >= 0 and torch.isfinite(torch.tensor(float(epsilon)))):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r} "
-                         "(the perturbation size in [0, 1] pixel units; 0 turns perturbation off)")
+        raise UserError(f"epsilon must be a finite number >= 0, got {epsilon!r} "
+                        "(the perturbation size in [0, 1] pixel units; 0 turns perturbation off)")
 
 
 def check_model_in_eval(model: nn.Module) -> None:
     if model.training:
-        raise ValueError("the model is in training mode: call model.eval() before scoring "
-                         "(ODIN scores the deployed network; dropout and batch-norm updates would change them)")
+        raise UserError("the model is in training mode: call model.eval() before scoring "
+                        "(ODIN scores the deployed network; dropout and batch-norm updates would change them)")
 
 
 def check_images(x: Tensor, model: nn.Module | None = None) -> None:
@@ -50,24 +51,24 @@ def check_images(x: Tensor, model: nn.Module | None = None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"expected a batch of images of shape [B, C, H, W], got shape {tuple(x.shape)}; "
-                         "add a batch dimension with x.unsqueeze(0) for a single image")
+        raise UserError(f"expected a batch of images of shape [B, C, H, W], got shape {tuple(x.shape)}; "
+                        "add a batch dimension with x.unsqueeze(0) for a single image")
     if not x.is_floating_point():
-        raise ValueError(f"expected floating-point images (normalized), got dtype {x.dtype}")
+        raise UserError(f"expected floating-point images (normalized), got dtype {x.dtype}")
     bad = (~torch.isfinite(x)).sum().item()
     if bad:
-        raise ValueError(f"the input contains {bad} NaN or Inf values; check the data pipeline "
-                         "(normalization with a zero std, corrupt images)")
+        raise UserError(f"the input contains {bad} NaN or Inf values; check the data pipeline "
+                        "(normalization with a zero std, corrupt images)")
     parameter = next(model.parameters(), None) if model is not None else None
     if parameter is not None and parameter.is_floating_point() and x.dtype != parameter.dtype:
-        raise ValueError(f"the images are {x.dtype} but the model's weights are {parameter.dtype}: convert the images "
-                         f"(x.to({parameter.dtype})) or the model (model.to({x.dtype}))")
+        raise UserError(f"the images are {x.dtype} but the model's weights are {parameter.dtype}: convert the images "
+                        f"(x.to({parameter.dtype})) or the model (model.to({x.dtype}))")
     spec = getattr(model, "image_spec", None)
     if spec is not None:
         expected = (spec.channels, spec.size, spec.size)
         if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"the model expects images of shape [B, {expected[0]}, {expected[1]}, {expected[2]}] "
-                             f"(its image spec), got {tuple(x.shape)}; convert the images to the spec first")
+            raise UserError(f"the model expects images of shape [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                            f"(its image spec), got {tuple(x.shape)}; convert the images to the spec first")
 
 
 def std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
@@ -75,10 +76,10 @@ def std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
         return None
     std = torch.as_tensor(input_std, dtype=x.dtype, device=x.device).flatten()
     if std.numel() != x.shape[1]:
-        raise ValueError(f"input_std has {std.numel()} values but the images have {x.shape[1]} channels; "
-                         "give one std per channel")
+        raise UserError(f"input_std has {std.numel()} values but the images have {x.shape[1]} channels; "
+                        "give one std per channel")
     if not bool((std > 0).all()):
-        raise ValueError(f"input_std must be positive, got {std.tolist()}")
+        raise UserError(f"input_std must be positive, got {std.tolist()}")
     return std.view(1, -1, 1, 1)
 
 
@@ -91,8 +92,8 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
     try:
         return model(x)
     except RuntimeError as err:
-        raise ValueError(f"the model failed on input of shape {tuple(x.shape)} (wrong channel count or image "
-                         f"size?): {err}") from err
+        raise UserError(f"the model failed on input of shape {tuple(x.shape)} (wrong channel count or image "
+                        f"size?): {err}") from err
 
 
 def sign_steps(x_leaf: Tensor, losses: Sequence[Tensor], std: Tensor | None) -> list[Tensor]:
@@ -166,7 +167,7 @@ class Batch:
         temperatures = list(dict.fromkeys(float(t) for t in gradient_temperatures))
         feature_losses = dict(feature_losses or {})
         if feature_losses and fits is None:
-            raise ValueError("feature losses need the model's features: pass fits")
+            raise UserError("feature losses need the model's features: pass fits")
         std = std_view(input_std, x)
 
         def forward(z: Tensor) -> tuple[Tensor | None, Tensor]:

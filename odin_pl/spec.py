@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
+from odin_pl.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,13 @@ class ImageSpec:
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if self.size <= 0 or self.channels <= 0:
-            raise ValueError(f"ImageSpec needs a positive size and channel count, got size={self.size}, "
-                             f"channels={self.channels}")
+            raise UserError(f"ImageSpec needs a positive size and channel count, got size={self.size}, "
+                            f"channels={self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"ImageSpec has {self.channels} channels but {len(self.mean)} means and "
-                             f"{len(self.std)} stds: give one mean and one std per channel")
+            raise UserError(f"ImageSpec has {self.channels} channels but {len(self.mean)} means and "
+                            f"{len(self.std)} stds: give one mean and one std per channel")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"ImageSpec std must be positive, got {self.std}")
+            raise UserError(f"ImageSpec std must be positive, got {self.std}")
 
     @property
     def num_classes(self) -> int:

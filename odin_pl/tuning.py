@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.metrics import metric_rows
+from odin_pl.errors import UserError
 
 if TYPE_CHECKING:
     from odin_pl.methods import Method
@@ -30,7 +31,7 @@ class Grid:
 
     def __post_init__(self) -> None:
         if not self.temperatures or not self.epsilons:
-            raise ValueError("the tuning grid needs at least one temperature and one epsilon")
+            raise UserError("the tuning grid needs at least one temperature and one epsilon")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
         object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
 
@@ -70,7 +71,7 @@ class Selection:
 def tuning_size(n: int, requested: int = PAPER_TUNING_SIZE) -> int:
     """``requested`` images for tuning, or half of a set smaller than 2 * requested."""
     if n < 2:
-        raise ValueError(f"a set of {n} image(s) cannot be split into tuning and test images")
+        raise UserError(f"a set of {n} image(s) cannot be split into tuning and test images")
     return requested if n >= 2 * requested else n // 2
 
 
@@ -89,8 +90,8 @@ def select_setting(method: Method, settings: Sequence[tuple[float, ...]], in_sco
     the smallest unless that is the parameter's natural floor (epsilon = 0), is flagged as lying on the edge.
     """
     if in_scores.shape[0] != len(settings) or out_scores.shape[0] != len(settings):
-        raise ValueError(f"expected scores for {len(settings)} settings, got {in_scores.shape[0]} and "
-                         f"{out_scores.shape[0]}")
+        raise UserError(f"expected scores for {len(settings)} settings, got {in_scores.shape[0]} and "
+                        f"{out_scores.shape[0]}")
     s_in, s_out = in_scores.double().cpu(), out_scores.double().cpu()
     metrics = metric_rows(s_in, s_out)
     fprs, aurocs = metrics["fpr_at_95_tpr"].tolist(), metrics["auroc"].tolist()
@@ -120,4 +121,4 @@ def parse_floats(values: str | Sequence[float], name: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in items if str(v).strip())
     except ValueError as err:
-        raise ValueError(f"{name} takes comma-separated numbers, got {values!r}") from err
+        raise UserError(f"{name} takes comma-separated numbers, got {values!r}") from err

@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO, saved_scores
 
 import evaluate
+from odin_pl.errors import MissingFileError
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.run_logging import run_metrics
 
@@ -328,3 +329,31 @@ def test_method_parameters_on_the_command_line(quickstart_ckpt: str, tmp_path) -
     with pytest.raises(ValueError, match="'sweeps' studies ODIN's T and epsilon and needs the method\\(s\\) odin"):
         evaluate.main([*common, "--analyses.names", "sweeps", "--output.dir", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+def test_user_errors_are_one_line_bugs_keep_their_traceback(quickstart_ckpt: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A UserError is `evaluate.py: error: ...` and status 2; --debug shows its traceback instead; any other
+    exception (a bug) propagates with its traceback."""
+    missing = ["evaluate.py", "--ckpt", str(tmp_path / "missing.ckpt")]
+    monkeypatch.setattr(sys, "argv", missing)
+    assert evaluate.run_command_line() == 2
+    assert capsys.readouterr().err.startswith("evaluate.py: error: checkpoint")
+    monkeypatch.setattr(sys, "argv", [*missing, "--debug"])
+    with pytest.raises(MissingFileError, match="does not exist"):
+        evaluate.run_command_line()
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(evaluate, "protocol", bug)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "o"),
+                                      "--output.logger", "false"])
+    with pytest.raises(KeyError, match="a bug"):
+        evaluate.run_command_line()
+
+
+def test_debug_shows_the_traceback_from_the_shell(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "evaluate.py", "--ckpt", str(tmp_path / "nope.ckpt"), "--debug"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" in run.stderr and "MissingFileError" in run.stderr

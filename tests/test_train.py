@@ -20,6 +20,7 @@ from lightning.fabric.plugins.io import torch_io
 import train
 from conftest import REPO
 from odin_pl.checkpoint import run_progress
+from odin_pl.errors import UserError
 from odin_pl.rng import set_rng_states
 
 
@@ -215,3 +216,10 @@ def test_a_killed_run_resumes_exactly(uninterrupted: tuple[dict, str], workers: 
     assert _same(resumed["state_dict"], reference["state_dict"])
     assert _same(resumed["optimizer_states"], reference["optimizer_states"])
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_debug_shows_a_user_errors_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", "--ckpt_path", "last", "--trainer.default_root_dir", str(tmp_path),
+                                      "--trainer.logger", "false", "--debug"])
+    with pytest.raises(UserError, match="--ckpt_path last: there is no checkpoint to resume"):
+        train.run_command_line()

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from odin_pl.analyses import distances, gradients, logit_stats, sweeps, taylor, thresholds, tuning_size
 from odin_pl.analyses.context import AnalysisContext, AnalysisOutput
+from odin_pl.errors import UserError
 
 ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "sweeps": sweeps.run,                  # Figures 3, 4, 7-9
@@ -37,8 +38,8 @@ def parse_analyses(names: str | None) -> list[str]:
         return list(ANALYSES)
     unknown = [n for n in requested if n not in ANALYSES]
     if unknown:
-        raise ValueError(f"unknown analysis {', '.join(map(repr, unknown))}; choose from {', '.join(ANALYSES)} "
-                         "or 'all'")
+        raise UserError(f"unknown analysis {', '.join(map(repr, unknown))}; choose from {', '.join(ANALYSES)} "
+                        "or 'all'")
     return list(dict.fromkeys(requested))
 
 
@@ -47,8 +48,8 @@ def check_analyses(names: list[str], methods: list[str]) -> None:
     for name in names:
         missing = [m for m in NEEDS_METHODS.get(name, ()) if m not in methods]
         if missing:
-            raise ValueError(f"the analysis {name!r} studies ODIN's T and epsilon and needs the method(s) "
-                             f"{', '.join(missing)}: add them to --tuning.methods or drop {name!r}")
+            raise UserError(f"the analysis {name!r} studies ODIN's T and epsilon and needs the method(s) "
+                            f"{', '.join(missing)}: add them to --tuning.methods or drop {name!r}")
 
 
 def run_analyses(names: list[str], context: AnalysisContext) -> dict[str, AnalysisOutput]:

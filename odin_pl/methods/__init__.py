@@ -16,6 +16,7 @@ from odin_pl.methods.registry import create_method, list_methods, register_metho
 from odin_pl.scoring import Batch, StdLike
 
 from odin_pl.methods import msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn  # noqa: E402,F401,I001
+from odin_pl.errors import UserError
 
 Plan = Mapping[str, Sequence[Setting]]  # method name -> the settings to score
 
@@ -28,8 +29,8 @@ def method_batch(model: nn.Module, x: Tensor, methods: Mapping[str, tuple[Method
     per feature loss that some method asks for."""
     fitted = [name for name, (method, _) in methods.items() if method.needs_fit]
     if fitted and fits is None:
-        raise ValueError(f"method(s) {', '.join(fitted)} score with a fit on the in-distribution training images: "
-                         "pass fits (odin_pl.fits.prepare_fits makes them, as evaluate.py does)")
+        raise UserError(f"method(s) {', '.join(fitted)} score with a fit on the in-distribution training images: "
+                        "pass fits (odin_pl.fits.prepare_fits makes them, as evaluate.py does)")
     temperatures = [t for method, settings in methods.values() for t in method.gradient_temperatures(settings)]
     losses = {name: loss for name in fitted
               if (loss := methods[name][0].feature_loss(methods[name][1], fits.of(name))) is not None}

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from odin_pl.features import Fit
 from odin_pl.scoring import Batch, FeatureLoss
+from odin_pl.errors import UserError
 
 Setting = tuple[float, ...]
 
@@ -81,8 +82,8 @@ class Method(ABC):
         setting = tuple(float(v) for v in setting)
         if len(setting) != len(self.params):
             names = ", ".join(p.name for p in self.params) or "none"
-            raise ValueError(f"method {self.name!r} takes {len(self.params)} parameter(s) ({names}), "
-                             f"got {len(setting)}: {setting}")
+            raise UserError(f"method {self.name!r} takes {len(self.params)} parameter(s) ({names}), "
+                            f"got {len(setting)}: {setting}")
         return setting
 
     def grid(self, values: Mapping[str, Sequence[float]] | None = None) -> list[Setting]:
@@ -91,11 +92,11 @@ class Method(ABC):
         values = dict(values or {})
         unknown = set(values) - {p.name for p in self.params}
         if unknown:
-            raise ValueError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: "
-                             f"{', '.join(p.name for p in self.params) or 'none'}")
+            raise UserError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: "
+                            f"{', '.join(p.name for p in self.params) or 'none'}")
         axes = [tuple(float(v) for v in values.get(p.name, p.values)) for p in self.params]
         if any(not axis for axis in axes):
-            raise ValueError(f"method {self.name!r}: every parameter needs at least one grid value")
+            raise UserError(f"method {self.name!r}: every parameter needs at least one grid value")
         return [self.check_setting(s) for s in product(*axes)]
 
     def default_setting(self) -> Setting:

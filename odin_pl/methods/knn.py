@@ -18,6 +18,7 @@ from odin_pl.features import Fit
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
 from odin_pl.scoring import Batch
+from odin_pl.errors import UserError
 
 PAPER_K = 50.0
 BANK_CHUNK = 16384  # bank rows per matrix product
@@ -29,8 +30,8 @@ def normalized(h: Tensor, what: str) -> Tensor:
     norms = h.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
         rows = (norms.flatten() == 0).nonzero().flatten().tolist()
-        raise ValueError(f"knn: {what} {rows[:10]} have all-zero penultimate features, whose direction (h / ||h||) "
-                         "is undefined; drop knn from --methods for this model")
+        raise UserError(f"knn: {what} {rows[:10]} have all-zero penultimate features, whose direction (h / ||h||) "
+                        "is undefined; drop knn from --methods for this model")
     return h / norms
 
 
@@ -48,11 +49,11 @@ class KNN(Method):
         kept = [s for s in settings if s[0] <= n]
         dropped = [f"{s[0]:g}" for s in settings if s[0] > n]
         if dropped and len(settings) == 1:
-            raise ValueError(f"knn: k = {dropped[0]} is larger than the feature bank ({n} training images): give "
-                             f"k <= {n} (--params knn.k=...) or fit on more images (--fit_images)")
+            raise UserError(f"knn: k = {dropped[0]} is larger than the feature bank ({n} training images): give "
+                            f"k <= {n} (--params knn.k=...) or fit on more images (--fit_images)")
         if not kept:
-            raise ValueError(f"knn: every k of the grid ({', '.join(dropped)}) is larger than the feature bank ({n} "
-                             "training images): give smaller values or fit on more images (--fit_images)")
+            raise UserError(f"knn: every k of the grid ({', '.join(dropped)}) is larger than the feature bank ({n} "
+                            "training images): give smaller values or fit on more images (--fit_images)")
         note = (f"knn: k = {', '.join(dropped)} dropped from the grid: larger than the feature bank of {n} "
                 "training images") if dropped else None
         return kept, note
@@ -61,7 +62,7 @@ class KNN(Method):
         bank = batch.fit(self.name)["bank"]
         ks = [int(k) for (k,) in settings]
         if max(ks) > len(bank):
-            raise ValueError(f"knn: k = {max(ks)} is larger than the feature bank ({len(bank)} training images)")
+            raise UserError(f"knn: k = {max(ks)} is larger than the feature bank ({len(bank)} training images)")
         z = normalized(batch.features, "images of the batch")
         nearest = None  # the max(ks) smallest squared distances so far, ascending
         for chunk in bank.split(BANK_CHUNK):
@@ -80,5 +81,5 @@ class KNN(Method):
     def check_setting(self, setting: Sequence[float]) -> Setting:
         setting = super().check_setting(setting)
         if not (setting[0] >= 1 and float(setting[0]).is_integer()):
-            raise ValueError(f"knn: k must be a whole number >= 1, got {setting[0]!r}")
+            raise UserError(f"knn: k must be a whole number >= 1, got {setting[0]!r}")
         return setting

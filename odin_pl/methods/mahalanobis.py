@@ -26,6 +26,7 @@ from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
 from odin_pl.scoring import Batch, FeatureLoss, check_epsilon, perturbed_rows
 from odin_pl.tuning import PAPER_EPSILONS
+from odin_pl.errors import UserError
 
 
 def distances(h: Tensor, fit: Fit) -> Tensor:
@@ -46,18 +47,18 @@ class Mahalanobis(Method):
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
         if bool((counts == 0).any()):
             missing = (counts == 0).nonzero().flatten().tolist()
-            raise ValueError(f"mahalanobis: class(es) {missing} have no image among the {n} training images fitted "
-                             "on; use more of them (--fit_images) so that every class has its mean")
+            raise UserError(f"mahalanobis: class(es) {missing} have no image among the {n} training images fitted "
+                            "on; use more of them (--fit_images) so that every class has its mean")
         means = torch.zeros(len(counts), dim, dtype=torch.float64).index_add_(0, labels, features)
         means /= counts[:, None]
         centered = features - means[labels]
         scatter = centered.T @ centered / n
         rank = int(torch.linalg.matrix_rank(scatter, hermitian=True))
         if rank < dim:
-            raise ValueError(f"mahalanobis: the tied covariance of the training features has rank {rank}, below the "
-                             f"feature dimension {dim} (from {n} training images in {len(counts)} classes); it needs "
-                             "full rank: more training images than features and classes (--fit_images), and no "
-                             "feature constant over the training images")
+            raise UserError(f"mahalanobis: the tied covariance of the training features has rank {rank}, below the "
+                            f"feature dimension {dim} (from {n} training images in {len(counts)} classes); it needs "
+                            "full rank: more training images than features and classes (--fit_images), and no "
+                            "feature constant over the training images")
         return {"means": means, "precision": torch.linalg.pinv(scatter, hermitian=True)}
 
     def feature_loss(self, settings: Sequence[Setting], fit: Fit) -> FeatureLoss | None:

@@ -18,6 +18,7 @@ from odin_pl.features import Fit
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
 from odin_pl.scoring import Batch
+from odin_pl.errors import UserError
 
 PAPER_PERCENTILE = 90.0
 
@@ -26,8 +27,8 @@ def threshold(fit: Fit, percentile: float) -> float:
     """c_p of the fit, or a ValueError when the fit has none for p."""
     matches = (fit["percentiles"] == percentile).nonzero().flatten()
     if len(matches) == 0:
-        raise ValueError(f"react: the fit has thresholds for p in {fit['percentiles'].tolist()}, not p = "
-                         f"{percentile:g}; fit again with p in the grid")
+        raise UserError(f"react: the fit has thresholds for p in {fit['percentiles'].tolist()}, not p = "
+                        f"{percentile:g}; fit again with p in the grid")
     return float(fit["thresholds"][matches[0]])
 
 
@@ -61,5 +62,5 @@ class ReAct(Method):
     def check_setting(self, setting: Sequence[float]) -> Setting:
         setting = super().check_setting(setting)
         if not 0 < setting[0] <= 100:
-            raise ValueError(f"react: the percentile p must lie in (0, 100] (a percent, e.g. 90), got {setting[0]!r}")
+            raise UserError(f"react: the percentile p must lie in (0, 100] (a percent, e.g. 90), got {setting[0]!r}")
         return setting

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from torch import Tensor, nn
+from odin_pl.errors import UserError
 
 # Arguments timm.create_model always passes to an entrypoint; the project's models have no pretrained weights.
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
@@ -13,8 +14,8 @@ _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 def build(model_cls: Callable[..., nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
     """Build ``model_cls(**kwargs)`` for a timm entrypoint, refusing ``pretrained=True``."""
     if pretrained:
-        raise ValueError(f"{model_cls.__name__} has no pretrained weights in odin-pl; train it with train.py "
-                         "or load a state_dict with evaluate.py --weights")
+        raise UserError(f"{model_cls.__name__} has no pretrained weights in odin-pl; train it with train.py "
+                        "or load a state_dict with evaluate.py --weights")
     for key in _TIMM_ONLY_KWARGS:
         kwargs.pop(key, None)
     return model_cls(**kwargs)
@@ -73,6 +74,6 @@ class TimmClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, self.global_pool):
-            raise ValueError(f"{type(self).__name__} only supports global_pool={self.global_pool!r}, "
-                             f"got {global_pool!r}")
+            raise UserError(f"{type(self).__name__} only supports global_pool={self.global_pool!r}, "
+                            f"got {global_pool!r}")
         self.init_classifier(num_classes)

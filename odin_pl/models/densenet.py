@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from odin_pl.models._factory import TimmClassifier, build, init_conv_bn
+from odin_pl.errors import UserError
 
 
 class Bottleneck(nn.Module):
@@ -71,7 +72,7 @@ class DenseNet(TimmClassifier):
                  compression: float = 0.5, drop_rate: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"DenseNet-BC depth must be 6n+4, got {depth}")
+            raise UserError(f"DenseNet-BC depth must be 6n+4, got {depth}")
         num_layers = (depth - 4) // 6
         planes = 2 * growth_rate
         self.conv1 = nn.Conv2d(in_chans, planes, kernel_size=3, padding=1, bias=False)

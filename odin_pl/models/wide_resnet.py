@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from odin_pl.models._factory import TimmClassifier, build, init_conv_bn
+from odin_pl.errors import UserError
 
 
 class BasicBlock(nn.Module):
@@ -60,7 +61,7 @@ class WideResNet(TimmClassifier):
                  drop_rate: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"Wide ResNet depth must be 6n+4, got {depth}")
+            raise UserError(f"Wide ResNet depth must be 6n+4, got {depth}")
         num_blocks = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_chans, widths[0], kernel_size=3, padding=1, bias=False)
