@@ -44,7 +44,8 @@ from odin_pl.run_logging import log_run
 from odin_pl.report import write_results
 from odin_pl.run_outputs import SAVED_CONFIG, write_run
 from odin_pl.runtime import start_processes
-from odin_pl.errors import DEBUG_FLAG, MissingFileError, UserError, report_user_error, without_debug_flag
+from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, UserError, report_user_error,
+                            without_debug_flag)
 
 SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
 
@@ -304,12 +305,16 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     target = load_target(config)
     target.model.to(device=fabric.device, dtype=config.runtime.dtype)
-    detector = Detector.load(config.detector, target.model, weights_sha256=file_sha256(target.weights_file))
+    detector = Detector.load(config.detector, target.model, weights_sha256=file_sha256(target.weights_file),
+                             allow_other_weights=config.allow_other_weights)
     spec = target.spec
     dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images,
                                 exclude=[config.output_folder])
-    detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
-                                num_workers=config.runtime.num_workers)
+    try:
+        detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
+                                    num_workers=config.runtime.num_workers)
+    except NonFiniteScoresError as err:
+        raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
     csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"
     if fabric.global_rank == 0:
         paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None

@@ -12,18 +12,22 @@ detector file) and that file's SHA-256, and refuses to load when the file change
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from odin_pl.features import FeatureModel, Fits
+from odin_pl.files import atomic_write
 from odin_pl.fits import SavedFit, load_fit
 from odin_pl.methods import Setting, create_method, method_batch
 from odin_pl.metrics import _as_scores, threshold_at_tpr
-from odin_pl.scoring import Batch, max_softmax
+from odin_pl.scoring import Batch, max_softmax, non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 
@@ -64,7 +68,7 @@ class Detector:
         _check_model_fits(model, input_spec)
         self.model = model
         self.input_spec = input_spec
-        self.threshold, self.tpr = float(threshold), float(tpr)
+        self.threshold, self.tpr = self._checked(threshold, tpr)
         self.tuned_on = dict(tuned_on or {})
         self.fit_file, self.fits = fit, self._fits(model, fit)
 
@@ -84,6 +88,21 @@ class Detector:
         device = next(model.parameters()).device
         return Fits(FeatureModel(model), {name: {key: t.to(device) for key, t in fit.tensors.items()}})
 
+    def _checked(self, threshold: float, tpr: float) -> tuple[float, float]:
+        """(threshold, tpr) as floats, or a UserError: ``tpr`` in (0, 1] and a finite threshold within the method's
+        score range (up to 4 units in the last place of float32 at the bounds)."""
+        tpr, threshold = float(tpr), float(threshold)
+        if not 0 < tpr <= 1:
+            raise UserError(f"tpr must be in (0, 1] (the fraction of in-distribution images kept), got {tpr}")
+        low, high = self.method.score_range(self.input_spec.num_classes or 1)
+        scale = max([1.0, *(abs(bound) for bound in (low, high) if math.isfinite(bound))])
+        slack = 4 * float(torch.finfo(torch.float32).eps) * scale
+        if not math.isfinite(threshold) or not low - slack <= threshold <= high + slack:
+            raise UserError(f"threshold {threshold} of a {self.method.name} detector is not a finite number in its "
+                            f"score range [{low}, {high}]: a damaged or hand-edited detector file; write it again with "
+                            "evaluate.py")
+        return threshold, tpr
+
     @property
     def params(self) -> dict[str, float]:
         return dict(zip((p.name for p in self.method.params), self.setting))
@@ -94,13 +113,12 @@ class Detector:
             fit: SavedFit | None = None) -> "Detector":
         """A detector whose threshold keeps at least ``tpr`` of the in-distribution ``in_scores`` (the method's
         scores at this setting)."""
-        detector = Detector(model, method, params, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on, fit=fit)
-        detector.fit_threshold(in_scores, tpr)
-        return detector
+        threshold = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr)
+        return Detector(model, method, params, input_spec, threshold, tpr, tuned_on=tuned_on, fit=fit)
 
     def fit_threshold(self, in_scores: Any, tpr: float = 0.95) -> float:
         """Set and return the threshold: the ceil(tpr * n)-th largest in-distribution score."""
-        self.threshold, self.tpr = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr), float(tpr)
+        self.threshold, self.tpr = self._checked(threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr), tpr)
         return self.threshold
 
     def _batch(self, x: Tensor) -> Batch:
@@ -119,6 +137,8 @@ class Detector:
             raise UserError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
                             f"{self.input_spec.num_classes} classes")
         score = self.method.score(batch, [self.setting])[0]
+        if (error := non_finite_error({self.method.name: score}, "prediction")) is not None:
+            raise error
         return Detection(batch.logits.argmax(dim=1), max_softmax(batch.logits, 1.0), score, score < self.threshold)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,18 +160,21 @@ class Detector:
         return data
 
     def save(self, path: str | Path) -> Path:
-        """Write the detector (not the weights) as JSON; returns the path."""
+        """Write the detector (not the weights) as JSON, atomically; returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(path.parent), indent=2) + "\n")
+        with atomic_write(path) as handle:
+            handle.write(json.dumps(self.to_dict(path.parent), indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module, weights_sha256: str | None = None) -> "Detector":
+    def load(cls, path: str | Path, model: nn.Module, weights_sha256: str | None = None,
+             allow_other_weights: bool = False) -> "Detector":
         """The detector saved at ``path`` (format version 1 or 2), on ``model`` (whose spec and class count must
         match): an :class:`ODINDetector` for ODIN, else a :class:`Detector` of its method (which
-        ``ODINDetector.load`` refuses). A fitted method's fit file must still have its recorded SHA-256 and, given
-        ``weights_sha256`` (of the model's weights file), have been made with those weights."""
+        ``ODINDetector.load`` refuses). Given ``weights_sha256`` (of the model's weights file), the detector must
+        have been tuned with those weights (and a fitted method's fit made with them), else it is refused;
+        ``allow_other_weights`` turns the refusal into a warning that names both. A fitted method's fit file must
+        still have its recorded SHA-256."""
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"detector file {path} does not exist; evaluate.py writes one per tuned set "
@@ -170,7 +193,11 @@ class Detector:
             method, params = (("odin", {"temperature": data["temperature"], "epsilon": data["epsilon"]})
                               if version == 1 else (data["method"], data["params"]))
             spec, rest = ImageSpec.from_dict(data["input_spec"]), (data["threshold"], data["tpr"], data.get("tuned_on"))
-            fit = _load_fit(path, data["fit"], weights_sha256) if "fit" in data else None
+            if weights_sha256 is not None:
+                _check_weights(path, (data.get("tuned_on") or {}).get("weights_sha256"), weights_sha256,
+                               allow_other_weights)
+            fit = _load_fit(path, data["fit"], None if allow_other_weights else weights_sha256) if "fit" in data \
+                else None
         except KeyError as err:
             raise UserError(f"{path} lacks the field {err}: not a complete detector file") from err
         if method == "odin" and isinstance(params, dict) and set(params) == {"temperature", "epsilon"}:
@@ -190,9 +217,8 @@ class ODINDetector(Detector):
     @classmethod
     def fit(cls, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,  # type: ignore[override]
             in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> "ODINDetector":
-        detector = cls(model, temperature, epsilon, input_spec, threshold=0.0, tpr=tpr, tuned_on=tuned_on)
-        detector.fit_threshold(in_scores, tpr)
-        return detector
+        threshold = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr)
+        return cls(model, temperature, epsilon, input_spec, threshold, tpr, tuned_on=tuned_on)
 
     @property
     def temperature(self) -> float:
@@ -201,6 +227,18 @@ class ODINDetector(Detector):
     @property
     def epsilon(self) -> float:
         return self.setting[1]
+
+
+def _check_weights(path: Path, recorded: str | None, actual: str, allow_other_weights: bool) -> None:
+    """Refuse (or, allowed, warn about) a detector tuned with weights other than the model's."""
+    if recorded is None or recorded == actual:
+        return
+    message = (f"detector {path} was tuned with the weights of SHA-256 {recorded}, but the model's weights have "
+               f"SHA-256 {actual}")
+    if not allow_other_weights:
+        raise UserError(f"{message}: its threshold and setting do not hold for this model; use the checkpoint it "
+                        "was tuned with, or --allow_other_weights true to use it anyway")
+    warnings.warn(f"{message}; used anyway (--allow_other_weights)", stacklevel=3)
 
 
 def _load_fit(path: Path, record: Mapping[str, str], weights_sha256: str | None) -> SavedFit:

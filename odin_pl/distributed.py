@@ -17,6 +17,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from odin_pl.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -65,6 +67,21 @@ def broadcast_from_zero(obj: T) -> T:
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def agree_on_failure(error: Exception | None) -> None:
+    """One failure stops every process: raise ``error`` where there is one, and on the other processes a
+    UserError saying that another one failed (one all-reduce, so no process is left waiting in a gather). Without a
+    process group: raise ``error`` if any."""
+    failed = error is not None
+    if world()[1] > 1:
+        flag = torch.tensor([int(failed)], device=_collective_device(torch.device("cpu")))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        failed = bool(flag.item())
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError("another process of the run stopped with an error (see its message)")
 
 
 def _collective_device(default: torch.device) -> torch.device:

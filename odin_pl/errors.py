@@ -19,6 +19,10 @@ class OutputError(UserError, OSError):
     """A result could not be written (disk full, no permission, read-only file system); nothing partial is left."""
 
 
+class NonFiniteScoresError(UserError):
+    """A model gave NaN or infinite scores (corrupt weights, an overflow): no metric or decision is made from them."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed at (or that a data set needs) does not exist."""
 

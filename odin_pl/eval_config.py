@@ -386,12 +386,15 @@ class PredictConfig(ModelSource):
         detector: a detector file written by the protocol (``<output_dir>/detectors/<set>.json``).
         num_images: score a seeded subset of this many images (default: all).
         output_dir: where ``predictions/<set>.csv`` goes (default: the run folder's ``evaluation/``).
+        allow_other_weights: use a detector tuned with other weights than the model's (a warning names both;
+            by default such a detector is refused).
     """
 
     images: str | None = None
     detector: str | None = None
     num_images: int | None = None
     output_dir: str | None = None
+    allow_other_weights: bool = False
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def __post_init__(self) -> None:

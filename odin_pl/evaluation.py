@@ -33,7 +33,7 @@ from odin_pl.protocol import MethodGrid, ProtocolResult, run_protocol, split_see
 from odin_pl.report import results_tables
 from odin_pl.score_store import ScoreStore
 from odin_pl.spec import ImageSpec
-from odin_pl.errors import UserError
+from odin_pl.errors import NonFiniteScoresError, UserError
 
 IN_DISTRIBUTION = "in_distribution"
 
@@ -186,13 +186,16 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
                             " run the protocol (again) into this folder with --output.resume true first")
         return scores
 
-    result = run_protocol(
-        target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode,
-        methods=fits.methods if fits is not None else methods, tune_on=tuning.tune_on,
-        tuning_only_datasets=tuning_only, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
-        num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
-        load_scores=load_saved if saved_scores_only else resume, progress=rank == 0,
-        fits=fits.fits if fits is not None else None)
+    try:
+        result = run_protocol(
+            target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode,
+            methods=fits.methods if fits is not None else methods, tune_on=tuning.tune_on,
+            tuning_only_datasets=tuning_only, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
+            num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
+            load_scores=load_saved if saved_scores_only else resume, progress=rank == 0,
+            fits=fits.fits if fits is not None else None)
+    except NonFiniteScoresError as err:
+        raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
     if fits is not None:
         result.notes[:0] = fits.notes
     if rank == 0 and config.bootstrap.resamples:

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from odin_pl.detector import Detection, Detector
-from odin_pl.distributed import gather_shards, shard_indices, world
+from odin_pl.distributed import agree_on_failure, gather_shards, shard_indices, world
+from odin_pl.errors import NonFiniteScoresError
 from odin_pl.files import atomic_write
 
 COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "<method>", "is_ood")  # <method>: its score
@@ -30,8 +31,13 @@ def detect_dataset(detector: Detector, dataset: Dataset, *, batch_size: int = 25
     parameter = next(detector.model.parameters())
     rank, world_size = world()
     shard = Subset(dataset, shard_indices(len(dataset), rank, world_size))
-    parts = [detector.predict_all(images.to(device=parameter.device, dtype=parameter.dtype))
-             for images, _ in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)]
+    parts, error = [], None
+    try:
+        for images, _ in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+            parts.append(detector.predict_all(images.to(device=parameter.device, dtype=parameter.dtype)))
+    except NonFiniteScoresError as err:  # at the first such batch; every process stops (no one waits in a gather)
+        error = err
+    agree_on_failure(error)
     local = {}
     for name in (f.name for f in fields(Detection)):
         if parts:

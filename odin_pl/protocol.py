@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
+from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_loader, world
 from odin_pl.features import Fits
 from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
 from odin_pl.report import main_records
-from odin_pl.scoring import StdLike, check_model_in_eval
+from odin_pl.scoring import StdLike, check_model_in_eval, non_finite_error
 from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
 from odin_pl.errors import UserError
 
@@ -45,16 +45,22 @@ def score_plan(
     """Scores [len(settings), len(dataset)] (on the CPU) per method of ``plan`` of every image of a data set
     yielding (image, label); one forward pass per batch serves all methods (``fits``: those of the fitted ones).
 
-    In a process group, each process scores its own shard and all get the gathered scores in dataset order.
+    In a process group, each process scores its own shard and all get the gathered scores in dataset order. A
+    NaN or infinite score stops the pass at its batch with a NonFiniteScoresError, on every process.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     chunks: dict[str, list[Tensor]] = {name: [] for name in plan}
     loader = shard_loader(dataset, batch_size, num_workers)
+    error = None
     for images, _ in tqdm(loader, desc=desc, disable=desc is None or world()[0] > 0, leave=False):
         images = images.to(device=device, dtype=dtype, non_blocking=True)
-        for name, scores in score_batch(model, images, plan, input_std, forward_batch_size, fits).items():
+        batch_scores = score_batch(model, images, plan, input_std, forward_batch_size, fits)
+        if (error := non_finite_error(batch_scores, desc or "scoring")) is not None:
+            break  # at the first batch with a NaN: no later work, and the other processes are told below
+        for name, scores in batch_scores.items():
             chunks[name].append(scores.cpu())
+    agree_on_failure(error)
     if len(dataset) == 0:
         raise UserError(f"{desc or 'the data set'} is empty: nothing to score")
     return {name: gather_shards(torch.cat(chunks[name], dim=1) if chunks[name] else

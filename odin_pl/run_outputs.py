@@ -24,9 +24,11 @@ class RunFiles:
 
 
 def write_run(run: ProtocolRun, model: ImageClassifier, out: Path) -> RunFiles:
-    """Results, figures (``figures/``) and one detector per tuning (``detectors/``) into ``out``."""
-    return RunFiles(write_results(out, run.result.records, run.meta(), run.table),
-                    write_figures(run, out / "figures"), write_detectors(run, model, out / "detectors"))
+    """Results, one detector per tuning (``detectors/``), then figures (``figures/``) into ``out``: the results and
+    detectors (each file written atomically) are on disk before any plotting, which could fail."""
+    results = write_results(out, run.result.records, run.meta(), run.table)
+    detectors = write_detectors(run, model, out / "detectors")
+    return RunFiles(results, write_figures(run, out / "figures"), detectors)
 
 
 def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:

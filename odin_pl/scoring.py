@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odin_pl.features import Fit, Fits
-from odin_pl.errors import UserError
+from odin_pl.errors import NonFiniteScoresError, UserError
 
 StdLike = Sequence[float] | Tensor | None
 FeatureLoss = Callable[[Tensor], Tensor]  # penultimate features h [B, D] -> a scalar summed over the batch
@@ -38,6 +38,17 @@ def check_epsilon(epsilon: float) -> None:
     if not (float(epsilon) >= 0 and torch.isfinite(torch.tensor(float(epsilon)))):
         raise UserError(f"epsilon must be a finite number >= 0, got {epsilon!r} "
                         "(the perturbation size in [0, 1] pixel units; 0 turns perturbation off)")
+
+
+def non_finite_error(scores: Mapping[str, Tensor], where: str) -> NonFiniteScoresError | None:
+    """The error to raise when some of the scores (per method) are NaN or infinite, naming where, which methods
+    and how many; None when all are finite."""
+    counts = {name: int((~torch.isfinite(t)).sum()) for name, t in scores.items()}
+    bad = ", ".join(f"{count} of {name}" for name, count in counts.items() if count)
+    if not bad:
+        return None
+    return NonFiniteScoresError(f"{where}: the model gives non-finite scores (NaN or Inf): {bad}; its weights may be "
+                                "corrupt (check the checkpoint or retrain) - no metric or decision is made from them")
 
 
 def check_model_in_eval(model: nn.Module) -> None:

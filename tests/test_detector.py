@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import evaluate
 from datamodules import build_ood_dataset
 from odin_pl import Detector, ODINDetector, msp_score, odin_score
 from odin_pl.checkpoint import load_model, read_checkpoint
+from odin_pl.errors import NonFiniteScoresError, UserError
 from odin_pl.fits import save_fit
 from odin_pl.methods import score_batch
 from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
@@ -36,8 +38,9 @@ def _images(n: int = 23, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5, 1.0])
 def test_threshold_keeps_the_target_tpr_as_the_metric_defines_it(tpr: float) -> None:
-    scores = torch.tensor([0.3, 0.9, 0.5, 0.5, 0.5, 0.7, 0.1, 0.8, 0.5, 0.2, 0.6, 0.4, 0.9, 0.35, 0.5, 0.45, 0.55,
-                           0.65, 0.75, 0.85], dtype=torch.float64)  # ties included
+    fractions = torch.tensor([0.3, 0.9, 0.5, 0.5, 0.5, 0.7, 0.1, 0.8, 0.5, 0.2, 0.6, 0.4, 0.9, 0.35, 0.5, 0.45, 0.55,
+                              0.65, 0.75, 0.85], dtype=torch.float64)  # ties included
+    scores = 1 / 3 + 2 / 3 * fractions  # within ODIN's range [1/N, 1] for N = 3 classes
     detector = ODINDetector.fit(_model(), 10.0, 0.001, SPEC, scores, tpr=tpr)
     assert detector.threshold == threshold_at_tpr(scores, tpr) == rates_at_tpr(scores, scores, tpr)[2]
     assert (scores >= detector.threshold).double().mean() >= tpr
@@ -76,7 +79,7 @@ def test_predict_runs_one_forward_pass_on_the_clean_images() -> None:
 
 def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
     model = _model()
-    detector = ODINDetector(model, 1000.0, 0.0014, SPEC, threshold=0.123456789012345, tpr=0.9,
+    detector = ODINDetector(model, 1000.0, 0.0014, SPEC, threshold=0.723456789012345, tpr=0.9,
                             tuned_on={"ood_set": "gaussian", "seed": 3})
     path = detector.save(tmp_path / "d" / "detector.json")
     data = json.loads(path.read_text())
@@ -84,7 +87,7 @@ def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
     assert data["method"] == "odin" and data["params"] == {"temperature": 1000.0, "epsilon": 0.0014}
     assert data["input_spec"]["std"] == [0.25, 0.5] and data["tuned_on"] == {"ood_set": "gaussian", "seed": 3}
     loaded = ODINDetector.load(path, model)
-    assert (loaded.temperature, loaded.epsilon, loaded.threshold, loaded.tpr) == (1000.0, 0.0014, 0.123456789012345,
+    assert (loaded.temperature, loaded.epsilon, loaded.threshold, loaded.tpr) == (1000.0, 0.0014, 0.723456789012345,
                                                                                   0.9)
     assert loaded.input_spec == SPEC and loaded.tuned_on == detector.tuned_on
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -202,3 +205,43 @@ def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process
     is_ood, predicted = detector.predict(x)
     torch.testing.assert_close(torch.tensor(reloaded["scores"]), detector.score(x), rtol=1e-6, atol=1e-7)
     assert reloaded["is_ood"] == is_ood.tolist() and reloaded["class"] == predicted.tolist()
+
+
+def test_a_detector_refuses_a_threshold_or_tpr_it_cannot_mean() -> None:
+    """Finite thresholds within the method's score range ([1/3, 1] for ODIN with 3 classes, up to 4 float32 ulps),
+    tpr in (0, 1]: a damaged detector file is refused at load with the same message."""
+    model = _model()
+    assert ODINDetector(model, 10.0, 0.0, SPEC, threshold=1.0 + 2e-7).threshold == 1.0 + 2e-7
+    for threshold in (0.2, 1.01, float("nan"), float("inf")):
+        with pytest.raises(UserError, match=r"threshold .* not a finite number in its score range \[0.333"):
+            ODINDetector(model, 10.0, 0.0, SPEC, threshold=threshold)
+    for tpr in (0.0, 1.5, float("nan")):
+        with pytest.raises(UserError, match=r"tpr must be in \(0, 1\]"):
+            Detector(model, "energy", [1.0], SPEC, threshold=3.0, tpr=tpr)
+    assert Detector(model, "energy", [1.0], SPEC, threshold=-1e6).threshold == -1e6  # energy: any finite value
+
+
+def test_a_detector_file_fails_closed(tmp_path: Path) -> None:
+    """A hand-edited threshold, a detector tuned with other weights (refused, or with allow_other_weights a
+    warning naming both) and non-finite scores (NaN weights) are not turned into decisions."""
+    model = _model()
+    path = ODINDetector.fit(model, 10.0, 0.001, SPEC, odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std),
+                            tuned_on={"weights_sha256": "a" * 64}).save(tmp_path / "d.json")
+    edited = json.loads(path.read_text())
+    edited["threshold"] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(edited))
+    with pytest.raises(UserError, match="threshold nan of a odin detector"):
+        Detector.load(tmp_path / "nan.json", model)
+    assert Detector.load(path, model, weights_sha256="a" * 64).threshold == json.loads(path.read_text())["threshold"]
+    with pytest.raises(UserError, match=f"tuned with the weights of SHA-256 {'a' * 64}, but the model's weights "
+                                        f"have SHA-256 {'b' * 64}: .*--allow_other_weights true"):
+        Detector.load(path, model, weights_sha256="b" * 64)
+    with pytest.warns(UserWarning, match=f"SHA-256 {'a' * 64}.*SHA-256 {'b' * 64}; used anyway"):
+        Detector.load(path, model, weights_sha256="b" * 64, allow_other_weights=True)
+    broken = _model()
+    with torch.no_grad():
+        broken[1].weight[0, 0] = float("nan")
+    detector = Detector.load(path, broken)
+    with pytest.raises(NonFiniteScoresError, match=r"prediction: the model gives non-finite scores \(NaN or Inf\): "
+                                                   r"23 of odin"):
+        detector.predict(_images())

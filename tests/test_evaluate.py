@@ -17,7 +17,9 @@ import yaml
 from conftest import REPO, saved_scores
 
 import evaluate
-from odin_pl.errors import MissingFileError
+from odin_pl import protocol as protocol_module
+from odin_pl.errors import MissingFileError, NonFiniteScoresError
+from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.run_logging import run_metrics
 
@@ -357,3 +359,22 @@ def test_debug_shows_the_traceback_from_the_shell(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "evaluate.py", "--ckpt", str(tmp_path / "nope.ckpt"), "--debug"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "Traceback" in run.stderr and "MissingFileError" in run.stderr
+
+
+def test_nan_weights_stop_the_protocol_at_the_first_batch(quickstart_ckpt: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = torch.load(quickstart_ckpt, weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and v.dim() == 2)
+    checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
+    broken = tmp_path / "nan.ckpt"
+    torch.save(checkpoint, broken)
+    batches = []
+
+    def counted(*args, **kwargs):
+        batches.append(1)
+        return score_batch(*args, **kwargs)
+
+    monkeypatch.setattr(protocol_module, "score_batch", counted)
+    with pytest.raises(NonFiniteScoresError, match=f"{broken}: in_distribution/tune .*non-finite scores"):
+        evaluate.main(["--ckpt", str(broken), "--output.dir", str(tmp_path / "out"), "--output.logger", "false"])
+    assert len(batches) == 1

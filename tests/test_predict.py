@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,8 @@ from datamodules.ood import find_images
 from datamodules.transforms import ToSpec
 from odin_pl import ODINDetector
 from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.errors import NonFiniteScoresError, UserError
+from odin_pl.fingerprint import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def setup(quickstart_ckpt: str, tmp_path_factory: pytest.TempPathFactory) -> tup
     datamodule.setup("test")
     x_in = torch.stack([datamodule.test_set[i][0] for i in range(len(datamodule.test_set))])
     folder = tmp_path_factory.mktemp("predict")
-    detector = ODINDetector(model, 1000.0, 0.002, model.image_spec, threshold=0.0)
+    detector = ODINDetector(model, 1000.0, 0.002, model.image_spec, threshold=1.0)  # replaced by fit_threshold below
     detector.fit_threshold(detector.score(x_in), 0.95)
     detector_path = detector.save(folder / "detector.json")
     images = folder / "images"
@@ -113,3 +117,30 @@ def test_predict_on_the_gpu_equals_the_cpu(setup, tmp_path) -> None:
         assert [a[k] for k in ("index", "path", "predicted_class", "is_ood")] == \
                [b[k] for k in ("index", "path", "predicted_class", "is_ood")]
         assert float(a["odin"]) == pytest.approx(float(b["odin"]), abs=1e-9)
+
+
+def test_predict_fails_closed(setup, tmp_path) -> None:
+    """A detector tuned with other weights is refused (allowed with a warning that names both); a checkpoint with
+    NaN weights stops with a message naming it instead of flagging every image in-distribution."""
+    ckpt, detector_path, images = setup
+    data = json.loads(Path(detector_path).read_text())
+    data["tuned_on"] = {"weights_sha256": file_sha256(ckpt)}
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps(data))
+    checkpoint = torch.load(ckpt, weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and v.dim() == 2)
+    checkpoint["state_dict"][key] = checkpoint["state_dict"][key] * 0.5
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    args = ["predict", "--images", images, "--output_dir", str(tmp_path), "--runtime.accelerator", "cpu"]
+    with pytest.raises(UserError, match=f"tuned with the weights of SHA-256 {file_sha256(ckpt)}, but the model's "
+                                        f"weights have SHA-256 {file_sha256(other)}: .*--allow_other_weights true"):
+        evaluate.main([*args, "--ckpt", str(other), "--detector", str(tuned)])
+    with pytest.warns(UserWarning, match="used anyway"):
+        assert evaluate.main([*args, "--ckpt", str(other), "--detector", str(tuned), "--allow_other_weights",
+                              "true"]).is_file()
+    checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
+    broken = tmp_path / "nan.ckpt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(NonFiniteScoresError, match=f"{broken}: prediction: the model gives non-finite scores"):
+        evaluate.main([*args, "--ckpt", str(broken), "--detector", detector_path])

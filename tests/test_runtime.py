@@ -19,6 +19,8 @@ import torch
 from conftest import REPO, free_port
 
 import evaluate
+from odin_pl.distributed import agree_on_failure
+from odin_pl.errors import NonFiniteScoresError, UserError
 from odin_pl.eval_config import RuntimeOptions
 from odin_pl.runtime import create_fabric, launcher_processes
 
@@ -188,3 +190,22 @@ def test_an_unavailable_accelerator_is_a_clear_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(ValueError, match="--runtime.accelerator cuda"):
         create_fabric(RuntimeOptions(accelerator="cuda"))
+
+
+def _failing_process(rank: int, port: int, out: str) -> None:
+    """Process 0 of 2 fails, process 1 does not: both must stop (and say why) instead of waiting in a gather."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        agree_on_failure(NonFiniteScoresError("rank 0 saw a NaN") if rank == 0 else None)
+    except UserError as err:
+        Path(out, f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_one_process_failure_stops_every_process(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_failing_process, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank0.txt").read_text() == "NonFiniteScoresError: rank 0 saw a NaN"
+    assert (tmp_path / "rank1.txt").read_text() == ("UserError: another process of the run stopped with an error "
+                                                    "(see its message)")
