@@ -361,7 +361,7 @@ def run_command_line() -> int:
     try:
         main()
     except UserError as err:
-        return report_user_error(f"evaluate.py{_process_label()}", err, sys.argv[1:])
+        return report_user_error("evaluate.py", err, sys.argv[1:], process=_process_label())
     except RuntimeError as err:
         if world()[1] == 1:
             raise

@@ -35,11 +35,11 @@ def without_debug_flag(argv: Sequence[str]) -> list[str]:
     return [arg for arg in argv if arg != DEBUG_FLAG]
 
 
-def report_user_error(prog: str, err: UserError, argv: Sequence[str],
-                      rewrite: Callable[[str], str] = str) -> int:
-    """Print ``<prog>: error: <message>`` (``rewrite`` applied to it) on stderr and return the exit status 2; with
-    ``--debug`` in ``argv``, raise ``err`` again instead (its full traceback)."""
+def report_user_error(prog: str, err: UserError, argv: Sequence[str], rewrite: Callable[[str], str] = str,
+                      process: str = "") -> int:
+    """Print ``<prog>: error<process>: <message>`` (``rewrite`` applied to it) on stderr and return the exit status
+    2; with ``--debug`` in ``argv``, raise ``err`` again instead (its full traceback)."""
     if DEBUG_FLAG in argv:
         raise err
-    print(f"{prog}: error: {rewrite(str(err))}", file=sys.stderr)
+    print(f"{prog}: error{process}: {rewrite(str(err))}", file=sys.stderr)
     return 2

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from conftest import REPO, saved_scores
 
 import evaluate
 from odin_pl import protocol as protocol_module
-from odin_pl.errors import MissingFileError, NonFiniteScoresError
+from odin_pl.errors import MissingFileError, NonFiniteScoresError, UserError
 from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.run_logging import run_metrics
@@ -146,6 +147,18 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     torch.save(torch.load(quickstart_ckpt, weights_only=True)["state_dict"], state_dict)
     with pytest.raises(ValueError, match="for a plain state_dict give --model NAME --weights FILE --data"):
         evaluate.main(["--ckpt", str(state_dict), *out])
+    fresh = ["--output.dir", str(tmp_path / "fresh"), "--output.logger", "false"]
+    for option, value, message in (("--tuning.n_tune", "-5", "--tuning.n_tune must be positive, got -5"),
+                                   ("--runtime.batch_size", "0", "--runtime.batch_size must be >= 1, got 0"),
+                                   ("--fit_images", "0", "--fit_images must be at least 1"),
+                                   ("--fit_images", "10", "--fit_images sets the training images of the feature")):
+        with pytest.raises(UserError, match=message):
+            evaluate.main(["--ckpt", quickstart_ckpt, option, value, *fresh])
+    assert not (tmp_path / "fresh").exists()  # all refused before any work
+    (tmp_path / "one_image").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "one_image" / "x.png")
+    with pytest.raises(UserError, match="a set of 1 image\\(s\\) cannot be split into tuning and test images"):
+        evaluate.main(["--ckpt", quickstart_ckpt, "--ood.sets", str(tmp_path / "one_image"), *out])
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="--output.dir .*a_file is a file"):
         evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "a_file"), "--output.logger", "false"])

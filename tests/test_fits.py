@@ -152,7 +152,8 @@ def test_evaluate_records_the_fits_and_detectors_refuse_a_changed_fit(quickstart
     rows = evaluate.main(["predict", "--ckpt", quickstart_ckpt, "--images", "gaussian", "--num_images", "5",
                           "--detector", str(detector_file), "--output_dir", str(tmp_path / "predict")])
     assert rows.read_text().splitlines()[0] == "index,path,predicted_class,class_name,msp,knn,is_ood"
-    with pytest.raises(ValueError, match="made with the weights of SHA-256 .*, not these \\(other\\)"):
+    with pytest.raises(ValueError, match="tuned with the weights of SHA-256 .*, but the model's weights have SHA-256 "
+                                         "other"):
         Detector.load(detector_file, run.fits.fits.model.model, weights_sha256="other")
     knn = load_fit(out / "fits" / "knn.pt")
     save_fit(out / "fits" / "knn.pt", "knn", [(1.0,)], knn.context, {"bank": knn.tensors["bank"][:-1]})
