@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import free_port
+from conftest import free_port, interrupt_scoring
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -160,26 +160,12 @@ def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
         run_protocol(model, in_set, ood, load_scores=lambda *args: {"msp": torch.zeros(1, 3)}, **options)
 
 
-def _interrupt(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
-    """Make the protocol's scorer fail after ``batches`` batches (a killed run), and chunks be written at once."""
-    real, calls = protocol.score_batch, []
-
-    def scorer(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > batches:
-            raise RuntimeError("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(protocol, "score_batch", scorer)
-    monkeypatch.setattr(score_store, "CHUNK_SECONDS", 0.0)
-
-
 def test_an_interrupted_pass_resumes_from_its_chunks_exactly(tmp_path, monkeypatch, capsys) -> None:
     model, in_set, ood, options = _problem()
     reference = run_protocol(model, in_set, ood, **options)
     store = _store(tmp_path, in_set, ood)
     with monkeypatch.context() as patch:
-        _interrupt(patch, 3)
+        interrupt_scoring(patch, 3)
         with pytest.raises(RuntimeError, match="killed"):
             run_protocol(model, in_set, ood, **_hooks(store, resume=False), **options)
     # The in-distribution tuning split (15 images, batches of 4): 3 batches done, each saved as a chunk.
@@ -216,7 +202,7 @@ def test_chunks_are_reused_by_a_run_with_another_number_of_processes(tmp_path, m
     model, in_set, ood, options = _problem()
     reference = run_protocol(model, in_set, ood, **options)
     with monkeypatch.context() as patch:
-        _interrupt(patch, 2)
+        interrupt_scoring(patch, 2)
         with pytest.raises(RuntimeError, match="killed"):
             run_protocol(model, in_set, ood, **_hooks(_store(tmp_path, in_set, ood), resume=False), **options)
     torch.multiprocessing.spawn(_resume_process, args=(free_port(), str(tmp_path)), nprocs=2)
