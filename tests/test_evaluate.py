@@ -352,7 +352,7 @@ def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protoc
     config.write_text(yaml.safe_dump(saved))
     assert list(evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])) == ["sweeps"]
     (tmp_path / "later" / "scores" / "photos__test.pt").unlink()
-    with pytest.raises(ValueError, match="photos__test.pt is missing"):
+    with pytest.raises(ValueError, match="photos__test.pt: it is missing; run the protocol"):
         evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])
 
 
