@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,6 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from datamodules.base import resolve_data_root, seeded_permutation
 from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, load_image
 from datamodules.transforms import ToSpec, normalize
+from odin_pl.fingerprint import FileHashes, array_sha256
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import UserError
 
@@ -201,6 +202,11 @@ class NoiseDataset(Dataset):
     def __len__(self) -> int:
         return self.num_images
 
+    def fingerprint_facts(self, hashes: FileHashes) -> dict[str, Any]:
+        """What fixes every image (``odin_pl.fingerprint``): kind, seed, count and image shape."""
+        return {"kind": self.kind, "seed": self.seed, "count": self.num_images,
+                "shape": [self.spec.channels, self.spec.size, self.spec.size]}
+
     def pixels(self, index: int) -> Tensor:
         """The image ``index`` in [0, 1], before normalization."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, NOISE_KINDS[self.kind], index]))
@@ -251,6 +257,12 @@ class PhotoCropsDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def fingerprint_facts(self, hashes: FileHashes) -> dict[str, Any]:
+        """What fixes every image (``odin_pl.fingerprint``): the SHA-256 of each photo's decoded pixels and each
+        crop's (photo, box)."""
+        return {"photos": [array_sha256(np.asarray(photo)) for photo in self.photos],
+                "crops": [[photo_index, list(box)] for photo_index, box in self.boxes]}
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         photo_index, box = self.boxes[index]

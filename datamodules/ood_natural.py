@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,7 @@ from datamodules.image_folder import load_image
 from datamodules.ood import (OOD_LABEL, OODRequest, find_images, folder_dataset, non_empty_folder,
                              register_ood)
 from datamodules.transforms import ToSpec
+from odin_pl.fingerprint import FileHashes
 from odin_pl.spec import ImageSpec
 
 ODIN_FOLDER = "odin"
@@ -85,6 +86,12 @@ class SeededCropDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def fingerprint_facts(self, hashes: FileHashes) -> dict[str, Any]:
+        """What fixes every image (``odin_pl.fingerprint``): the seed, crop size and each image's index and file
+        SHA-256 (the crop box follows from them)."""
+        return {"seed": self.seed, "size": self.size,
+                "images": [[index, hashes.sha256(path)] for index, path in self.items]}
 
     def box(self, index: int, width: int, height: int) -> tuple[int, int, int, int]:
         """The crop (left, top, right, bottom) of the image ``index`` (an index of the full set)."""

@@ -238,8 +238,9 @@ class OutputOptions:
 
     Args:
         dir: output folder (default: the run folder's ``evaluation/`` next to ``checkpoints/``).
-        resume: reuse the saved per-image scores of an interrupted run in ``dir`` (same weights, data, splits and
-            settings) instead of scoring them again.
+        resume: reuse the saved per-image scores of an interrupted run in ``dir`` (whole passes, and the chunks of a
+            stopped pass) that prove to match (same weights, images, splits and settings; a checksum and range
+            check of the scores) instead of scoring them again.
         logger: log the run (W&B, offline without network, or CSV: see ``--logger.*``).
     """
 

@@ -25,7 +25,7 @@ from odin_pl.convert import load_foreign_model
 from odin_pl.distributed import world
 from odin_pl.environment import describe_environment
 from odin_pl.eval_config import ModelSource, ProtocolConfig
-from odin_pl.fingerprint import file_sha256
+from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.fits import RunFits, prepare_fits, training_set
 from odin_pl.methods import Plan, Setting, create_method
 from odin_pl.module import ImageClassifier
@@ -36,6 +36,9 @@ from odin_pl.spec import ImageSpec
 from odin_pl.errors import NonFiniteScoresError, UserError
 
 IN_DISTRIBUTION = "in_distribution"
+#: The SHA-256 of the run's image files by their stat facts (``odin_pl.fingerprint.FileHashes``), in the output
+#: folder: a resumed run does not read an unchanged folder again.
+IMAGE_HASHES = ".image_hashes.json"
 
 
 @dataclass
@@ -145,17 +148,32 @@ class ProtocolRun:
 
 def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
                 sources: Mapping[str, str], tuning_only: Mapping[str, Dataset], weights_sha256: str,
-                fits: RunFits | None) -> ScoreStore:
-    """The run's score files: fingerprinted by the weights, precision, seed, tuning size, image count, sets and
-    (with feature methods) the fits' files."""
-    context = {"weights_sha256": weights_sha256, "float64": config.runtime.precision == "64-true",
-               "seed": config.seed, "n_tune": config.tuning.n_tune, "num_ood_images": config.ood.num_images}
+                fits: RunFits | None, hashes: FileHashes) -> ScoreStore:
+    """The run's score files: fingerprinted by the weights, image spec, precision, seed, tuning size, image count,
+    (with feature methods) the fits' files and each set's source, size and images' SHA-256 (files hashed through
+    ``hashes``); scores are checked against each method's range. Process 0 alone reads and writes score files, so
+    the others hash nothing."""
+    context = {"weights_sha256": weights_sha256, "image_spec": target.spec.to_dict(),
+               "float64": config.runtime.precision == "64-true", "seed": config.seed,
+               "n_tune": config.tuning.n_tune, "num_ood_images": config.ood.num_images}
     if fits is not None:
         context["fits_sha256"] = fits.sha256
     sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
-    return ScoreStore(config.output_dir / "scores", context,
-                      {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset)}
-                       for name, dataset in sets.items()})
+    num_classes = target.model.hparams.num_classes
+    ranges = {grid.name: create_method(grid.name).score_range(num_classes) for grid in config.tuning.method_grids()}
+    facts = {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset),
+                    "images_sha256": images_sha256(dataset, hashes)}
+             for name, dataset in sets.items()} if world()[0] == 0 else {}
+    return ScoreStore(config.output_dir / "scores", context, facts, ranges)
+
+
+def images_sha256(dataset: Dataset, hashes: FileHashes) -> str | None:
+    """:func:`~odin_pl.fingerprint.dataset_sha256` of a set, or None for one it cannot read (whose saved scores
+    are then never reused)."""
+    try:
+        return dataset_sha256(dataset, hashes)
+    except ValueError:
+        return None
 
 
 def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset], *,
@@ -175,15 +193,18 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     rank = world()[0]
     weights_sha256 = file_sha256(target.weights_file)
     methods = tuning.method_grids()
-    fits = run_fits(config, target, methods, weights_sha256, device, saved_only=saved_scores_only)
-    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {}, weights_sha256, fits)
-    resume = store.load if config.output.resume else None
+    hashes = FileHashes(config.output_dir / IMAGE_HASHES)
+    fits = run_fits(config, target, methods, weights_sha256, device, hashes, saved_only=saved_scores_only)
+    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {}, weights_sha256, fits, hashes)
+    if rank == 0:
+        hashes.save()
+    resume = config.output.resume and not saved_scores_only
 
     def load_saved(name: str, split: str, plan: Plan) -> dict[str, Tensor]:
-        scores = store.load(name, split, plan)
-        if scores is None:
-            raise UserError(f"{store.path(name, split)} is missing or was made with other weights, data or settings;"
-                            " run the protocol (again) into this folder with --output.resume true first")
+        scores = store.read(name, split, plan)
+        if isinstance(scores, str):
+            raise UserError(f"{store.path(name, split)}: {scores}; run the protocol (again) into this folder with "
+                            "--output.resume true first")
         return scores
 
     try:
@@ -192,8 +213,9 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
             methods=fits.methods if fits is not None else methods, tune_on=tuning.tune_on,
             tuning_only_datasets=tuning_only, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
             num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
-            load_scores=load_saved if saved_scores_only else resume, progress=rank == 0,
-            fits=fits.fits if fits is not None else None)
+            load_scores=load_saved if saved_scores_only else store.load if resume else None,
+            on_range=store.save_range if rank == 0 else None, load_ranges=store.load_ranges if resume else None,
+            progress=rank == 0, fits=fits.fits if fits is not None else None)
     except NonFiniteScoresError as err:
         raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
     if fits is not None:
@@ -209,15 +231,15 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
 
 
 def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: list[MethodGrid], weights_sha256: str,
-             device: torch.device | str, saved_only: bool = False) -> RunFits | None:
+             device: torch.device | str, hashes: FileHashes, saved_only: bool = False) -> RunFits | None:
     """The fits of the run's feature methods (None without any) on the DataModule's training split (a seeded
-    ``--fit_images`` subset), saved in ``<output_dir>/fits/``; with ``--output.resume`` (or ``saved_only``, which
-    fails instead of fitting) a saved fit that matches is reused."""
+    ``--fit_images`` subset, its files hashed through ``hashes``), saved in ``<output_dir>/fits/``; with
+    ``--output.resume`` (or ``saved_only``, which fails instead of fitting) a saved fit that matches is reused."""
     if not any(create_method(grid.name).needs_fit for grid in methods):
         return None
     train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit"))
     return prepare_fits(target.model, methods, train, folder=config.output_dir / "fits",
-                        weights_sha256=weights_sha256, reuse=config.output.resume or saved_only,
+                        weights_sha256=weights_sha256, hashes=hashes, reuse=config.output.resume or saved_only,
                         fit_missing=not saved_only, batch_size=config.runtime.batch_size,
                         num_workers=config.runtime.num_workers, device=device, progress=world()[0] == 0)
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
 from odin_pl.features import FeatureModel, Fits
-from odin_pl.fingerprint import dataset_sha256, file_sha256
+from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.methods import Setting, create_method
 from odin_pl.protocol import MethodGrid
 from odin_pl.score_store import save_atomically
@@ -167,19 +167,22 @@ def _saved_fits(folder: Path, grids: Sequence[MethodGrid], context: Mapping[str,
 
 
 def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dataset, *, folder: Path,
-                 weights_sha256: str, reuse: bool = False, fit_missing: bool = True, batch_size: int = 256,
-                 num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> RunFits:
+                 weights_sha256: str, hashes: FileHashes | None = None, reuse: bool = False,
+                 fit_missing: bool = True, batch_size: int = 256, num_workers: int = 0,
+                 device: str | torch.device = "cpu", progress: bool = False) -> RunFits:
     """The fits of the methods with ``needs_fit`` among ``methods`` on ``train_set``, saved to ``folder``.
 
-    One pass over the training images gives every missing fit. ``reuse``: take a saved fit that matches (resume);
-    ``fit_missing=False``: fail instead of fitting (work on a finished run). In a process group, process 0 reads,
-    fits and saves, and sends the fits to the others; each process's features come from its own shard.
+    One pass over the training images gives every missing fit; their files are hashed through ``hashes``.
+    ``reuse``: take a saved fit that matches (resume); ``fit_missing=False``: fail instead of fitting (work on a
+    finished run). In a process group, process 0 reads, fits and saves, and sends the fits to the others; each
+    process's features come from its own shard.
     """
     feature_model = FeatureModel(model)  # refuses a model without the features first
     fitted = [grid for grid in methods if create_method(grid.name).needs_fit]
     rank = world()[0]
     dtype = next(model.parameters()).dtype
-    context = broadcast_from_zero({"weights_sha256": weights_sha256, "train_images_sha256": dataset_sha256(train_set),
+    context = broadcast_from_zero({"weights_sha256": weights_sha256,
+                                   "train_images_sha256": dataset_sha256(train_set, hashes),
                                    "n_images": len(train_set), "dtype": str(dtype).removeprefix("torch.")}
                                   if rank == 0 else None)
     saved, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))

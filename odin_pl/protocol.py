@@ -16,14 +16,15 @@ sets (one forward pass per batch for all methods), and its test split once for t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_loader, world
+from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_indices, world
 from odin_pl.features import Fits
 from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
@@ -35,36 +36,59 @@ from odin_pl.errors import UserError
 MSP: Setting = (1.0, 0.0)  # ODIN's setting that equals the MSP baseline
 ScoresHook = Callable[[str, str, Plan, dict[str, Tensor]], None]
 ScoresLoader = Callable[[str, str, Plan], "dict[str, Tensor] | None"]
+Span = tuple[int, int]
+RangeHook = Callable[[str, str, Plan, int, int, dict[str, Tensor]], None]
+RangesLoader = Callable[[str, str, Plan, int], dict[Span, dict[str, Tensor]]]
 
 
 def score_plan(
     model: nn.Module, dataset: Dataset, plan: Plan, *, input_std: StdLike = None, batch_size: int = 256,
     num_workers: int = 0, device: str | torch.device | None = None, forward_batch_size: int | None = None,
-    desc: str | None = None, fits: Fits | None = None,
+    desc: str | None = None, fits: Fits | None = None, done: Mapping[Span, dict[str, Tensor]] | None = None,
+    on_range: Callable[[int, int, dict[str, Tensor]], None] | None = None,
 ) -> dict[str, Tensor]:
     """Scores [len(settings), len(dataset)] (on the CPU) per method of ``plan`` of every image of a data set
     yielding (image, label); one forward pass per batch serves all methods (``fits``: those of the fitted ones).
 
-    In a process group, each process scores its own shard and all get the gathered scores in dataset order. A
-    NaN or infinite score stops the pass at its batch with a NonFiniteScoresError, on every process.
+    The images are scored in ranges [start, stop) of ``batch_size`` images per process, in index order; in a
+    process group each process scores its share of a range (start + rank, start + rank + W, ...) and all get the
+    gathered scores, handed to ``on_range(start, stop, scores)`` as each range is done. ``done``: scores of
+    disjoint ranges computed before (a resumed pass; the same on every process), used as they are. A NaN or
+    infinite score stops the pass at its range with a NonFiniteScoresError, on every process.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    chunks: dict[str, list[Tensor]] = {name: [] for name in plan}
-    loader = shard_loader(dataset, batch_size, num_workers)
-    error = None
-    for images, _ in tqdm(loader, desc=desc, disable=desc is None or world()[0] > 0, leave=False):
-        images = images.to(device=device, dtype=dtype, non_blocking=True)
-        batch_scores = score_batch(model, images, plan, input_std, forward_batch_size, fits)
-        if (error := non_finite_error(batch_scores, desc or "scoring")) is not None:
-            break  # at the first batch with a NaN: no later work, and the other processes are told below
-        for name, scores in batch_scores.items():
-            chunks[name].append(scores.cpu())
-    agree_on_failure(error)
+    rank, world_size = world()
+    parts = dict(done or {})
+    todo = missing_ranges(len(dataset), parts, batch_size * world_size)
+    shares = [[start + i for i in shard_indices(stop - start, rank, world_size)] for start, stop in todo]
+    loader = iter(DataLoader(dataset, batch_sampler=[share for share in shares if share], num_workers=num_workers))
+    for (start, stop), share in tqdm(list(zip(todo, shares)), desc=desc, disable=desc is None or rank > 0,
+                                     leave=False):
+        local, error = {name: torch.empty(len(settings), 0, dtype=dtype) for name, settings in plan.items()}, None
+        if share:
+            images = next(loader)[0].to(device=device, dtype=dtype, non_blocking=True)
+            local = score_batch(model, images, plan, input_std, forward_batch_size, fits)
+            error = non_finite_error(local, desc or "scoring")
+        agree_on_failure(error)  # at the first range with a NaN: no later work, on any process
+        parts[(start, stop)] = {name: gather_shards(scores.cpu(), stop - start) for name, scores in local.items()}
+        if on_range is not None:
+            on_range(start, stop, parts[(start, stop)])
     if len(dataset) == 0:
         raise UserError(f"{desc or 'the data set'} is empty: nothing to score")
-    return {name: gather_shards(torch.cat(chunks[name], dim=1) if chunks[name] else
-                                torch.empty(len(plan[name]), 0, dtype=dtype), len(dataset)) for name in plan}
+    return {name: torch.cat([parts[span][name] for span in sorted(parts)], dim=1) for name in plan}
+
+
+def missing_ranges(n: int, done: Mapping[Span, Any], size: int) -> list[Span]:
+    """The ranges of ``size`` images (fewer at the end of a gap) that cover range(n) outside the disjoint ranges
+    ``done``, in order."""
+    ranges, position = [], 0
+    for start, stop in [*sorted(done), (n, n)]:
+        if start < position or stop > n:
+            raise ValueError(f"the scored ranges {sorted(done)} overlap or exceed the {n} images")
+        ranges += [(a, min(a + size, start)) for a in range(position, start, size)]
+        position = stop
+    return ranges
 
 
 def score_dataset(model: nn.Module, dataset: Dataset, settings: Sequence[Setting], **options: Any) -> Tensor:
@@ -192,6 +216,8 @@ def run_protocol(
     progress: bool = True,
     on_scores: ScoresHook | None = None,
     load_scores: ScoresLoader | None = None,
+    on_range: RangeHook | None = None,
+    load_ranges: RangesLoader | None = None,
     fits: Fits | None = None,
 ) -> ProtocolResult:
     """Run the protocol for ``methods`` (default: MSP and ODIN over ``grid``, fixed mode at ``temperature`` and
@@ -236,10 +262,13 @@ def run_protocol(
                     raise UserError(f"load_scores gave scores of shapes {shapes} for {name}/{split}; "
                                     f"expected {expected}")
                 return saved
+        done = (broadcast_from_zero(load_ranges(name, split, plan, len(dataset)) if world()[0] == 0 else None)
+                if load_ranges is not None else None)
         total = sum(len(s) for s in plan.values())
         scores = score_plan(model, dataset, plan, input_std=input_std, batch_size=batch_size,
                             num_workers=num_workers, device=device,
-                            desc=f"{name}/{split} ({total} settings)" if progress else None, fits=fits)
+                            desc=f"{name}/{split} ({total} settings)" if progress else None, fits=fits, done=done,
+                            on_range=partial(on_range, name, split, plan) if on_range is not None else None)
         if on_scores is not None:
             on_scores(name, split, plan, scores)
         return scores

@@ -31,6 +31,23 @@ def saved_scores(path: Path, method: str, setting: tuple[float, ...]) -> torch.T
     return saved["scores"][method][saved["plan"][method].index([float(v) for v in setting])]
 
 
+def interrupt_scoring(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
+    """Make the protocol's scorer raise RuntimeError("killed") after ``batches`` batches (a run killed inside a
+    pass), and every scored range be saved as a chunk at once."""
+    from odin_pl import protocol, score_store
+
+    real, calls = protocol.score_batch, []
+
+    def scorer(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > batches:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "score_batch", scorer)
+    monkeypatch.setattr(score_store, "CHUNK_SECONDS", 0.0)
+
+
 def shared_dataset(relative: str) -> Path:
     """Path of a folder of ../shared/datasets, or skip the test when it is absent."""
     path = SHARED_DATASETS / relative

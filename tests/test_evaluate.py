@@ -6,20 +6,24 @@ The outputs' numbers are guarded by test_golden.py; these tests check what each 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, interrupt_scoring, saved_scores
 from PIL import Image
-from conftest import REPO, saved_scores
 
 import evaluate
+from odin_pl import fingerprint
 from odin_pl import protocol as protocol_module
 from odin_pl.errors import MissingFileError, NonFiniteScoresError, UserError
+from odin_pl.fingerprint import tensors_sha256
 from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.run_logging import run_metrics
@@ -210,6 +214,77 @@ def test_an_interrupted_evaluation_resumes_without_rescoring(quickstart_ckpt: st
         assert all(torch.equal(resumed[m], uninterrupted[m]) for m in resumed)
 
 
+def _not_read(path) -> str:
+    raise AssertionError(f"{path} was hashed again")
+
+
+def test_resume_reuses_only_score_files_that_prove_to_match(quickstart_ckpt: str, tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    """A damaged score file, impossible scores and a folder whose image was replaced (same size, mtime set back)
+    are scored again, each with a line that says why; an unchanged folder is not hashed again."""
+    folder, out = tmp_path / "shapes", tmp_path / "run"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02}.bmp")
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.0)  # the images were written just now
+    command = ["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(out), "--ood.sets", str(folder), *SMALL]
+    first = evaluate.main(command)
+    scores = out / "scores"
+    damaged = scores / "in_distribution__tune.pt"
+    content = bytearray(damaged.read_bytes())
+    content[content.find(torch.load(damaged)["scores"]["odin"].numpy().tobytes()) + 3] ^= 0x01
+    damaged.write_bytes(bytes(content))
+    impossible = torch.load(scores / "in_distribution__test.pt")
+    impossible["scores"]["msp"] = impossible["scores"]["msp"] + 1  # above MSP's 1, with a matching checksum
+    impossible["scores_sha256"] = tensors_sha256(impossible["scores"])
+    torch.save(impossible, scores / "in_distribution__test.pt")
+    stat = os.stat(folder / "07.bmp")
+    Image.fromarray(255 - pixels[7]).save(folder / "07.bmp")
+    os.utime(folder / "07.bmp", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+
+    resumed = evaluate.main([*command, "--output.resume", "true"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith("; scoring again")]
+    changed = "its images changed since it was saved; scoring again"  # the passes' order: tuning splits first
+    assert lines[0] == ("scores/in_distribution__tune.pt: its scores do not match the SHA-256 saved with them (the "
+                        "file was damaged); scoring again")
+    assert lines[1] == f"scores/shapes__tune.pt: {changed}" and lines[3] == f"scores/shapes__test.pt: {changed}"
+    assert lines[2].startswith("scores/in_distribution__test.pt: its msp scores lie in [1.")
+    assert lines[2].endswith("outside the method's range [0.1, 1]; scoring again") and len(lines) == 4
+    assert resumed.reused_score_files == []
+    assert torch.equal(torch.load(damaged)["scores"]["odin"], first.result.tuning_scores["odin"]["in_distribution"])
+
+    monkeypatch.setattr(fingerprint, "file_sha256", _not_read)
+    again = evaluate.main([*command, "--output.resume", "true"])
+    assert len(again.reused_score_files) == 4 and again.result.records == resumed.result.records
+
+
+def test_an_evaluation_stopped_inside_a_pass_resumes_from_its_chunks(quickstart_ckpt: str, tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """Chunks of the in-distribution tuning pass saved before the stop are reused; the scores equal those of an
+    uninterrupted run bit for bit, and the whole-pass files replace the chunks."""
+    command = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian", *SMALL, "--runtime.batch_size", "64"]
+    out, scores = tmp_path / "resumed", tmp_path / "resumed" / "scores"
+    with monkeypatch.context() as patch:
+        interrupt_scoring(patch, 3)
+        with pytest.raises(RuntimeError, match="killed"):
+            evaluate.main([*command, "--output.dir", str(out)])
+    chunks = [f"in_distribution__tune.{a}-{a + 64}.pt" for a in (0, 64, 128)]
+    assert sorted(p.name for p in scores.iterdir()) == sorted(chunks)
+    capsys.readouterr()
+    evaluate.main([*command, "--output.dir", str(out), "--output.resume", "true"])
+    assert f"Resumed: reused 3 saved score file(s): {', '.join(chunks)}" in capsys.readouterr().out
+    evaluate.main([*command, "--output.dir", str(tmp_path / "uninterrupted")])
+    names = sorted(p.name for p in scores.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "uninterrupted" / "scores").iterdir()) and len(names) == 4
+    for name in names:
+        resumed, uninterrupted = (torch.load(folder / name)["scores"] for folder in (scores, tmp_path /
+                                                                                     "uninterrupted" / "scores"))
+        assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[m], uninterrupted[m])
+                                                              for m in resumed)
+
+
 @pytest.mark.parametrize("config", EVALUATE_CONFIGS, ids=lambda p: p.stem)
 def test_each_evaluate_config_runs_on_the_quickstart(config: Path, quickstart_ckpt: str, tmp_path) -> None:
     """Every file of configs/evaluate/ runs (on the quickstart, with a small grid) and records its mode."""
@@ -289,7 +364,7 @@ def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protoc
     config.write_text(yaml.safe_dump(saved))
     assert list(evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])) == ["sweeps"]
     (tmp_path / "later" / "scores" / "photos__test.pt").unlink()
-    with pytest.raises(ValueError, match="photos__test.pt is missing"):
+    with pytest.raises(ValueError, match="photos__test.pt: it is missing; run the protocol"):
         evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])
 
 

@@ -1,10 +1,12 @@
 """odin_pl.fingerprint: SHA-256 of a file's bytes, and of a data set's exact images and labels (arrays in memory,
-image files, tensors, subsets); any change of a pixel, label, file or index changes it; other data sets are
-refused."""
+image files, tensors, subsets, generated sets); any change of a pixel, label, file or index changes it; other data
+sets are refused. Files are read again only when their stat facts changed."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, SpecArrayDataset, spec_transform
-from odin_pl.fingerprint import dataset_sha256, file_sha256
+from datamodules.ood import NoiseDataset, PhotoCropsDataset
+from datamodules.ood_natural import SeededCropDataset
+from odin_pl import fingerprint
+from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.spec import ImageSpec
 
 SPEC = ImageSpec(size=4, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -90,3 +95,52 @@ def test_image_files_tensors_and_subsets_are_fingerprinted_and_others_refused(tm
     floats = ArrayImageDataset(x.astype(np.float32), y, None)
     with pytest.raises(ValueError, match="its images are float32, expected uint8"):
         dataset_sha256(floats)
+
+
+def _fail(path) -> str:
+    raise AssertionError(f"{path} was read again")
+
+
+def test_file_hashes_read_a_file_again_only_when_its_stat_facts_change(tmp_path, monkeypatch) -> None:
+    image = tmp_path / "a.bmp"
+    Image.fromarray(_arrays()[0][0]).save(image)
+    before = os.stat(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    first = FileHashes(tmp_path / "hashes.json")
+    assert first.sha256(image) == file_sha256(image)
+    first.save()
+    assert not (tmp_path / "hashes.json").exists()  # changed just now: the ctime might miss a change this tick
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.0)
+    first.sha256(image)
+    first.save()
+    with monkeypatch.context() as patch:
+        patch.setattr(fingerprint, "file_sha256", _fail)
+        assert FileHashes(tmp_path / "hashes.json").sha256(image) == file_sha256(image)
+    # Replaced by other pixels of the same size, with its mtime set back (a clock tick later): its ctime changed.
+    stat, old = os.stat(image), file_sha256(image)
+    time.sleep(0.05)
+    Image.fromarray(_arrays()[0][1]).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(image).st_size, os.stat(image).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert FileHashes(tmp_path / "hashes.json").sha256(image) == file_sha256(image) != old
+    (tmp_path / "hashes.json").write_text("{not json")
+    assert FileHashes(tmp_path / "hashes.json").sha256(image) == file_sha256(image)
+
+
+def test_generated_sets_are_fingerprinted_by_what_generates_them(tmp_path) -> None:
+    noise = dataset_sha256(NoiseDataset("gaussian", SPEC, 5, seed=0))
+    assert noise == dataset_sha256(NoiseDataset("gaussian", SPEC, 5, seed=0))
+    others = [NoiseDataset("uniform", SPEC, 5), NoiseDataset("gaussian", SPEC, 6), NoiseDataset("gaussian", SPEC, 5, 1),
+              NoiseDataset("gaussian", ImageSpec(size=5, channels=3, mean=SPEC.mean, std=SPEC.std), 5)]
+    assert len({noise, *map(dataset_sha256, others)}) == 5
+    photos = dataset_sha256(PhotoCropsDataset(SPEC, 4, seed=0))
+    assert photos == dataset_sha256(PhotoCropsDataset(SPEC, 4, seed=0)) != dataset_sha256(PhotoCropsDataset(SPEC, 4, 1))
+    x, _ = _arrays()
+    for i, image in enumerate(x):
+        Image.fromarray(np.kron(image, np.ones((10, 10, 1), dtype=np.uint8))).save(tmp_path / f"{i}.png")
+    items = [(i, tmp_path / f"{i}.png") for i in range(5)]
+    crops = dataset_sha256(SeededCropDataset(items, SPEC, seed=0))
+    assert len({crops, dataset_sha256(SeededCropDataset(items, SPEC, seed=1)),
+                dataset_sha256(SeededCropDataset(items[1:], SPEC, seed=0))}) == 3
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "2.png")
+    assert dataset_sha256(SeededCropDataset(items, SPEC, seed=0)) != crops

@@ -1,23 +1,39 @@
-"""odin_pl.score_store: validated, atomically written score files; the protocol's load_scores hook."""
+"""odin_pl.score_store: validated, atomically written score files, chunks of a pass saved as it goes; the protocol's
+load_scores and load_ranges hooks."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+from conftest import free_port, interrupt_scoring
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from odin_pl import protocol, score_store
+from odin_pl.fingerprint import dataset_sha256, tensors_sha256
+from odin_pl.methods import score_batch
 from odin_pl.protocol import run_protocol
 from odin_pl.score_store import ScoreStore
 from odin_pl.tuning import Grid
 
 PLAN = {"msp": [()], "odin": [(1.0, 0.0), (10.0, 0.002)]}
+CONTEXT = {"weights_sha256": "abc", "seed": 0}
+SETS = {"gaussian": {"source": "gaussian", "n": 20, "images_sha256": "1a2b"}}
+RANGES = {"msp": (0.2, 1.0), "odin": (0.2, 1.0)}
 
 
-def test_store_returns_scores_only_for_the_same_plan_and_context(tmp_path) -> None:
-    context, sets = {"weights_sha256": "abc", "seed": 0}, {"gaussian": {"source": "gaussian", "n": 20}}
-    store = ScoreStore(tmp_path, context, sets)
-    scores = {"msp": torch.rand(1, 10), "odin": torch.rand(2, 10)}
+def _scores(n: int = 10) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(n)
+    return {"msp": 0.2 + 0.8 * torch.rand(1, n, generator=g), "odin": 0.2 + 0.8 * torch.rand(2, n, generator=g)}
+
+
+def test_store_returns_scores_only_for_the_same_plan_and_context(tmp_path, capsys) -> None:
+    store = ScoreStore(tmp_path, CONTEXT, SETS, RANGES)
+    scores = _scores()
     store.save("gaussian", "tune", PLAN, scores)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.pt"]  # no temporary file left
     loaded = store.load("gaussian", "tune", {"msp": [[]], "odin": [(1, 0), (10, 0.002)]})
@@ -25,29 +41,112 @@ def test_store_returns_scores_only_for_the_same_plan_and_context(tmp_path) -> No
     assert store.reused == ["gaussian__tune.pt"]
     assert store.load("gaussian", "tune", {"odin": PLAN["odin"]}) is None  # another plan
     assert store.load("gaussian", "tune", {**PLAN, "odin": PLAN["odin"][:1]}) is None
-    assert store.load("gaussian", "test", PLAN) is None
-    assert ScoreStore(tmp_path, {**context, "weights_sha256": "def"}, sets).load("gaussian", "tune", PLAN) is None
-    assert ScoreStore(tmp_path, context, {"gaussian": {"source": "gaussian", "n": 21}}).load(
-        "gaussian", "tune", PLAN) is None
+    assert store.load("gaussian", "test", PLAN) is None  # missing: no line
+    assert ScoreStore(tmp_path, {**CONTEXT, "weights_sha256": "def"}, SETS).load("gaussian", "tune", PLAN) is None
+    assert ScoreStore(tmp_path, {**CONTEXT, "seed": 1}, SETS).load("gaussian", "tune", PLAN) is None
+    changed = {"gaussian": {**SETS["gaussian"], "images_sha256": "3c4d"}}
+    assert ScoreStore(tmp_path, CONTEXT, changed).load("gaussian", "tune", PLAN) is None
+    unknown = {"gaussian": {**SETS["gaussian"], "images_sha256": None}}  # never proven: never reused
+    assert ScoreStore(tmp_path, CONTEXT, unknown).load("gaussian", "tune", PLAN) is None
     (tmp_path / "uniform__tune.pt").write_bytes(b"truncated")
     assert store.load("uniform", "tune", PLAN) is None
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path.name}/gaussian__tune.pt: it was made for other methods or settings; scoring again",
+        f"{tmp_path.name}/gaussian__tune.pt: it was made for other methods or settings; scoring again",
+        f"{tmp_path.name}/gaussian__tune.pt: it was made with other weights; scoring again",
+        f"{tmp_path.name}/gaussian__tune.pt: it was made with other settings (seed); scoring again",
+        f"{tmp_path.name}/gaussian__tune.pt: its images changed since it was saved; scoring again",
+        f"{tmp_path.name}/gaussian__tune.pt: the images of its set cannot be fingerprinted, so no saved score can "
+        "be proven to match them; scoring again",
+        f"{tmp_path.name}/uniform__tune.pt: it cannot be read (damaged, or not a score file); scoring again"]
     saved = torch.load(tmp_path / "gaussian__tune.pt")
     assert saved["plan"] == {"msp": [[]], "odin": [[1.0, 0.0], [10.0, 0.002]]}
-    assert saved["context"] == {**context, "set": sets["gaussian"]}
-    # A file of the version before the method registry (one ODIN settings list) is scored again, not misread.
-    torch.save({"settings": PLAN["odin"], "scores": scores["odin"], "context": saved["context"]},
-               tmp_path / "gaussian__tune.pt")
+    assert saved["context"] == {**CONTEXT, "set": SETS["gaussian"]}
+    assert saved["scores_sha256"] == tensors_sha256(scores)
+    # A file of an earlier version (no checksum of its scores) is scored again, not misread.
+    torch.save({k: v for k, v in saved.items() if k != "scores_sha256"}, tmp_path / "gaussian__tune.pt")
     assert store.load("gaussian", "tune", PLAN) is None
+    assert "it is not a score file of this version (one with the SHA-256 of its scores)" in capsys.readouterr().out
 
 
-def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
+def test_a_damaged_file_or_impossible_scores_are_scored_again(tmp_path, capsys) -> None:
+    store = ScoreStore(tmp_path, CONTEXT, SETS, RANGES)
+    path, scores = tmp_path / "gaussian__tune.pt", _scores()
+    store.save("gaussian", "tune", PLAN, scores)
+    content = bytearray(path.read_bytes())
+    at = content.find(scores["odin"].numpy().tobytes())
+    content[at + 5] ^= 0x01  # a flipped bit in a stored score: the file still loads
+    path.write_bytes(bytes(content))
+    assert not torch.equal(torch.load(path)["scores"]["odin"], scores["odin"])
+    assert store.load("gaussian", "tune", PLAN) is None
+    assert capsys.readouterr().out == (f"{tmp_path.name}/gaussian__tune.pt: its scores do not match the SHA-256 "
+                                       "saved with them (the file was damaged); scoring again\n")
+    one = torch.tensor(1.0)
+    for value, reason in [(float("nan"), "its msp scores contain NaN or Inf"),
+                          (float("-inf"), "its msp scores contain NaN or Inf"),
+                          (1.0 + 5 * torch.finfo(torch.float32).eps, "its msp scores lie in [1.0000006, 1.0000006], "
+                                                                    "outside the method's range [0.2, 1]"),
+                          (0.1, "its msp scores lie in [0.1, 0.1], outside the method's range [0.2, 1]")]:
+        store.save("gaussian", "tune", PLAN, {**scores, "msp": torch.full((1, 10), value)})
+        assert store.load("gaussian", "tune", PLAN) is None
+        assert reason in capsys.readouterr().out
+    rounded = torch.nextafter(torch.nextafter(one, 2 * one), 2 * one)  # 2 units in the last place above 1
+    store.save("gaussian", "tune", PLAN, {**scores, "msp": rounded.expand(1, 10)})
+    assert torch.equal(store.load("gaussian", "tune", PLAN)["msp"], rounded.expand(1, 10))
+
+
+def test_a_pass_is_saved_in_chunks_that_its_whole_file_replaces(tmp_path, monkeypatch, capsys) -> None:
+    store, full = ScoreStore(tmp_path, CONTEXT, SETS, RANGES), _scores(20)
+
+    def part(start: int, stop: int) -> dict[str, torch.Tensor]:
+        return {m: t[:, start:stop] for m, t in full.items()}
+
+    for start, stop in [(0, 4), (4, 8), (12, 16)]:  # written before a range that does not continue the kept ones
+        store.save_range("gaussian", "tune", PLAN, start, stop, part(start, stop))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.0-8.pt"]
+    monkeypatch.setattr(score_store, "CHUNK_SECONDS", 0.0)
+    store.save_range("gaussian", "tune", PLAN, 16, 18, part(16, 18))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.0-8.pt", "gaussian__tune.12-18.pt"]
+    loaded = store.load_ranges("gaussian", "tune", PLAN, 20)
+    assert list(loaded) == [(0, 8), (12, 18)] and all(torch.equal(loaded[(a, b)][m], full[m][:, a:b])
+                                                      for a, b in loaded for m in full)
+    assert store.reused == ["gaussian__tune.0-8.pt", "gaussian__tune.12-18.pt"]
+    (tmp_path / "gaussian__tune.12-18.pt").rename(tmp_path / "gaussian__tune.12-19.pt")
+    assert list(ScoreStore(tmp_path, CONTEXT, SETS, RANGES).load_ranges("gaussian", "tune", PLAN, 20)) == [(0, 8)]
+    assert list(ScoreStore(tmp_path, CONTEXT, SETS, RANGES).load_ranges("gaussian", "tune", PLAN, 8)) == [(0, 8)]
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path.name}/gaussian__tune.12-19.pt: it does not hold the scores of images 12 to 18 that its name "
+        "says; scoring again",
+        f"{tmp_path.name}/gaussian__tune.12-19.pt: its images 12 to 18 overlap another chunk's or lie outside the "
+        "split's 8 images; scoring again"]
+    store.save("gaussian", "tune", PLAN, full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.pt"]
+
+
+def _problem() -> tuple[nn.Module, TensorDataset, dict[str, TensorDataset], dict]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double().eval()
     g = torch.Generator().manual_seed(1)
     in_set = TensorDataset(torch.randn(30, 3, 2, 2, generator=g, dtype=torch.float64), torch.zeros(30))
     ood = {"ood": TensorDataset(torch.randn(24, 3, 2, 2, generator=g, dtype=torch.float64) * 2, -torch.ones(24))}
-    options = dict(input_std=(0.5, 0.5, 0.5), grid=Grid((1.0, 100.0), (0.0, 0.01)), batch_size=8, progress=False)
-    store = ScoreStore(tmp_path, {}, {})
+    options = dict(input_std=(0.5, 0.5, 0.5), grid=Grid((1.0, 100.0), (0.0, 0.01)), batch_size=4, progress=False)
+    return model, in_set, ood, options
+
+
+def _store(folder: Path, in_set: TensorDataset, ood: dict[str, TensorDataset]) -> ScoreStore:
+    sets = {name: {"n": len(ds), "images_sha256": dataset_sha256(ds)}
+            for name, ds in {"in_distribution": in_set, **ood}.items()}
+    return ScoreStore(folder, {}, sets, {"msp": (0.2, 1.0), "odin": (0.2, 1.0)})
+
+
+def _hooks(store: ScoreStore, resume: bool) -> dict:
+    return dict(on_scores=store.save, on_range=store.save_range, load_scores=store.load if resume else None,
+                load_ranges=store.load_ranges if resume else None)
+
+
+def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
+    model, in_set, ood, options = _problem()
+    store = _store(tmp_path, in_set, ood)
     first = run_protocol(model, in_set, ood, on_scores=store.save, **options)
     computed = []
     again = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
@@ -59,3 +158,57 @@ def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
     assert computed == [("ood", "test")] and partly.records == first.records
     with pytest.raises(ValueError, match="load_scores gave scores of shapes"):
         run_protocol(model, in_set, ood, load_scores=lambda *args: {"msp": torch.zeros(1, 3)}, **options)
+
+
+def test_an_interrupted_pass_resumes_from_its_chunks_exactly(tmp_path, monkeypatch, capsys) -> None:
+    model, in_set, ood, options = _problem()
+    reference = run_protocol(model, in_set, ood, **options)
+    store = _store(tmp_path, in_set, ood)
+    with monkeypatch.context() as patch:
+        interrupt_scoring(patch, 3)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_protocol(model, in_set, ood, **_hooks(store, resume=False), **options)
+    # The in-distribution tuning split (15 images, batches of 4): 3 batches done, each saved as a chunk.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in_distribution__tune.{a}-{a + 4}.pt" for a in (0, 4, 8)]
+    store = _store(tmp_path, in_set, ood)
+    batches = []
+    monkeypatch.setattr(protocol, "score_batch", lambda *a, **k: batches.append(len(a[1])) or score_batch(*a, **k))
+    resumed = run_protocol(model, in_set, ood, **_hooks(store, resume=True), **options)
+    assert batches[0] == 3 and store.reused[:3] == [f"in_distribution__tune.{a}-{a + 4}.pt" for a in (0, 4, 8)]
+    assert resumed.records == reference.records
+    for name in ("in_distribution", "ood"):
+        assert torch.equal(resumed.tuning_scores["odin"][name], reference.tuning_scores["odin"][name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{s}__{p}.pt" for s in ("in_distribution", "ood")
+                                                          for p in ("test", "tune")]
+    assert capsys.readouterr().out == ""
+
+
+def _resume_process(rank: int, port: int, folder: str) -> None:
+    """One of 2 gloo processes resuming the interrupted run in ``folder``; process 0 saves the tuning scores."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model, in_set, ood, options = _problem()
+        store = _store(Path(folder), in_set, ood)
+        result = run_protocol(model, in_set, ood, **_hooks(store, resume=True), **options)
+        if rank == 0:
+            torch.save({"tuning": result.tuning_scores, "reused": store.reused}, Path(folder) / "result.pt.out")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_chunks_are_reused_by_a_run_with_another_number_of_processes(tmp_path, monkeypatch) -> None:
+    model, in_set, ood, options = _problem()
+    reference = run_protocol(model, in_set, ood, **options)
+    with monkeypatch.context() as patch:
+        interrupt_scoring(patch, 2)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_protocol(model, in_set, ood, **_hooks(_store(tmp_path, in_set, ood), resume=False), **options)
+    torch.multiprocessing.spawn(_resume_process, args=(free_port(), str(tmp_path)), nprocs=2)
+    resumed = torch.load(tmp_path / "result.pt.out")
+    assert resumed["reused"][:2] == ["in_distribution__tune.0-4.pt", "in_distribution__tune.4-8.pt"]
+    for method, by_set in reference.tuning_scores.items():  # 2 processes score batches of another composition
+        for name, scores in by_set.items():
+            torch.testing.assert_close(resumed["tuning"][method][name], scores, rtol=0, atol=1e-12)
+    assert not list(tmp_path.glob("*.*-*.pt"))
