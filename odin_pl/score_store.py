@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from odin_pl.files import atomic_write
 from odin_pl.fingerprint import tensors_sha256
 from odin_pl.protocol import Span
 
@@ -39,14 +39,11 @@ ULPS = 4
 
 
 def save_atomically(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file renamed into place: never a half-written file. Saved
+    """``torch.save(obj, path)`` through :func:`~odin_pl.files.atomic_write`: never a half-written file. Saved
     through a file handle, the bytes depend on ``obj`` alone (a path would name the archive inside after the
     temporary file), so that equal contents have equal SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         torch.save(obj, handle)
-    os.replace(temporary, path)
 
 
 def _plan(plan: Plan) -> dict[str, list[list[float]]]:
