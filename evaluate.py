@@ -11,8 +11,8 @@ Subcommands (``python evaluate.py SUBCOMMAND --help``; each takes ``--config FIL
 * ``bootstrap RUN_DIR`` - bootstrap intervals of a finished protocol run, from its saved scores (results rewritten).
 * ``aggregate RUN_DIR RUN_DIR ... --output DIR`` - mean ± std over evaluations of one setting (e.g. seeds).
 
-This file parses and dispatches; the work is in ``odin_pl.evaluation`` (the run), ``odin_pl.run_outputs``
-(files), ``odin_pl.run_logging`` (logger), ``odin_pl.analyses`` and ``datamodules.suite`` (the OOD sets).
+This file parses and dispatches; the work is in ``odin_pl.evaluation.run`` (the run), ``odin_pl.evaluation.outputs``
+(files), ``odin_pl.evaluation.logs`` (logger), ``odin_pl.analyses`` and ``datamodules.suite`` (the OOD sets).
 The flat options of earlier versions (``--tune_on``, ``--float64``, ``--predict``, ...) still work and print the
 new spelling.
 """
@@ -33,17 +33,19 @@ from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
-from odin_pl.detector import Detector
+from odin_pl.deploy.detector import Detector
 from odin_pl.distributed import world
-from odin_pl.aggregate import aggregate_runs, aggregate_table
-from odin_pl.eval_config import NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig
-from odin_pl.evaluation import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
+from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
+from odin_pl.evaluation.options import (
+    NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig,
+)
+from odin_pl.evaluation.run import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
 from odin_pl.fingerprint import file_sha256
-from odin_pl.prediction import detect_dataset, write_detections
-from odin_pl.run_logging import log_run
-from odin_pl.report import write_results
-from odin_pl.run_outputs import SAVED_CONFIG, write_run
-from odin_pl.runtime import start_processes
+from odin_pl.deploy.prediction import detect_dataset, write_detections
+from odin_pl.evaluation.logs import log_run
+from odin_pl.report.tables import write_results
+from odin_pl.evaluation.outputs import SAVED_CONFIG, write_run
+from odin_pl.evaluation.runtime import start_processes
 from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, UserError, report_user_error,
                             without_debug_flag)
 
@@ -139,7 +141,7 @@ def _config_parser(config_class: type) -> ArgumentParser:
 
 def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     """``evaluate.py protocol | predict | analyses | bootstrap | aggregate``, built from the typed groups of
-    ``odin_pl.eval_config``; and the parser of each subcommand."""
+    ``odin_pl.evaluation.options``; and the parser of each subcommand."""
     parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses, "
                             f"bootstrap, aggregate. An error is one line; add {DEBUG_FLAG} for its traceback.")
     analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
@@ -205,7 +207,7 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     """Run the protocol on this process's share and, on process 0, write, print and log its results; returns the
     run (on every process). ``resolved_config`` (YAML) is saved as ``config.yaml`` in the output folder once the
     model and data have loaded, before any scoring. ``may_start_processes``: see
-    :func:`odin_pl.runtime.start_processes` (true on the command line)."""
+    :func:`odin_pl.evaluation.runtime.start_processes` (true on the command line)."""
     config.check_output_dir()
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     if config.analyses.names and fabric.world_size > 1:

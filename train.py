@@ -42,12 +42,12 @@ from lightning.pytorch.loggers import Logger
 from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
-from odin_pl.artifacts import artifact_name, log_checkpoint
-from odin_pl.checkpoint import run_progress, training_record
-from odin_pl.console import quiet_console
+from odin_pl.tracking.artifacts import artifact_name, log_checkpoint
+from odin_pl.training.checkpoint import run_progress, training_record
+from odin_pl.training.console import quiet_console
 from odin_pl.fingerprint import file_sha256
-from odin_pl.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
-from odin_pl.module import ImageClassifier
+from odin_pl.tracking.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
+from odin_pl.training.module import ImageClassifier
 from odin_pl.errors import UserError, report_user_error, without_debug_flag
 
 ROOT = Path(__file__).resolve().parent

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odin_pl.bootstrap import record_intervals  # noqa: E402
-from odin_pl.protocol import ProtocolResult  # noqa: E402
+from odin_pl.protocol.bootstrap import record_intervals  # noqa: E402
+from odin_pl.protocol.run import ProtocolResult  # noqa: E402
 
 
 def synthetic_result(n_in: int, n_out: int, sets: int) -> ProtocolResult:

@@ -11,7 +11,7 @@ epsilons. The logit methods reuse each batch's clean forward pass, so their cost
 on logits (goal: at most 5% added); ReAct and KNN reuse it too (through the penultimate features) and add the
 classifier per percentile and the distances to the bank; Mahalanobis adds one gradient and the perturbed forward
 passes of its epsilons, as ODIN does per temperature. The fits of the three feature methods come from one pass over
---train_images training images (``odin_pl.fits.prepare_fits``), timed on their own row. Timings are medians of
+--train_images training images (``odin_pl.protocol.fits.prepare_fits``), timed on their own row. Timings are medians of
 --repeats runs, the configurations taking turns.
 """
 
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from odin_speed import STD, make_model  # noqa: E402
 
-from odin_pl.fits import prepare_fits  # noqa: E402
-from odin_pl.protocol import MethodGrid, run_protocol  # noqa: E402
+from odin_pl.protocol.fits import prepare_fits  # noqa: E402
+from odin_pl.protocol.run import MethodGrid, run_protocol  # noqa: E402
 
 ODIN_GRID = {"temperature": (1.0, 10.0, 1000.0), "epsilon": (0.0, 0.002, 0.004)}
 FITS = "fits of mahalanobis+react+knn"

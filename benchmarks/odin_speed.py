@@ -35,11 +35,11 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 import odin_pl  # noqa: E402,F401
 from odin_pl.distributed import world  # noqa: E402
-from odin_pl.eval_config import RuntimeOptions  # noqa: E402
-from odin_pl.protocol import score_dataset  # noqa: E402
-from odin_pl.runtime import start_processes  # noqa: E402
-from odin_pl.scoring import msp_score, odin_score, score_settings  # noqa: E402
-from odin_pl.tuning import Grid  # noqa: E402
+from odin_pl.evaluation.options import RuntimeOptions  # noqa: E402
+from odin_pl.protocol.run import score_dataset  # noqa: E402
+from odin_pl.evaluation.runtime import start_processes  # noqa: E402
+from odin_pl.methods.batch import msp_score, odin_score, score_settings  # noqa: E402
+from odin_pl.protocol.tuning import Grid  # noqa: E402
 
 STD = (0.2470, 0.2435, 0.2616)
 T, EPS = 1000.0, 0.0014

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from odin_pl.module import ImageClassifier  # noqa: E402
+from odin_pl.training.module import ImageClassifier  # noqa: E402
 from odin_pl.spec import ImageSpec  # noqa: E402
 
 RECIPE = ROOT / "configs" / "model" / "densenet_bc_100.yaml"

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datamodules.ood import OODDataModule, check_distinct_names
 from odin_pl.distributed import shard_indices
 from odin_pl.methods import Setting, create_method, score_batch
-from odin_pl.epoch_metrics import log_global
+from odin_pl.training.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
 from odin_pl.errors import UserError
 

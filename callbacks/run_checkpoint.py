@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from odin_pl.checkpoint import RUN_KEY
+from odin_pl.training.checkpoint import RUN_KEY
 from odin_pl.files import replace_atomically
 from odin_pl.errors import UserError
 

@@ -8,13 +8,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from odin_pl.checkpoint import TRAINING_KEY
-from odin_pl.loggers import run_identity
+from odin_pl.training.checkpoint import TRAINING_KEY
+from odin_pl.tracking.loggers import run_identity
 
 
 class TrainingRun(Callback):
     """Keeps the run's identity in every checkpoint (``checkpoint["odin_pl"]["training"]``: the experiment, the seed
-    and the logger's run, see :func:`odin_pl.loggers.run_identity`), so that a resumed fit continues its W&B run and
+    and the logger's run, see :func:`odin_pl.tracking.loggers.run_identity`), so that a resumed fit continues its W&B
+    run and
     an evaluation of the checkpoint is named after the experiment and joins the run's group; and logs ``config``
     (the resolved command-line configuration) once, completed with the model's resolved hyperparameters (number of
     classes, image spec) and the class of every callback of the trainer, in place of Lightning's flat copy of the

@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
 from odin_pl.distributed import shard_indices, world
-from odin_pl.rng import seeded
+from odin_pl.training.rng import seeded
 
 
 def run_seed(default: int) -> int:

@@ -1,9 +1,9 @@
 """odin-pl: ODIN out-of-distribution detection (Liang, Li, Srikant, ICLR 2018) for PyTorch Lightning."""
 
 from odin_pl import models  # noqa: F401  (registers the project's models with timm)
-from odin_pl.detector import Detector, ODINDetector
+from odin_pl.deploy.detector import Detector, ODINDetector
 from odin_pl.methods import create_method, list_methods, register_method
-from odin_pl.scoring import msp_score, odin_score
+from odin_pl.methods.batch import msp_score, odin_score
 from odin_pl.spec import ImageSpec
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ the metrics; here process r of W scores the indices r, r + W, r + 2W, ... (no pa
 :func:`gather_shards` rebuilds the full, ordered score tensor on every process.
 
 These helpers use the default process group when one exists (the one Lightning Fabric, a Trainer's DDP strategy,
-torchrun or SLURM set up; see ``odin_pl.runtime``) and work in a plain process without one.
+torchrun or SLURM set up; see ``odin_pl.evaluation.runtime``) and work in a plain process without one.
 """
 
 from __future__ import annotations

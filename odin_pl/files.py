@@ -6,7 +6,9 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+import torch
 
 from odin_pl.errors import OutputError
 
@@ -49,3 +51,11 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]
                               f"choose another output folder (--output.dir), then run again with --output.resume "
                               f"true to keep what was already computed") from err
         raise
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` through :func:`~odin_pl.files.atomic_write`: never a half-written file. Saved
+    through a file handle, the bytes depend on ``obj`` alone (a path would name the archive inside after the
+    temporary file), so that equal contents have equal SHA-256."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)

@@ -34,7 +34,8 @@ def saved_scores(path: Path, method: str, setting: tuple[float, ...]) -> torch.T
 def interrupt_scoring(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
     """Make the protocol's scorer raise RuntimeError("killed") after ``batches`` batches (a run killed inside a
     pass), and every scored range be saved as a chunk at once."""
-    from odin_pl import protocol, score_store
+    from odin_pl.evaluation import score_store
+    from odin_pl.protocol import run as protocol
 
     real, calls = protocol.score_batch, []
 

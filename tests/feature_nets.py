@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from odin_pl.features import FeatureModel, Fits
+from odin_pl.methods.features import FeatureModel, Fits
 from odin_pl.methods import Setting, create_method
 
 N_CLASSES = 6

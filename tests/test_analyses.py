@@ -24,9 +24,9 @@ from odin_pl.analyses.score_cache import ScoreCache
 from odin_pl.analyses.taylor import convergence_order, expansion_error, proposition1_gap, second_order_score
 from odin_pl.analyses.tuning_size import appendix_h_split, tuning_sizes
 from odin_pl.metrics import ood_metrics
-from odin_pl.protocol import MethodGrid, run_protocol
-from odin_pl.scoring import max_softmax
-from odin_pl.tuning import Grid
+from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.methods.batch import max_softmax
+from odin_pl.protocol.tuning import Grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,5 @@
-"""odin_pl.bootstrap and odin_pl.aggregate: intervals against a loop over scikit-learn metrics driven by the same
+"""odin_pl.protocol.bootstrap and odin_pl.evaluation.aggregate: intervals against a loop over scikit-learn metrics
+driven by the same
 resample indices (float64, 1e-9), the evaluate.py options and subcommands, and mean ± std over evaluations."""
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import evaluate
-from odin_pl.bootstrap import bootstrap_seed, percentile_interval, record_intervals, resample_indices, \
+from odin_pl.protocol.bootstrap import bootstrap_seed, percentile_interval, record_intervals, resample_indices, \
     resampled_metrics
 from odin_pl.metrics import METRIC_NAMES
-from odin_pl.protocol import MethodGrid, run_protocol
+from odin_pl.protocol.run import MethodGrid, run_protocol
 
 ATOL = 1e-9
 
@@ -38,7 +39,7 @@ def test_resampled_metrics_equal_a_loop_over_sklearn_on_the_same_indices(monkeyp
     s_in, s_out = _tied_scores()
     in_idx, out_idx = resample_indices(len(s_in), len(s_out), 40, seed=3)
     assert in_idx.shape == (40, 57) and out_idx.shape == (40, 43) and int(in_idx.max()) < 57
-    monkeypatch.setattr("odin_pl.bootstrap.CHUNK_ELEMENTS", 7 * 100)  # several chunks of 7 resamples
+    monkeypatch.setattr("odin_pl.protocol.bootstrap.CHUNK_ELEMENTS", 7 * 100)  # several chunks of 7 resamples
     ours = resampled_metrics(s_in, s_out, in_idx, out_idx)
     expected = _loop(s_in, s_out, in_idx, out_idx)
     for name in METRIC_NAMES:

@@ -10,7 +10,7 @@ from callbacks import ODINEvalCallback
 from datamodules import DigitsDataModule, build_ood_dataset
 from odin_pl import odin_score
 from odin_pl.metrics import ood_metrics
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 
 
 def _tiny_model_and_data() -> tuple[ImageClassifier, DigitsDataModule]:

@@ -22,8 +22,8 @@ import evaluate
 import train
 from callbacks import ODINEvalCallback
 from datamodules import MNISTDataModule
-from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
-from odin_pl.module import ImageClassifier, one_cycle_factor
+from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.training.module import ImageClassifier, one_cycle_factor
 
 CONFIGS = REPO / "configs"
 #: One experiment config per paper setting (configs/experiment/ may hold others).

@@ -17,9 +17,9 @@ from torch import nn
 import evaluate
 from datamodules import build_ood_dataset
 from odin_pl import Detector, ODINDetector, msp_score, odin_score
-from odin_pl.checkpoint import load_model, read_checkpoint
+from odin_pl.training.checkpoint import load_model, read_checkpoint
 from odin_pl.errors import NonFiniteScoresError, UserError
-from odin_pl.fits import save_fit
+from odin_pl.protocol.fits import save_fit
 from odin_pl.methods import score_batch
 from odin_pl.metrics import rates_at_tpr, threshold_at_tpr
 from odin_pl.spec import ImageSpec
@@ -164,7 +164,7 @@ _RELOAD = """
 import json, sys, torch
 from datamodules import build_ood_dataset
 from odin_pl import ODINDetector
-from odin_pl.checkpoint import load_model, read_checkpoint
+from odin_pl.training.checkpoint import load_model, read_checkpoint
 model = load_model(read_checkpoint(sys.argv[1]))
 detector = ODINDetector.load(sys.argv[2], model)
 ood = build_ood_dataset("gaussian", model.image_spec, num_images=100)

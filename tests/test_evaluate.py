@@ -21,12 +21,12 @@ from PIL import Image
 
 import evaluate
 from odin_pl import fingerprint
-from odin_pl import protocol as protocol_module
+from odin_pl.protocol import run as protocol_module
 from odin_pl.errors import MissingFileError, NonFiniteScoresError, UserError
 from odin_pl.fingerprint import tensors_sha256
 from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
-from odin_pl.run_logging import run_metrics
+from odin_pl.evaluation.logs import run_metrics
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",

@@ -1,4 +1,4 @@
-"""The feature methods (mahalanobis, react, knn) and odin_pl.features: each method's fit and scores against an
+"""The feature methods (mahalanobis, react, knn) and odin_pl.methods.features: each method's fit and scores against an
 independent float64 reference (numpy loops, DESIGN's definitions) and against pytorch-ood 0.4.0 with the relation
 DESIGN states; the features' check; errors and tie orders.
 
@@ -20,9 +20,9 @@ from pytorch_ood.detector import MahalanobisODIN
 from pytorch_ood.detector import ReAct as TheirReAct
 from torch import nn
 
-from odin_pl.features import FeatureModel
+from odin_pl.methods.features import FeatureModel
 from odin_pl.methods import create_method, score_batch
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 from odin_pl.spec import ImageSpec
 
 STD = (0.5, 0.25, 2.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from odin_pl import report
+from odin_pl.report import tables as report
 from odin_pl.errors import OutputError, UserError
 from odin_pl.files import atomic_write
 

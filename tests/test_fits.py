@@ -1,4 +1,5 @@
-"""odin_pl.fits: the training images of the fits, one feature pass for every fit, fit files reused only on a match,
+"""odin_pl.protocol.fits: the training images of the fits, one feature pass for every fit, fit files reused only on a
+match,
 2 processes fit exactly what 1 process fits; through evaluate.py: results, score files and detectors record the
 fits, and a detector refuses a changed fit."""
 
@@ -18,13 +19,13 @@ from torch.utils.data import Subset, TensorDataset
 
 import evaluate
 from datamodules import CIFAR10DataModule, DigitsDataModule
-from odin_pl.detector import Detector
-from odin_pl.features import FeatureModel
+from odin_pl.deploy.detector import Detector
+from odin_pl.methods.features import FeatureModel
 from odin_pl.fingerprint import dataset_sha256, file_sha256
-from odin_pl.fits import load_fit, prepare_fits, save_fit, training_features, training_set
+from odin_pl.protocol.fits import load_fit, prepare_fits, save_fit, training_features, training_set
 from odin_pl.methods import create_method
-from odin_pl.protocol import MethodGrid
-from odin_pl.tuning import split_indices
+from odin_pl.protocol.run import MethodGrid
+from odin_pl.protocol.tuning import split_indices
 
 FITTED = ("mahalanobis", "react", "knn")
 N = 61  # uneven shards on 2 processes

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 import evaluate
-from odin_pl.checkpoint import load_model, read_checkpoint
-from odin_pl.convert import check_fits, convert_state_dict, load_foreign_model, read_weights
+from odin_pl.training.checkpoint import load_model, read_checkpoint
+from odin_pl.training.convert import check_fits, convert_state_dict, load_foreign_model, read_weights
 from odin_pl.models import DenseNet, WideResNet
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 from odin_pl.spec import ImageSpec
 
 RELEASE_CLASSES = {"densenet": ("DenseNet3", "DenseBlock", "BottleneckBlock", "TransitionBlock"),

@@ -25,7 +25,7 @@ import torch
 
 import evaluate
 from datamodules import DigitsDataModule
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("ODIN_PL_UPDATE_GOLDEN") == "1"

@@ -10,9 +10,9 @@ from callbacks import ODINEvalCallback
 from conftest import requires_gpu
 from datamodules import DigitsDataModule
 from odin_pl import odin_score
-from odin_pl.module import ImageClassifier
-from odin_pl.scoring import score_settings
-from odin_pl.tuning import Grid
+from odin_pl.training.module import ImageClassifier
+from odin_pl.methods.batch import score_settings
+from odin_pl.protocol.tuning import Grid
 
 
 @requires_gpu

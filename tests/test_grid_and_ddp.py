@@ -15,10 +15,10 @@ from torch.utils.data import TensorDataset
 
 from callbacks import ODINEvalCallback
 from odin_pl import odin_score
-from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.metrics import ood_metrics, rates_at_tpr
-from odin_pl.protocol import run_protocol
-from odin_pl.tuning import Grid
+from odin_pl.protocol.run import run_protocol
+from odin_pl.protocol.tuning import Grid
 
 
 def _small_cnn() -> nn.Module:

@@ -19,13 +19,13 @@ from pytorch_ood.detector import EnergyBased, Entropy, MaxLogit, MaxSoftmax
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from odin_pl.detector import Detector
-from odin_pl.features import FeatureModel, Fits
-from odin_pl.fits import save_fit
+from odin_pl.deploy.detector import Detector
+from odin_pl.methods.features import FeatureModel, Fits
+from odin_pl.protocol.fits import save_fit
 from odin_pl.methods import Method, create_method, list_methods, register_method, score_batch
 from odin_pl.methods import registry as method_registry
-from odin_pl.protocol import MethodGrid, run_protocol
-from odin_pl.scoring import Batch, max_softmax, score_settings
+from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.methods.batch import Batch, max_softmax, score_settings
 from odin_pl.spec import ImageSpec
 
 N_CLASSES = 6

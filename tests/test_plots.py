@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from odin_pl.plots import plot_grid, plot_histograms, plot_roc, roc_points
+from odin_pl.report.plots import plot_grid, plot_histograms, plot_roc, roc_points
 
 
 @pytest.mark.parametrize("scale", [1.0, 25.0, -3.0])

@@ -17,7 +17,7 @@ import evaluate
 from datamodules.ood import find_images
 from datamodules.transforms import ToSpec
 from odin_pl import ODINDetector
-from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.errors import NonFiniteScoresError, UserError
 from odin_pl.fingerprint import file_sha256
 

@@ -1,4 +1,4 @@
-"""odin_pl.protocol: input checks (the numbers are checked against a plain loop in test_grid_and_ddp.py)."""
+"""odin_pl.protocol.run: input checks (the numbers are checked against a plain loop in test_grid_and_ddp.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from datamodules import DigitsDataModule
-from odin_pl.module import ImageClassifier
-from odin_pl.protocol import run_protocol
+from odin_pl.training.module import ImageClassifier
+from odin_pl.protocol.run import run_protocol
 
 
 def test_protocol_rejects_an_empty_ood_set() -> None:

@@ -1,4 +1,5 @@
-"""The evaluation runtime (odin_pl.runtime): every way of running several processes gives exactly one process's
+"""The evaluation runtime (odin_pl.evaluation.runtime): every way of running several processes gives exactly one
+process's
 results, only global rank 0 writes files, and a failing process ends the run.
 
 Each multi-process run is a real launch in subprocesses (gloo on the CPU) of ``evaluate.py`` on the quickstart in
@@ -21,8 +22,8 @@ from conftest import REPO, free_port
 import evaluate
 from odin_pl.distributed import agree_on_failure
 from odin_pl.errors import NonFiniteScoresError, UserError
-from odin_pl.eval_config import RuntimeOptions
-from odin_pl.runtime import create_fabric, launcher_processes
+from odin_pl.evaluation.options import RuntimeOptions
+from odin_pl.evaluation.runtime import create_fabric, launcher_processes
 
 SMALL = ["--ood.sets", "gaussian,photos", "--ood.num_images", "200", "--tuning.temperatures", "1,1000",
          "--tuning.epsilons", "0,0.002", "--output.logger", "false", "--runtime.precision", "64-true",

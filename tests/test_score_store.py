@@ -1,4 +1,5 @@
-"""odin_pl.score_store: validated, atomically written score files, chunks of a pass saved as it goes; the protocol's
+"""odin_pl.evaluation.score_store: validated, atomically written score files, chunks of a pass saved as it goes; the
+protocol's
 load_scores and load_ranges hooks."""
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from conftest import free_port, interrupt_scoring
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from odin_pl import protocol, score_store
+from odin_pl.evaluation import score_store
+from odin_pl.protocol import run as protocol
 from odin_pl.fingerprint import dataset_sha256, tensors_sha256
 from odin_pl.methods import score_batch
-from odin_pl.protocol import run_protocol
-from odin_pl.score_store import ScoreStore
-from odin_pl.tuning import Grid
+from odin_pl.protocol.run import run_protocol
+from odin_pl.evaluation.score_store import ScoreStore
+from odin_pl.protocol.tuning import Grid
 
 PLAN = {"msp": [()], "odin": [(1.0, 0.0), (10.0, 0.002)]}
 CONTEXT = {"weights_sha256": "abc", "seed": 0}

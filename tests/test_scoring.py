@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from odin_pl import msp_score, odin_score
-from odin_pl.scoring import Batch, perturbed_scores, score_settings
+from odin_pl.methods.batch import Batch, perturbed_scores, score_settings
 
 STD = (0.2, 0.5, 1.3)
 SETTINGS = [(1.0, 0.0), (1000.0, 0.0014), (10.0, 0.004), (2.0, 0.0), (1.0, 0.002), (1000.0, 0.0)]

@@ -19,9 +19,9 @@ from lightning.fabric.plugins.io import torch_io
 
 import train
 from conftest import REPO
-from odin_pl.checkpoint import run_progress
+from odin_pl.training.checkpoint import run_progress
 from odin_pl.errors import UserError
-from odin_pl.rng import set_rng_states
+from odin_pl.training.rng import set_rng_states
 
 
 def test_quickstart_checkpoint_records_what_evaluation_needs(quickstart_ckpt: str) -> None:

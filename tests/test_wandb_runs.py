@@ -11,7 +11,7 @@ from wandb_records import offline_runs
 
 import evaluate
 import train
-from odin_pl.checkpoint import training_record
+from odin_pl.training.checkpoint import training_record
 from odin_pl.fingerprint import file_sha256
 from odin_pl.metrics import METRIC_NAMES
 

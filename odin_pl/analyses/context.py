@@ -12,11 +12,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.features import Fits
-from odin_pl.plots import save_figure
-from odin_pl.protocol import ProtocolResult, split_seed
-from odin_pl.report import method_pairs
-from odin_pl.tuning import Grid
+from odin_pl.methods.features import Fits
+from odin_pl.report.plots import save_figure
+from odin_pl.protocol.run import ProtocolResult, split_seed
+from odin_pl.report.tables import method_pairs
+from odin_pl.protocol.tuning import Grid
 
 IN = "in_distribution"
 

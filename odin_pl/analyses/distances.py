@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
-from odin_pl.plots import COLORS
-from odin_pl.report import main_records
+from odin_pl.report.plots import COLORS
+from odin_pl.report.tables import main_records
 
 
 def _off_diagonal_mean(matrix: Tensor) -> Tensor:

@@ -14,8 +14,8 @@ import torch
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.methods import create_method
 from odin_pl.metrics import threshold_at_tpr
-from odin_pl.protocol import record_setting
-from odin_pl.report import main_records
+from odin_pl.protocol.run import record_setting
+from odin_pl.report.tables import main_records
 
 N_THRESHOLDS = 201
 TPRS = tuple(p / 100 for p in range(50, 100))

@@ -21,8 +21,8 @@ from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.score_cache import Key, ScoreCache, key
 from odin_pl.methods import create_method
 from odin_pl.metrics import rates_at_tpr
-from odin_pl.protocol import score_plan
-from odin_pl.tuning import select_setting
+from odin_pl.protocol.run import score_plan
+from odin_pl.protocol.tuning import select_setting
 
 PAPER_TUNE, PAPER_TEST, STEPS = 2000, 8000, 10
 

@@ -10,10 +10,10 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from odin_pl.features import Fits
+from odin_pl.methods.features import Fits
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import create_method, list_methods, register_method
-from odin_pl.scoring import Batch, StdLike
+from odin_pl.methods.batch import Batch, StdLike
 
 from odin_pl.methods import msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn  # noqa: E402,F401,I001
 from odin_pl.errors import UserError
@@ -30,7 +30,7 @@ def method_batch(model: nn.Module, x: Tensor, methods: Mapping[str, tuple[Method
     fitted = [name for name, (method, _) in methods.items() if method.needs_fit]
     if fitted and fits is None:
         raise UserError(f"method(s) {', '.join(fitted)} score with a fit on the in-distribution training images: "
-                        "pass fits (odin_pl.fits.prepare_fits makes them, as evaluate.py does)")
+                        "pass fits (odin_pl.protocol.fits.prepare_fits makes them, as evaluate.py does)")
     temperatures = [t for method, settings in methods.values() for t in method.gradient_temperatures(settings)]
     losses = {name: loss for name in fitted
               if (loss := methods[name][0].feature_loss(methods[name][1], fits.of(name))) is not None}

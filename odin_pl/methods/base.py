@@ -1,13 +1,13 @@
 """The contract of a detection method: its parameters, score range, tie order and batch scoring.
 
-A method scores a :class:`~odin_pl.scoring.Batch` for a list of settings at once (a tensor [n_settings, B],
+A method scores a :class:`~odin_pl.methods.batch.Batch` for a list of settings at once (a tensor [n_settings, B],
 higher = more in-distribution), so that work shared between settings stays shared (ODIN's one gradient per T),
 and the batch carries what all methods share (one clean forward pass). A setting is a tuple of floats, one per
 parameter in the order of ``params``; a method without parameters has the one setting ``()``.
 
 A method with ``needs_fit`` scores the penultimate features h with statistics of the in-distribution training
 split: :meth:`Method.fit` computes them (its fit, a few named tensors) from the training features, once per run
-(``odin_pl.fits``), and the batch hands them back (``batch.fit(name)``).
+(``odin_pl.protocol.fits``), and the batch hands them back (``batch.fit(name)``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import ClassVar, Mapping, Sequence
 
 from torch import Tensor
 
-from odin_pl.features import Fit
-from odin_pl.scoring import Batch, FeatureLoss
+from odin_pl.methods.features import Fit
+from odin_pl.methods.batch import Batch, FeatureLoss
 from odin_pl.errors import UserError
 
 Setting = tuple[float, ...]

@@ -14,10 +14,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.features import Fit
+from odin_pl.methods.features import Fit
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.scoring import Batch
+from odin_pl.methods.batch import Batch
 from odin_pl.errors import UserError
 
 PAPER_K = 50.0

@@ -21,11 +21,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.features import Fit
+from odin_pl.methods.features import Fit
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.scoring import Batch, FeatureLoss, check_epsilon, perturbed_rows
-from odin_pl.tuning import PAPER_EPSILONS
+from odin_pl.methods.batch import Batch, FeatureLoss, check_epsilon, perturbed_rows
+from odin_pl.methods.odin import PAPER_EPSILONS
 from odin_pl.errors import UserError
 
 

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from odin_pl.methods.base import Method, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.scoring import Batch
+from odin_pl.methods.batch import Batch
 
 
 @register_method

@@ -1,4 +1,4 @@
-"""odin: temperature scaling and input perturbation (Liang, Li, Srikant, ICLR 2018); see ``odin_pl.scoring``.
+"""odin: temperature scaling and input perturbation (Liang, Li, Srikant, ICLR 2018); see ``odin_pl.methods.batch``.
 
 score = max_i softmax(f(x - epsilon * s_T) / T)_i with s_T = sign+(d CE(f(x) / T, y_hat) / dx) / std.
 Ties between settings: larger T, then smaller epsilon.
@@ -12,8 +12,11 @@ from torch import Tensor
 
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.scoring import Batch, check_epsilon, check_temperature, odin_gradient_temperatures, odin_rows
-from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES
+from odin_pl.methods.batch import Batch, check_epsilon, check_temperature, odin_gradient_temperatures, odin_rows
+
+# The paper's grid (section 4.4).
+PAPER_TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+PAPER_EPSILONS = tuple(0.004 * i / 20 for i in range(21))  # 21 evenly spaced values, 0 .. 0.004
 
 
 @register_method

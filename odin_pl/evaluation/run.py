@@ -1,7 +1,8 @@
 """One evaluation run: load what to evaluate, run the protocol with saved (resumable) scores, describe the result.
 
 ``load_target(source)`` gives the eval-mode model and its in-distribution test set; ``evaluate_protocol`` runs
-:func:`odin_pl.protocol.run_protocol` on it and the OOD sets with a :class:`~odin_pl.score_store.ScoreStore`
+:func:`odin_pl.protocol.run.run_protocol` on it and the OOD sets with a
+:class:`~odin_pl.evaluation.score_store.ScoreStore`
 (scores saved as they are computed; reused on ``--output.resume``) and returns a :class:`ProtocolRun`, from which
 the reports, detectors, analyses and logs are made.
 """
@@ -19,19 +20,19 @@ from torch.utils.data import Dataset
 
 from odin_pl import __version__
 from odin_pl.analyses import AnalysisContext
-from odin_pl.bootstrap import LEVEL, bootstrap_seed, record_intervals
-from odin_pl.checkpoint import build_datamodule, load_model, read_checkpoint
-from odin_pl.convert import load_foreign_model
+from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, record_intervals
+from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.training.convert import load_foreign_model
 from odin_pl.distributed import world
-from odin_pl.environment import describe_environment
-from odin_pl.eval_config import ModelSource, ProtocolConfig
+from odin_pl.evaluation.environment import describe_environment
+from odin_pl.evaluation.options import ModelSource, ProtocolConfig
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
-from odin_pl.fits import RunFits, prepare_fits, training_set
+from odin_pl.protocol.fits import RunFits, prepare_fits, training_set
 from odin_pl.methods import Plan, Setting, create_method
-from odin_pl.module import ImageClassifier
-from odin_pl.protocol import MethodGrid, ProtocolResult, run_protocol, split_seed
-from odin_pl.report import results_tables
-from odin_pl.score_store import ScoreStore
+from odin_pl.training.module import ImageClassifier
+from odin_pl.protocol.run import MethodGrid, ProtocolResult, run_protocol, split_seed
+from odin_pl.report.tables import results_tables
+from odin_pl.evaluation.score_store import ScoreStore
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import NonFiniteScoresError, UserError
 
@@ -181,8 +182,8 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
                       tuning_only: Mapping[str, Dataset] | None = None,
                       skipped: list[str] | None = None, saved_scores_only: bool = False) -> ProtocolRun:
     """Run the protocol of ``config`` on the target and the OOD sets on ``device`` (this process's: see
-    ``odin_pl.runtime``); in a process group every process scores its shard and only process 0 reads and saves
-    score files.
+    ``odin_pl.evaluation.runtime``); in a process group every process scores its shard and only process 0 reads and
+    saves score files.
 
     ``saved_scores_only``: take every score from the run folder's saved files (resume), and fail with a message
     when one is missing instead of scoring (for work on a finished run, such as its analyses).

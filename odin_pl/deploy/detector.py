@@ -22,12 +22,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from odin_pl.features import FeatureModel, Fits
+from odin_pl.methods.features import FeatureModel, Fits
 from odin_pl.files import atomic_write
-from odin_pl.fits import SavedFit, load_fit
+from odin_pl.protocol.fits import SavedFit, load_fit
 from odin_pl.methods import Setting, create_method, method_batch
 from odin_pl.metrics import _as_scores, threshold_at_tpr
-from odin_pl.scoring import Batch, max_softmax, non_finite_error
+from odin_pl.methods.batch import Batch, max_softmax, non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 

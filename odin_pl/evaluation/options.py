@@ -6,7 +6,8 @@ Each group checks itself when it is built, so a bad combination fails before any
 * :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid;
 * :class:`RuntimeOptions`  - where and how scoring runs (accelerator, processes, nodes, precision, batches);
 * :class:`OutputOptions`   - where results go, resume, logging on or off;
-* :class:`~odin_pl.loggers.LoggerOptions` - the logger (``--logger.*``: the ``logger:`` group of ``configs/logger/``,
+* :class:`~odin_pl.tracking.loggers.LoggerOptions` - the logger (``--logger.*``: the ``logger:`` group of
+``configs/logger/``,
   which train.py reads too);
 * :class:`AnalysesOptions` - the paper's analyses to run after the protocol;
 * :class:`BootstrapOptions` - bootstrap intervals of the metrics;
@@ -28,11 +29,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from odin_pl.analyses import check_analyses, parse_analyses
-from odin_pl.bootstrap import DEFAULT_RESAMPLES
-from odin_pl.loggers import LoggerOptions
+from odin_pl.protocol.bootstrap import DEFAULT_RESAMPLES
+from odin_pl.tracking.loggers import LoggerOptions
 from odin_pl.methods import create_method, list_methods
-from odin_pl.protocol import MethodGrid
-from odin_pl.tuning import PAPER_EPSILONS, PAPER_TEMPERATURES, PAPER_TUNING_SIZE, Grid, parse_floats
+from odin_pl.protocol.run import MethodGrid
+from odin_pl.methods.odin import PAPER_EPSILONS, PAPER_TEMPERATURES
+from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, Grid, parse_floats
 from odin_pl.errors import UserError
 
 TuningMode = Literal["paper", "transfer", "cross", "fixed"]
@@ -188,7 +190,7 @@ class TuningOptions:
 
 @dataclass
 class RuntimeOptions:
-    """Where and how scoring runs, in Lightning Fabric's terms (see ``odin_pl.runtime``).
+    """Where and how scoring runs, in Lightning Fabric's terms (see ``odin_pl.evaluation.runtime``).
 
     Args:
         accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
@@ -269,7 +271,7 @@ class AnalysesOptions:
 
 @dataclass
 class BootstrapOptions:
-    """Bootstrap intervals of every reported metric (DESIGN, "Uncertainty"; see ``odin_pl.bootstrap``).
+    """Bootstrap intervals of every reported metric (DESIGN, "Uncertainty"; see ``odin_pl.protocol.bootstrap``).
 
     Args:
         resamples: paired resamples of each OOD set's test split (0: no intervals).

@@ -22,7 +22,8 @@ CHECK_ULPS = 1000  # the check's tolerance: 1000 units in the last place of the 
 
 def _timm_net(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
     """The module with timm's classifier API (``model`` itself or its backbone ``model.net``, as in
-    :class:`~odin_pl.module.ImageClassifier`) and the wrapper's input preparation (``prepare_input``), if any."""
+    :class:`~odin_pl.training.module.ImageClassifier`) and the wrapper's input preparation (``prepare_input``), if
+    any."""
     for net in (model, getattr(model, "net", None)):
         if isinstance(net, nn.Module) and all(callable(getattr(net, name, None)) for name in TIMM_API):
             return net, (getattr(model, "prepare_input", None) if net is not model else None)
@@ -90,5 +91,5 @@ class Fits:
         """The fit of ``method``, or a KeyError that says how to make one."""
         if method not in self.tensors:
             raise KeyError(f"no fit of method {method!r} (fits of: {', '.join(self.tensors) or 'none'}); fit it on "
-                           "the training images with odin_pl.fits.prepare_fits, as evaluate.py does")
+                           "the training images with odin_pl.protocol.fits.prepare_fits, as evaluate.py does")
         return self.tensors[method]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from odin_pl.metrics import METRIC_NAMES
-from odin_pl.report import TABLE_METRICS
+from odin_pl.report.tables import TABLE_METRICS
 from odin_pl.errors import MissingFileError, UserError
 
 SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid")  # must be equal in every run

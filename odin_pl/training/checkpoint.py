@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 from odin_pl.errors import MissingFileError, UserError
 
 RUN_KEY = "run"  # checkpoint["odin_pl"]["run"]: {"finished": bool, "epochs": int} of the run that wrote it
 # checkpoint["odin_pl"]["training"]: {"experiment": str, "seed": int | None, "logger": run identity or None} (see
-# callbacks.TrainingRun and odin_pl.loggers.run_identity)
+# callbacks.TrainingRun and odin_pl.tracking.loggers.run_identity)
 TRAINING_KEY = "training"
 
 

@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_indices, world
-from odin_pl.features import Fits
+from odin_pl.methods.features import Fits
 from odin_pl.methods import Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
-from odin_pl.report import main_records
-from odin_pl.scoring import StdLike, check_model_in_eval, non_finite_error
-from odin_pl.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
+from odin_pl.report.tables import main_records
+from odin_pl.methods.batch import StdLike, check_model_in_eval, non_finite_error
+from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, Grid, Selection, select_setting, split_indices, tuning_size
 from odin_pl.errors import UserError
 
 MSP: Setting = (1.0, 0.0)  # ODIN's setting that equals the MSP baseline
@@ -222,7 +222,7 @@ def run_protocol(
 ) -> ProtocolResult:
     """Run the protocol for ``methods`` (default: MSP and ODIN over ``grid``, fixed mode at ``temperature`` and
     ``epsilon``); ``on_scores(set, split, plan, scores)`` sees every pass's scores as they are computed. ``fits``:
-    the fits of the methods that need one (``odin_pl.fits.prepare_fits``).
+    the fits of the methods that need one (``odin_pl.protocol.fits.prepare_fits``).
 
     ``load_scores(set, split, plan)``, asked before each scoring pass, may return saved scores (per method,
     [len(settings), n]) of exactly that split to use instead (to resume a run); it must check that they come from

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from odin_pl.detector import Detector
-from odin_pl.evaluation import IN_DISTRIBUTION, ProtocolRun
-from odin_pl.module import ImageClassifier
-from odin_pl.plots import plot_grid, plot_histograms, plot_roc
-from odin_pl.report import write_results
+from odin_pl.deploy.detector import Detector
+from odin_pl.evaluation.run import IN_DISTRIBUTION, ProtocolRun
+from odin_pl.training.module import ImageClassifier
+from odin_pl.report.plots import plot_grid, plot_histograms, plot_roc
+from odin_pl.report.tables import write_results
 
 SAVED_CONFIG = "config.yaml"  # evaluate.py's resolved configuration in the output folder
 

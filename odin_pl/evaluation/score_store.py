@@ -27,23 +27,15 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.files import atomic_write
+from odin_pl.files import save_atomically
 from odin_pl.fingerprint import tensors_sha256
-from odin_pl.protocol import Span
+from odin_pl.protocol.run import Span
 
 Plan = Mapping[str, Sequence[Sequence[float]]]
 #: Seconds of work after which the scores computed so far in a pass are written as a chunk.
 CHUNK_SECONDS = 120.0
 #: Slack of the range check, in units in the last place of the range's largest finite bound (at least 1).
 ULPS = 4
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through :func:`~odin_pl.files.atomic_write`: never a half-written file. Saved
-    through a file handle, the bytes depend on ``obj`` alone (a path would name the archive inside after the
-    temporary file), so that equal contents have equal SHA-256."""
-    with atomic_write(path, "wb") as handle:
-        torch.save(obj, handle)
 
 
 def _plan(plan: Plan) -> dict[str, list[list[float]]]:

@@ -1,4 +1,4 @@
-"""Score every image of a data set with a :class:`~odin_pl.detector.Detector`, on any number of processes, and
+"""Score every image of a data set with a :class:`~odin_pl.deploy.detector.Detector`, on any number of processes, and
 write one CSV row per image in input order.
 
 Process r of W scores the images r, r + W, ... (:func:`~odin_pl.distributed.shard_indices`, no padding), so every
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.detector import Detection, Detector
+from odin_pl.deploy.detector import Detection, Detector
 from odin_pl.distributed import agree_on_failure, gather_shards, shard_indices, world
 from odin_pl.errors import NonFiniteScoresError
 from odin_pl.files import atomic_write

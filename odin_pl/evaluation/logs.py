@@ -14,15 +14,15 @@ from typing import Any, Mapping
 from lightning.pytorch.loggers import WandbLogger
 
 from odin_pl.analyses import AnalysisOutput, scalar_metrics
-from odin_pl.artifacts import artifact_name, link_checkpoint, log_results
-from odin_pl.checkpoint import training_record
-from odin_pl.evaluation import ProtocolRun
-from odin_pl.loggers import build_logger, describe_logger, finish_logger, wandb_run
-from odin_pl.bootstrap import INTERVAL_FIELDS
+from odin_pl.tracking.artifacts import artifact_name, link_checkpoint, log_results
+from odin_pl.training.checkpoint import training_record
+from odin_pl.evaluation.run import ProtocolRun
+from odin_pl.tracking.loggers import build_logger, describe_logger, finish_logger, wandb_run
+from odin_pl.protocol.bootstrap import INTERVAL_FIELDS
 from odin_pl.metrics import METRIC_NAMES
-from odin_pl.plots import roc_points
-from odin_pl.report import main_records
-from odin_pl.run_outputs import SAVED_CONFIG, RunFiles
+from odin_pl.report.plots import roc_points
+from odin_pl.report.tables import main_records
+from odin_pl.evaluation.outputs import SAVED_CONFIG, RunFiles
 
 FIGURE_KINDS = ("roc", "scores", "grid")  # one W&B panel per kind: images of one size
 ROC_POINTS = 500  # points per logged ROC curve
@@ -44,7 +44,8 @@ def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dic
 
 def training_names(run: ProtocolRun, training: Mapping[str, Any]) -> tuple[str, str]:
     """(the training run's name, its group) as the checkpoint records them (``training``:
-    :func:`odin_pl.checkpoint.training_record`); for weights that do not say, the run folder's name for both (the
+    :func:`odin_pl.training.checkpoint.training_record`); for weights that do not say, the run folder's name for both
+    (the
     file's name outside a run folder)."""
     logged = training.get("logger") or {}
     weights = run.config.weights_file.resolve()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from odin_pl.features import Fit, Fits
+from odin_pl.methods.features import Fit, Fits
 from odin_pl.errors import NonFiniteScoresError, UserError
 
 StdLike = Sequence[float] | Tensor | None

@@ -25,12 +25,12 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
-from odin_pl.features import FeatureModel, Fits
+from odin_pl.methods.features import FeatureModel, Fits
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.methods import Setting, create_method
-from odin_pl.protocol import MethodGrid
-from odin_pl.score_store import save_atomically
-from odin_pl.tuning import split_indices
+from odin_pl.protocol.run import MethodGrid
+from odin_pl.files import save_atomically
+from odin_pl.protocol.tuning import split_indices
 from odin_pl.errors import MissingFileError, UserError
 
 FIT_FORMAT = "odin_pl.fit"

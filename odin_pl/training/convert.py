@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from odin_pl.module import ImageClassifier
+from odin_pl.training.module import ImageClassifier
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 

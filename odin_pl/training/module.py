@@ -14,8 +14,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 import odin_pl.models  # noqa: F401  (registers the project's models with timm)
-from odin_pl.epoch_metrics import ClassificationTotals, log_global
-from odin_pl.rng import rng_states, set_rng_states
+from odin_pl.training.epoch_metrics import ClassificationTotals, log_global
+from odin_pl.training.rng import rng_states, set_rng_states
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import UserError
 
@@ -135,7 +135,8 @@ class ImageClassifier(pl.LightningModule):
         self._totals.reset(self.device)
 
     def _log_evaluation(self, stage: str) -> None:
-        """``<stage>/loss`` and ``<stage>/acc`` over all images of all processes (see odin_pl.epoch_metrics)."""
+        """``<stage>/loss`` and ``<stage>/acc`` over all images of all processes (see
+        odin_pl.training.epoch_metrics)."""
         totals = self._totals.compute(partial(self.trainer.strategy.reduce, reduce_op="sum"))
         log_global(self, {f"{stage}/{name}": value for name, value in totals.items()}, prog_bar=True)
 

@@ -21,7 +21,7 @@ import sys
 from lightning.fabric import Fabric
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-from odin_pl.eval_config import RuntimeOptions
+from odin_pl.evaluation.options import RuntimeOptions
 from odin_pl.errors import UserError
 
 

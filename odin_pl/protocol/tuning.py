@@ -6,19 +6,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from odin_pl.metrics import metric_rows
 from odin_pl.errors import UserError
+from odin_pl.methods.base import Method
+from odin_pl.methods.odin import PAPER_EPSILONS, PAPER_TEMPERATURES
 
-if TYPE_CHECKING:
-    from odin_pl.methods import Method
 
-PAPER_TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-PAPER_EPSILONS = tuple(0.004 * i / 20 for i in range(21))  # 21 evenly spaced values, 0 .. 0.004
 PAPER_TUNING_SIZE = 1000
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.metrics import METRIC_NAMES, metric_rows
-from odin_pl.protocol import ProtocolResult, record_setting, split_seed
+from odin_pl.protocol.run import ProtocolResult, record_setting, split_seed
 from odin_pl.errors import UserError
 
 DEFAULT_RESAMPLES = 1000
