@@ -38,7 +38,7 @@ from odin_pl.distributed import world  # noqa: E402
 from odin_pl.evaluation.options import RuntimeOptions  # noqa: E402
 from odin_pl.protocol.run import score_dataset  # noqa: E402
 from odin_pl.evaluation.runtime import start_processes  # noqa: E402
-from odin_pl.methods.batch import msp_score, odin_score, score_settings  # noqa: E402
+from odin_pl.methods.odin import msp_score, odin_score, score_settings  # noqa: E402
 from odin_pl.protocol.tuning import Grid  # noqa: E402
 
 STD = (0.2470, 0.2435, 0.2616)
