@@ -61,7 +61,7 @@ def test_predict_matches_the_scoring_functions(epsilon: float) -> None:
         is_ood, predicted = detector.predict(x)
     expected = odin_score(model, x, 100.0, epsilon, SPEC.std)
     assert torch.equal(detection.score, expected) and torch.equal(detector.score(x), expected)
-    assert torch.equal(detection.msp, msp_score(model, x))
+    assert torch.equal(detection.baseline, msp_score(model, x))
     assert torch.equal(predicted, model(x).argmax(dim=1)) and torch.equal(detection.predicted_class, predicted)
     assert torch.equal(is_ood, expected < detector.threshold) and 0 < int(is_ood.sum()) < len(x)
 

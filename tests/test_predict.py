@@ -67,7 +67,7 @@ def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> Non
     x = torch.stack([to_spec(Image.open(f)) for f in files])
     detection = detector.predict_all(x)
     torch.testing.assert_close(torch.tensor([float(r["odin"]) for r in rows]), detection.score, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), detection.msp, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), detection.baseline, rtol=1e-6, atol=1e-7)
     assert [int(r["predicted_class"]) for r in rows] == detection.predicted_class.tolist()
     assert [r["class_name"] for r in rows] == [r["predicted_class"] for r in rows]  # digits are named "0".."9"
     assert [r["is_ood"] == "True" for r in rows] == detection.is_ood.tolist()

@@ -41,7 +41,7 @@ class Detection:
     OOD flag."""
 
     predicted_class: Tensor
-    msp: Tensor
+    baseline: Tensor
     score: Tensor
     is_ood: Tensor
 

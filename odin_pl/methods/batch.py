@@ -44,7 +44,8 @@ class Outputs:
 @dataclass(frozen=True)
 class Loss:
     """A scalar of the clean forward (summed over the batch) whose input gradient a method steps against; losses
-    with equal ``key`` are one loss (one backward serves every method and setting that declares it)."""
+    with equal ``key`` are one loss (one backward serves every method and setting that declares it), so equal keys
+    must mean equal functions."""
 
     key: Hashable
     of: Callable[[Outputs], Tensor] = field(compare=False, hash=False)

@@ -143,7 +143,8 @@ class FitData:
     ``features``: h [n, D] (float64); ``labels`` [n] (int64); ``logits``: the model's [n, N] (float64);
     ``classifier``: g with W and b; ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
     that yields (a :class:`~odin_pl.methods.batch.Batch` providing ``needs``, the labels) per batch, for a fit that
-    needs more than h and the logits (intermediate layers, a second pass over held-out images).
+    needs more than h and the logits (intermediate layers, a second pass over held-out images); its batches know
+    no input std (input steps in normalized units) and no seed (no stochastic passes).
     """
 
     features: Tensor
