@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from torch.utils.data import TensorDataset
 
-from odin_pl.methods.features import Classifier, FitData, Fits
+from odin_pl.methods.base import FitData
+from odin_pl.methods.features import Classifier, Fits
 from odin_pl.methods import Setting, create_method
 from odin_pl.protocol.fits import fit_data
 

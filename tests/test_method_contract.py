@@ -129,6 +129,24 @@ class MCMean(Method):
         return p.amax(dim=1).expand(len(settings), -1).clone()
 '''
 
+SHARED_LOSS_METHOD = '''
+"""step_mass_for_test: -mean |step| of ODIN's loss at T = 10 (a method that declares a loss another one declares)."""
+from odin_pl.methods import Method, Needs, register_method
+from odin_pl.methods.odin import temperature_loss
+
+
+@register_method
+class StepMass(Method):
+    name = "step_mass_for_test"
+
+    def needs(self, settings, fit=None):
+        return Needs(losses=(temperature_loss(10.0),))
+
+    def score(self, batch, settings):
+        step = batch.step(temperature_loss(10.0))
+        return -step.abs().mean(dim=(1, 2, 3)).expand(len(settings), -1).clone()
+'''
+
 
 @pytest.fixture
 def method_file(tmp_path: Path) -> Iterator:
@@ -293,6 +311,13 @@ def test_the_batch_computes_only_what_the_plan_declares(method_file) -> None:
     counted.forwards.clear()
     score_batch(model, x, plan, STD, forward_batch_size=10, fits=fits)
     assert counted.backwards == 3 and counted.forwards == [5, 5, 10, 10]  # clean; Mahalanobis; ODIN at 10, 1000
+    # A loss that two methods declare (equal keys) takes one backward.
+    shared = method_file(SHARED_LOSS_METHOD)
+    counted.backwards = 0
+    scores = score_batch(model, x, {"odin": [(10.0, 0.001)], shared: [()]}, STD)
+    assert counted.backwards == 1
+    torch.testing.assert_close(scores[shared][0], -(1 / torch.tensor(STD, dtype=torch.float64)).mean().expand(5),
+                               rtol=1e-15, atol=0)
     # Nothing until used; once when used; an undeclared need is refused.
     counted.forwards.clear()
     batch = Batch(model, x, needs=Needs(logits=True))

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from odin_pl.methods.features import FitData, Fits
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.features import Fits
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import create_method, default_methods, list_methods, method_with_role, register_method
 from odin_pl.methods.batch import Batch, Layers, Loss, Needs, Outputs, StdLike
 

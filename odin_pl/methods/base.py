@@ -9,7 +9,7 @@ of a plan computes the union once, lazily. A setting is a tuple of floats, one p
 ``params``; a method without parameters has the one setting ``()``.
 
 A method with ``needs_fit`` scores with statistics of in-distribution images: :meth:`Method.fit` computes them
-(its fit, a few named tensors) from a :class:`~odin_pl.methods.features.FitData` (features, labels, logits,
+(its fit, a few named tensors) from a :class:`FitData` (features, labels, logits,
 predictions, the classifier, further passes), once per run (``odin_pl.protocol.fits``), on the training split or,
 with ``fit_split = "heldout"``, on a labelled held-out split; the batch hands them back (``batch.fit(name)``).
 """
@@ -18,17 +18,48 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
-from typing import ClassVar, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Mapping, Sequence
 
 from torch import Tensor
 
-from odin_pl.methods.features import Fit, FitData
+from odin_pl.methods.features import Classifier, Fit
 from odin_pl.methods.batch import Batch, Needs
 from odin_pl.errors import UserError
 
 Setting = tuple[float, ...]
+Scan = Callable[[Needs, Sequence[int] | None], Iterator[tuple[Batch, Tensor]]]  # FitData.scan
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What a method fits on: one pass over its split's images (the training split, or a labelled held-out split
+    for a method whose ``fit_split`` is ``"heldout"``), in index order, row i = image i.
+
+    ``features``: h [n, D] (float64); ``labels`` [n] (int64); ``logits``: the model's [n, N] (float64);
+    ``classifier``: g with W and b; ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
+    that yields (a :class:`~odin_pl.methods.batch.Batch` providing ``needs``, the labels) per batch, for a fit that
+    needs more than h and the logits (intermediate layers, a second pass over held-out images); its batches know
+    no input std (input steps in normalized units) and no seed (no stochastic passes).
+    """
+
+    features: Tensor
+    labels: Tensor
+    logits: Tensor
+    classifier: Classifier
+    scan: Scan | None = field(default=None, repr=False)
+
+    @property
+    def predictions(self) -> Tensor:
+        """argmax of the logits (the first class on ties) [n]."""
+        return self.logits.argmax(dim=1)
+
+    def batches(self, needs: Needs, indices: Sequence[int] | None = None) -> Iterator[tuple[Batch, Tensor]]:
+        """(batch, labels) of a further pass over the images (see the class docstring)."""
+        if self.scan is None:
+            raise UserError("this fit has no images to pass over again (fit data made from features alone)")
+        return self.scan(needs, indices)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Penultimate features of a classifier, its last layer, and what the fitted methods fit on (DESIGN, "Other
+"""Penultimate features of a classifier, its last layer, and the fits of the fitted methods (DESIGN, "Other
 detectors" and "More detectors").
 
 h(x) = ``forward_head(forward_features(x), pre_logits=True)`` of a model with timm's classifier API (every model
@@ -11,16 +11,13 @@ saying why. :func:`feature_model` keeps one per model, so that the check runs on
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from odin_pl.errors import UserError
-
-if TYPE_CHECKING:
-    from odin_pl.methods.batch import Batch, Needs
 
 Fit = Mapping[str, Tensor]  # a method's statistics of the training features, by name (see Method.fit)
 TIMM_API = ("forward_features", "forward_head", "get_classifier")
@@ -130,39 +127,6 @@ def feature_model(model: nn.Module) -> FeatureModel:
     if model not in _FEATURE_MODELS:
         _FEATURE_MODELS[model] = FeatureModel(model)
     return _FEATURE_MODELS[model]
-
-
-Scan = Callable[["Needs", "Sequence[int] | None"], Iterator[tuple["Batch", Tensor]]]
-
-
-@dataclass(frozen=True)
-class FitData:
-    """What a method fits on: one pass over its split's images (the training split, or a labelled held-out split
-    for a method whose ``fit_split`` is ``"heldout"``), in index order, row i = image i.
-
-    ``features``: h [n, D] (float64); ``labels`` [n] (int64); ``logits``: the model's [n, N] (float64);
-    ``classifier``: g with W and b; ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
-    that yields (a :class:`~odin_pl.methods.batch.Batch` providing ``needs``, the labels) per batch, for a fit that
-    needs more than h and the logits (intermediate layers, a second pass over held-out images); its batches know
-    no input std (input steps in normalized units) and no seed (no stochastic passes).
-    """
-
-    features: Tensor
-    labels: Tensor
-    logits: Tensor
-    classifier: Classifier
-    scan: Scan | None = field(default=None, repr=False)
-
-    @property
-    def predictions(self) -> Tensor:
-        """argmax of the logits (the first class on ties) [n]."""
-        return self.logits.argmax(dim=1)
-
-    def batches(self, needs: "Needs", indices: Sequence[int] | None = None) -> Iterator[tuple["Batch", Tensor]]:
-        """(batch, labels) of a further pass over the images (see the class docstring)."""
-        if self.scan is None:
-            raise UserError("this fit has no images to pass over again (fit data made from features alone)")
-        return self.scan(needs, indices)
 
 
 @dataclass(frozen=True)

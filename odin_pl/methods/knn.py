@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.features import Fit, FitData
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.features import Fit
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import register_method
 from odin_pl.methods.batch import Batch, Needs
 from odin_pl.errors import UserError

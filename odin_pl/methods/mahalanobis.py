@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.features import Fit, FitData
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.features import Fit
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import register_method
 from odin_pl.methods.batch import Batch, Loss, Needs, Outputs
 from odin_pl.methods.odin import PAPER_EPSILONS, check_epsilon
@@ -72,8 +72,11 @@ class Mahalanobis(Method):
         return {"means": means, "precision": torch.linalg.pinv(scatter, hermitian=True)}
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
-        if fit is None or not any(epsilon > 0 for (epsilon,) in settings):
+        if not any(epsilon > 0 for (epsilon,) in settings):
             return Needs(features=True)
+        if fit is None:
+            raise UserError("mahalanobis: the input preprocessing (epsilon > 0) steps along the gradient of the "
+                            "distance to the fitted class means: pass the method's fit")
         return Needs(features=True, losses=(nearest_class_loss(fit),))
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:

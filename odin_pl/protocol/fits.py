@@ -6,7 +6,7 @@ the training split receives, computed once, saved beside the run and reused only
   the labelled held-out split of the methods that fit there (``fit_split = "heldout"``);
 * :func:`fit_data`: one pass over a split on any number of processes (each its shard, gathered: exactly one
   process's result): h [N, D], the logits and labels in index order, with the classifier and ``scan`` for a
-  method's further passes (:class:`~odin_pl.methods.features.FitData`);
+  method's further passes (:class:`~odin_pl.methods.base.FitData`);
 * :func:`prepare_fits`: process 0 fits each method on its split's fit data (float64), saves
   ``<folder>/<method>.pt`` and sends the fits to the other processes; a saved fit is reused (``reuse``) only when
   its method, settings and context (weights and the split's images' SHA-256, image count, dtype) equal the run's.
@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
-from odin_pl.methods.features import FeatureModel, FitData, Fits, feature_model
+from odin_pl.methods.features import FeatureModel, Fits, feature_model
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
-from odin_pl.methods import Batch, Needs, Setting
+from odin_pl.methods import Batch, FitData, Needs, Setting
 from odin_pl.protocol.run import MethodGrid
 from odin_pl.files import save_atomically
 from odin_pl.protocol.tuning import split_indices
