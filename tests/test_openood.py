@@ -7,16 +7,30 @@ classes for which images a list names.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn import metrics as skm
 
+from conftest import shared_dataset
+from datamodules.download import DatasetNotFoundError
+from datamodules.openood import Preprocessing, load_openood_image, read_image_list
+from datamodules.openood_benchmarks import BENCHMARKS, ListSet, build_openood_suite
+from datamodules.openood_download import IMAGE_LISTS, SET_ARCHIVES, require_list
 from odin_pl.errors import UserError
 from odin_pl.openood_metrics import (OPENOOD_METRIC_NAMES, group_mean, id_accuracy, openood_metric_rows,
                                      openood_metrics, seed_mean_std)
+from odin_pl.spec import ImageSpec
 
 TOL = 1e-12
+PIXEL_TOL = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -123,3 +137,361 @@ def test_accuracy_group_means_and_seed_std():
     mean, std = seed_mean_std(values)
     assert mean == pytest.approx(np.mean(values), abs=TOL) and std == pytest.approx(np.std(values), abs=TOL)
     assert std != pytest.approx(np.std(values, ddof=1), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- lists and images
+
+
+def reference_preprocess(path: Path, pre_size: int, crop: int, mean, std, resize: bool = True) -> np.ndarray:
+    """OpenOOD's preprocessing by PIL and numpy: RGB, shorter side to pre_size (PIL bilinear, the longer side
+    int(pre_size * long / short)), center crop at round((h - crop) / 2), [0, 1], normalize."""
+    image = Image.open(path).convert("RGB")
+    if resize:
+        w, h = image.size
+        size = (pre_size, int(pre_size * h / w)) if w <= h else (int(pre_size * w / h), pre_size)
+        if size != (w, h):
+            image = image.resize(size, Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float64) / 255.0
+    if resize:
+        h, w = pixels.shape[:2]
+        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+        pixels = pixels[top:top + crop, left:left + crop]
+    return ((pixels - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+
+
+def _write_image(path: Path, seed: int, size: tuple[int, int], mode: str = "RGB") -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(array[..., 0] if channels == 1 else array, mode).save(path)
+
+
+def test_read_image_list_splits_at_the_first_space(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("cifar10/test/cat/0001.png 3\ntin/val/images/val_2.JPEG -1\r\n")
+    assert read_image_list(good) == [("cifar10/test/cat/0001.png", 3), ("tin/val/images/val_2.JPEG", -1)]
+    for text, match in [("a.png 1\n\nb.png 2\n", "line 2"), ("a.png\n", "integer label"),
+                        ("/abs/a.png 1\n", "relative"), ("a.png one\n", "integer label"), ("", "empty")]:
+        bad = tmp_path / "bad.txt"
+        bad.write_text(text)
+        with pytest.raises(UserError, match=match):
+            read_image_list(bad)
+
+
+@pytest.mark.parametrize("mode,size", [("RGB", (45, 38)), ("L", (28, 28)), ("RGBA", (20, 31)), ("RGB", (32, 32))])
+def test_preprocessing_equals_a_pil_numpy_reference(tmp_path, mode, size):
+    path = tmp_path / "image.png"
+    _write_image(path, seed=sum(size), size=size, mode=mode)
+    pre = Preprocessing(36, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    got = pre.transform(pre.image_spec("x"))(load_openood_image(path))
+    want = reference_preprocess(path, 36, 32, pre.mean, pre.std)
+    assert got.shape == (3, 32, 32)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=PIXEL_TOL)
+    model = ImageSpec(size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    got_model = pre.transform(model)(load_openood_image(path))  # a model's own normalization
+    np.testing.assert_allclose(got_model.numpy(), reference_preprocess(path, 36, 32, model.mean, model.std),
+                               rtol=0, atol=PIXEL_TOL)
+    with pytest.raises(UserError, match="32x32 RGB"):
+        pre.transform(ImageSpec(size=28, channels=1, mean=(0.5,), std=(0.5,)))
+
+
+def test_imagenet_c_is_to_tensor_and_normalize_only(tmp_path):
+    path = tmp_path / "c.png"
+    _write_image(path, seed=1, size=(24, 24))
+    pre = Preprocessing(28, 24, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    got = pre.transform(pre.image_spec("x"), resize=False)(load_openood_image(path))
+    np.testing.assert_allclose(got.numpy(), reference_preprocess(path, 0, 0, pre.mean, pre.std, resize=False),
+                               rtol=0, atol=PIXEL_TOL)
+
+
+def test_truncated_images_are_read_as_openood_reads_them(tmp_path):
+    from PIL import ImageFile
+
+    path = tmp_path / "cut.jpg"
+    _write_image(path, seed=2, size=(40, 40))
+    Image.open(path).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(OSError):
+        Image.open(path).load()
+    assert load_openood_image(path).size == (40, 40)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    path.write_bytes(b"not an image")
+    with pytest.raises(OSError, match="cannot read image"):
+        load_openood_image(path)
+
+
+# ------------------------------------------------------------------------------- suites on a generated layout
+CIFAR10 = BENCHMARKS["cifar10"]
+
+
+def _unchecked_sizes(benchmark):
+    """The benchmark with no expected line counts (generated lists are short)."""
+    def free(entry: ListSet) -> ListSet:
+        return dataclasses.replace(entry, size=None)
+
+    return dataclasses.replace(benchmark, train=free(benchmark.train), val=free(benchmark.val),
+                               test=free(benchmark.test), ood_val=free(benchmark.ood_val),
+                               near=tuple(map(free, benchmark.near)), far=tuple(map(free, benchmark.far)),
+                               csid=tuple(map(free, benchmark.csid)))
+
+
+SMALL_CIFAR10 = _unchecked_sizes(CIFAR10)
+SET_FOLDER = {"cifar10_train": "cifar10", "cifar10_val": "cifar10", "cifar10_test": "cifar10", "val_tin": "tin"}
+
+
+def make_openood_layout(root: Path, benchmark=SMALL_CIFAR10, per_list: int = 2) -> dict[str, list]:
+    """Lists and images of ``benchmark`` in OpenOOD's layout under ``root`` (images 36x40 PNG, MNIST 28x28 gray
+    JPEG); returns each list file's entries."""
+    entries = {}
+    groups = [("id", benchmark.train), ("id", benchmark.val), ("id", benchmark.test), ("ood", benchmark.ood_val),
+              *(("ood", e) for e in benchmark.near + benchmark.far), *(("id", e) for e in benchmark.csid)]
+    for index, (kind, entry) in enumerate(groups):
+        folder = SET_FOLDER.get(entry.name, entry.name)
+        lines = []
+        for i in range(per_list):
+            gray = folder == "mnist"
+            relpath = f"{folder}/{Path(entry.list_file).stem}/{i}.{'jpg' if gray else 'png'}"
+            _write_image(root / entry.images / relpath, seed=100 * index + i, size=(28, 28) if gray else (36, 40),
+                         mode="L" if gray else "RGB")
+            lines.append((relpath, -1 if kind == "ood" else (index + i) % benchmark.num_classes))
+        list_path = root / "benchmark_imglist" / entry.list_file
+        list_path.parent.mkdir(parents=True, exist_ok=True)
+        list_path.write_text("".join(f"{relpath} {label}\n" for relpath, label in lines))
+        entries[entry.list_file] = lines
+    return entries
+
+
+def test_suite_reads_every_list_with_openoods_preprocessing(tmp_path):
+    entries = make_openood_layout(tmp_path)
+    suite = build_openood_suite(SMALL_CIFAR10, tmp_path, train=True)
+    assert sorted(suite.id) == ["test", "train", "val"]
+    assert list(suite.near) == ["cifar100", "tin"] and list(suite.far) == ["mnist", "svhn", "texture", "places365"]
+    assert list(suite.csid) == ["cifar10c"] and suite.skipped == {}
+    assert suite.spec == CIFAR10.image_spec
+    checks = [(suite.id["test"], "cifar10/test_cifar10.txt"), (suite.ood_val, "cifar10/val_tin.txt"),
+              (suite.far["mnist"], "cifar10/test_mnist.txt"), (suite.csid["cifar10c"], "cifar10/test_cifar10c.txt")]
+    pre = CIFAR10.preprocessing
+    for dataset, list_file in checks:
+        assert len(dataset) == len(entries[list_file])
+        for i, (relpath, label) in enumerate(entries[list_file]):
+            image, got_label = dataset[i]
+            assert got_label == label
+            want = reference_preprocess(tmp_path / "images_classic" / relpath, 32, 32, pre.mean, pre.std)
+            np.testing.assert_allclose(image.numpy(), want, rtol=0, atol=PIXEL_TOL)
+    assert suite.sources["tin"] == str(tmp_path / "benchmark_imglist" / "cifar10" / "test_tin.txt")
+
+
+def test_missing_sets_are_skipped_with_what_to_download_and_required_ones_raise(tmp_path):
+    make_openood_layout(tmp_path)
+    shutil.rmtree(tmp_path / "images_classic" / "svhn")
+    (tmp_path / "benchmark_imglist" / "cifar10" / "test_places365.txt").unlink()
+    suite = build_openood_suite(SMALL_CIFAR10, tmp_path)
+    assert "svhn" not in suite.far and "places365" not in suite.far and "train" not in suite.id
+    svhn = suite.skipped["svhn"]
+    assert "\n" not in svhn and SET_ARCHIVES["svhn"].describe() in svhn
+    assert str(tmp_path / "images_classic" / "svhn") in svhn and "2 of 2 images" in svhn
+    assert IMAGE_LISTS.describe() in suite.skipped["places365"]
+    shutil.rmtree(tmp_path / "images_classic" / "tin")
+    with pytest.raises(DatasetNotFoundError, match=r"tin\.zip \(Google Drive id 1PZ-ixyx52U989IKsMA2OT-24fToTrelC"):
+        build_openood_suite(SMALL_CIFAR10, tmp_path)
+
+
+def test_line_counts_and_labels_are_checked(tmp_path):
+    make_openood_layout(tmp_path)
+    with pytest.raises(UserError, match="has 2 lines but OpenOOD v1.5's has 1000"):
+        build_openood_suite("cifar10", tmp_path)
+    test_list = tmp_path / "benchmark_imglist" / "cifar10" / "test_cifar100.txt"
+    test_list.write_text(test_list.read_text().replace(" -1\n", " 4\n", 1))
+    with pytest.raises(UserError, match="label 4 .* expected -1"):
+        build_openood_suite(SMALL_CIFAR10, tmp_path)
+    with pytest.raises(UserError, match="unknown OpenOOD benchmark"):
+        build_openood_suite("cifar11", tmp_path)
+
+
+def test_a_folder_of_images_joins_a_suite(tmp_path):
+    make_openood_layout(tmp_path)
+    shutil.rmtree(tmp_path / "images_classic" / "mnist")
+    folder = tmp_path / "my_digits"
+    for i in range(3):
+        _write_image(folder / "sub" / f"{i}.png", seed=7 + i, size=(28, 28), mode="L")
+    suite = build_openood_suite(SMALL_CIFAR10, tmp_path, folders={"far/mnist": folder})
+    assert "mnist" not in suite.skipped and len(suite.far["mnist"]) == 3
+    image, label = suite.far["mnist"][2]
+    pre = CIFAR10.preprocessing
+    want = reference_preprocess(folder / "sub" / "2.png", 32, 32, pre.mean, pre.std)
+    assert label == -1 and np.abs(image.numpy() - want).max() <= PIXEL_TOL
+    suite.add_folder("near", "digits", folder)
+    assert list(suite.near)[-1] == "digits" and suite.sources["digits"] == str(folder)
+    with pytest.raises(UserError, match="near or far"):
+        suite.add_folder("csid", "x", folder)
+    with pytest.raises(UserError, match="<near|far>/<name>"):
+        build_openood_suite(SMALL_CIFAR10, tmp_path, folders={"mnist": folder})
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+def make_archives(tmp_path: Path) -> tuple[dict[str, Path], dict[str, list]]:
+    """OpenOOD's zips of a generated layout: benchmark_imglist.zip with its top folder, each set's zip bare
+    (contents of images_classic/<set>/) except mnist's, which has its top folder; keyed by Drive id."""
+    source = tmp_path / "source"
+    entries = make_openood_layout(source)
+    archives = {}
+    with zipfile.ZipFile(tmp_path / "benchmark_imglist.zip", "w") as handle:
+        for path in sorted((source / "benchmark_imglist").rglob("*.txt")):
+            handle.write(path, path.relative_to(source).as_posix())
+    archives[IMAGE_LISTS.drive_id] = tmp_path / "benchmark_imglist.zip"
+    for folder in sorted((source / "images_classic").iterdir()):
+        zip_path = tmp_path / f"{folder.name}.zip"
+        base = folder.parent if folder.name == "mnist" else folder
+        with zipfile.ZipFile(zip_path, "w") as handle:
+            for path in sorted(folder.rglob("*.*")):
+                handle.write(path, path.relative_to(base).as_posix())
+        archives[SET_ARCHIVES[folder.name].drive_id] = zip_path
+    return archives, entries
+
+
+def fake_gdown(monkeypatch, archives: dict[str, Path]) -> list[str]:
+    """Make gdown.download copy the generated archive of the asked id; returns the ids asked for."""
+    import gdown
+
+    asked = []
+
+    def download(id=None, output=None, quiet=False, **kwargs):
+        asked.append(id)
+        shutil.copyfile(archives[id], output)
+        return output
+
+    monkeypatch.setattr(gdown, "download", download)
+    return asked
+
+
+def test_download_fetches_and_checks_openoods_archives(tmp_path, monkeypatch):
+    archives, entries = make_archives(tmp_path)
+    asked = fake_gdown(monkeypatch, archives)
+    root = tmp_path / "data"
+    suite = build_openood_suite(SMALL_CIFAR10, root, download=True, train=True)
+    assert suite.skipped == {} and len(suite.far["mnist"]) == len(entries["cifar10/test_mnist.txt"])
+    assert asked[0] == IMAGE_LISTS.drive_id and sorted(asked[1:]) == sorted(
+        SET_ARCHIVES[n].drive_id for n in ("cifar10", "tin", "cifar100", "mnist", "svhn", "texture", "places365",
+                                           "cifar10c"))
+    assert (root / "images_classic" / "mnist" / "test_mnist" / "0.jpg").is_file()  # nested zip: no mnist/mnist/
+    assert not list(root.rglob("*.zip"))
+    asked.clear()
+    build_openood_suite(SMALL_CIFAR10, root, download=True)
+    assert asked == []  # everything is there: nothing fetched again
+
+
+def test_a_bad_archive_fails_with_one_line_naming_archive_and_folder(tmp_path, monkeypatch):
+    archives, _ = make_archives(tmp_path)
+    page = tmp_path / "quota.html"
+    page.write_text("<html>Google Drive - Quota exceeded</html>")
+    archives[SET_ARCHIVES["tin"].drive_id] = page
+    fake_gdown(monkeypatch, archives)
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_openood_suite(SMALL_CIFAR10, root, download=True)
+    message = str(err.value)
+    assert "\n" not in message and "not a zip file" in message and SET_ARCHIVES["tin"].describe() in message
+    assert str(root / "images_classic" / "tin") in message and not (root / "images_classic" / "tin.zip").exists()
+    archives[SET_ARCHIVES["tin"].drive_id] = archives[SET_ARCHIVES["svhn"].drive_id]  # the wrong set's zip
+    with pytest.raises(DatasetNotFoundError, match=r"2 of 2 images listed in .*val_tin\.txt are missing"):
+        build_openood_suite(SMALL_CIFAR10, root, download=True)
+
+
+def test_a_real_download_without_network_fails_with_one_line(tmp_path, monkeypatch):
+    """gdown itself runs; the name lookup fails as on a machine without internet access."""
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_openood_suite("cifar10", tmp_path, download=True)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"could not download {IMAGE_LISTS.describe()} into "
+                                                      f"{tmp_path / 'benchmark_imglist'}")
+    with pytest.raises(DatasetNotFoundError, match="or pass download=True"):
+        build_openood_suite("cifar10", tmp_path)
+
+
+# -------------------------------------------------------------------------- pytorch-ood 0.4.0 and the real lists
+PYTORCH_OOD_NAMES = {"CIFAR100": "cifar100", "CIFAR10": "cifar10", "TinyImageNet": "tin", "MNIST": "mnist",
+                     "SVHN": "svhn", "Textures": "texture", "Places365": "places365"}
+
+
+def _pytorch_ood_benchmark(monkeypatch, tmp_path: Path, lists: Path, name: str, images: Path):
+    """pytorch-ood's OpenOOD benchmark class reading the lists in ``lists`` (its imglist cache is pointed there)."""
+    pytest.importorskip("pytorch_ood")
+    from pytorch_ood.benchmark.img import openood as ptood
+
+    cache = tmp_path / "hub" / "openood_benchmark_imglist"
+    cache.mkdir(parents=True)
+    (cache / "benchmark_imglist").symlink_to(lists)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    images.mkdir(parents=True, exist_ok=True)
+    cls = {"cifar10": ptood.CIFAR10_OpenOOD, "cifar100": ptood.CIFAR100_OpenOOD}[name]
+    return cls(root=str(images), transform=lambda image: image, download=False)
+
+
+def _same_images_as_pytorch_ood(benchmark, ours_root: Path, theirs) -> None:
+    """Each list names the same files with the same labels, in the same order, for every split pytorch-ood has."""
+    def ours(entry: ListSet) -> list[tuple[str, int]]:
+        return [(str(ours_root / entry.images / relpath), label)
+                for relpath, label in require_list(ours_root, entry.list_file, entry.size, download=False)]
+
+    def files(dataset) -> list[tuple[str, int]]:
+        return list(zip(dataset.files, dataset.labels))
+
+    assert files(theirs.train_in) == ours(benchmark.train)
+    assert files(theirs.val_in) == ours(benchmark.val) and files(theirs.test_in) == ours(benchmark.test)
+    assert files(theirs.val_ood) == ours(benchmark.ood_val)
+    by_name = {entry.name: entry for entry in benchmark.near + benchmark.far}
+    assert [PYTORCH_OOD_NAMES[n] for n in theirs._near_ood] == [e.name for e in benchmark.near]
+    assert [PYTORCH_OOD_NAMES[n] for n in theirs._far_ood] == [e.name for e in benchmark.far]
+    for name, dataset in zip(theirs.ood_names, theirs.test_oods):
+        assert files(dataset) == ours(by_name[PYTORCH_OOD_NAMES[name]])
+
+
+def test_pytorch_ood_names_the_same_images_for_generated_lists(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    make_openood_layout(root)
+    theirs = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", "cifar10",
+                                    root / "images_classic")
+    _same_images_as_pytorch_ood(SMALL_CIFAR10, root, theirs)
+
+
+def _real_lists(tmp_path: Path) -> Path:
+    """A data root whose benchmark_imglist/ is the real lists of ../shared/datasets (no images)."""
+    lists = shared_dataset("openood-v1.5-imglist")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "benchmark_imglist").symlink_to(lists)
+    return root
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_real_lists_have_designs_counts_and_labels(tmp_path, name):
+    root, benchmark = _real_lists(tmp_path), BENCHMARKS[name]
+    ids = [benchmark.train, benchmark.val, benchmark.test, *benchmark.csid]
+    for entry in [*ids, benchmark.ood_val, *benchmark.near, *benchmark.far]:
+        entries = require_list(root, entry.list_file, entry.size, download=False)  # raises on another count
+        labels = np.array([label for _, label in entries])
+        if entry in ids:
+            assert labels.min() == 0 and labels.max() == benchmark.num_classes - 1
+        else:
+            assert (labels == -1).all()
+    val = {p for p, _ in require_list(root, benchmark.val.list_file, None, False)}
+    test = {p for p, _ in require_list(root, benchmark.test.list_file, None, False)}
+    assert not val & test and len(val | test) == 10_000  # the official test split, divided
+    tin_val = {p for p, _ in require_list(root, benchmark.ood_val.list_file, None, False)}
+    assert not tin_val & {p for p, _ in require_list(root, benchmark.near[1].list_file, None, False)}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_pytorch_ood_names_the_same_images_for_the_real_lists(tmp_path, monkeypatch, name):
+    root = _real_lists(tmp_path)
+    theirs = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", name,
+                                    root / "images_classic")
+    _same_images_as_pytorch_ood(BENCHMARKS[name], root, theirs)
