@@ -32,7 +32,7 @@ from datamodules.base import resolve_data_root
 from datamodules.download import DatasetNotFoundError
 from datamodules.ood import find_images
 from datamodules.openood import OOD_LABEL, ImageListDataset, Preprocessing
-from datamodules.openood_download import LISTS_FOLDER, require_images, require_list
+from datamodules.openood_download import LISTS_FOLDER, ImageRoot, require_images, require_list
 from odin_pl.errors import UserError
 from odin_pl.spec import ImageSpec
 
@@ -179,7 +179,7 @@ class OpenOODSuite:
 
 
 def _list_dataset(benchmark: Benchmark, entry: ListSet, data_root: Path, spec: ImageSpec, ood: bool,
-                  download: bool) -> Dataset:
+                  download: bool, roots: Mapping[str, ImageRoot]) -> Dataset:
     """The images of one list, checked: labels -1 for OOD lists, class indices otherwise."""
     entries = require_list(data_root, entry.list_file, entry.size, download)
     list_path = data_root / LISTS_FOLDER / entry.list_file
@@ -188,29 +188,34 @@ def _list_dataset(benchmark: Benchmark, entry: ListSet, data_root: Path, spec: I
         if wrong:
             want = f"{OOD_LABEL} (OOD)" if ood else f"a class index in [0, {benchmark.num_classes})"
             raise UserError(f"{list_path}, line {number}: label {label} for {relpath}, expected {want}")
-    paths = require_images(data_root / entry.images, entries, list_path, download)
+    paths = require_images(data_root / entry.images, entries, list_path, download, roots)
     transform = benchmark.preprocessing.transform(spec, resize=not entry.imagenet_c)
     return ImageListDataset([(path, label) for path, (_, label) in zip(paths, entries)], transform, spec.size)
 
 
 def build_openood_suite(benchmark: str | Benchmark, data_root: str | os.PathLike | None = None,
                         spec: ImageSpec | None = None, download: bool = False, train: bool = False,
-                        csid: bool = True, folders: Mapping[str, str | os.PathLike] | None = None) -> OpenOODSuite:
+                        csid: bool = True, folders: Mapping[str, str | os.PathLike] | None = None,
+                        image_roots: Mapping[str, ImageRoot | str | os.PathLike] | None = None) -> OpenOODSuite:
     """The suite of ``benchmark`` under ``data_root`` (OpenOOD's layout), its images in ``spec`` (a model's spec:
     OpenOOD's crop size and RGB, normalized with the spec's mean/std; default: the benchmark's own).
 
     The ID val and test lists and the OOD val list must be there (and the ID train list with ``train``), else
     :class:`~datamodules.download.DatasetNotFoundError`; a missing near/far/csID set is skipped, with what to
     download. ``download`` fetches what is missing with gdown. ``folders`` maps ``"<near|far>/<name>"`` to a
-    folder of images joining the suite (:meth:`OpenOODSuite.add_folder`).
+    folder of images joining the suite (:meth:`OpenOODSuite.add_folder`). ``image_roots`` reads a set's listed
+    images from another folder (an :class:`~datamodules.openood_download.ImageRoot`, or a folder), such as
+    ``{"cifar10": ImageRoot("cifar10-jpeg", ".jpg")}`` for a JPEG copy with the same file names.
     """
     bench = get_benchmark(benchmark)
     root = resolve_data_root(data_root)
     spec = spec or bench.image_spec
     suite = OpenOODSuite(bench, spec)
+    roots = {name: root if isinstance(root, ImageRoot) else ImageRoot(Path(root))
+             for name, root in (image_roots or {}).items()}
 
     def load(entry: ListSet, ood: bool) -> Dataset:
-        dataset = _list_dataset(bench, entry, root, spec, ood, download)
+        dataset = _list_dataset(bench, entry, root, spec, ood, download, roots)
         suite.sources[entry.name] = str(root / LISTS_FOLDER / entry.list_file)
         return dataset
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from datamodules.download import DatasetNotFoundError, extract_archive
 from datamodules.openood import ListEntry, read_image_list
@@ -124,11 +124,31 @@ def require_list(data_root: Path, list_file: str, size: int | None, download: bo
     return entries
 
 
-def _missing_by_set(images: Path, entries: Sequence[ListEntry]) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class ImageRoot:
+    """A set's images from another folder than ``<images folder>/<set>/``: ``folder`` holds the paths that follow
+    the set's name in the list (``cifar10/test/cat/0001.png`` -> ``folder/test/cat/0001.png``); ``suffix`` (such as
+    ``.jpg``, for a copy in another format) replaces each file's extension."""
+
+    folder: Path
+    suffix: str | None = None
+
+    def locate(self, rest: str) -> Path:
+        path = Path(self.folder).expanduser() / rest
+        return path.with_suffix(self.suffix) if self.suffix else path
+
+
+def _locate(images: Path, relpath: str, roots: Mapping[str, ImageRoot]) -> Path:
+    name, _, rest = relpath.partition("/")
+    return roots[name].locate(rest) if name in roots else images / relpath
+
+
+def _missing_by_set(images: Path, entries: Sequence[ListEntry], roots: Mapping[str, ImageRoot]
+                    ) -> dict[str, list[str]]:
     """The relpaths of the missing images, by image set (a path's first folder)."""
     missing: dict[str, list[str]] = {}
     for relpath, _ in entries:
-        if not (images / relpath).is_file():
+        if not _locate(images, relpath, roots).is_file():
             missing.setdefault(relpath.split("/", 1)[0], []).append(relpath)
     return missing
 
@@ -138,21 +158,26 @@ def _archive_of(relpath: str) -> Archive | None:
     return None if relpath.startswith(IMAGENET_TRAIN) else SET_ARCHIVES.get(relpath.split("/", 1)[0])
 
 
-def require_images(images: Path, entries: Sequence[ListEntry], list_path: Path, download: bool) -> list[Path]:
-    """The paths of the images ``entries`` name under the images folder ``images``; the missing sets' archives
-    are downloaded first when ``download``; still missing images are an error naming the archives and folders."""
-    missing = _missing_by_set(images, entries)
+def require_images(images: Path, entries: Sequence[ListEntry], list_path: Path, download: bool,
+                   roots: Mapping[str, ImageRoot] | None = None) -> list[Path]:
+    """The paths of the images ``entries`` name under the images folder ``images`` (or, for the sets in ``roots``,
+    under their own folder); the missing sets' archives are downloaded first when ``download`` (never into a set's
+    own folder); still missing images are an error naming the archives and folders."""
+    roots = roots or {}
+    missing = _missing_by_set(images, entries, roots)
     if missing and download:
-        for relpaths in missing.values():
+        for name, relpaths in missing.items():
             archive = _archive_of(relpaths[0])
-            if archive is not None:
+            if archive is not None and name not in roots:
                 fetch_archive(archive, images)
-        missing = _missing_by_set(images, entries)
+        missing = _missing_by_set(images, entries, roots)
     if missing:
         remedies = []
         for name, relpaths in missing.items():
             archive = _archive_of(relpaths[0])
-            if relpaths[0].startswith(IMAGENET_TRAIN):
+            if name in roots:
+                remedies.append(f"put {name!r}'s images in {roots[name].folder} (given for it)")
+            elif relpaths[0].startswith(IMAGENET_TRAIN):
                 remedies.append(f"put ILSVRC2012's training images (official release) in {images / IMAGENET_TRAIN}")
             elif archive is not None:
                 remedies.append(f"download {archive.describe()} and extract it into {images / name}")
@@ -160,6 +185,6 @@ def require_images(images: Path, entries: Sequence[ListEntry], list_path: Path, 
                 remedies.append(f"put the images in {images / name} (OpenOOD has no archive of {name!r})")
         count, first = sum(len(r) for r in missing.values()), next(iter(missing.values()))[0]
         raise DatasetNotFoundError(f"{count} of {len(entries)} images listed in {list_path} are missing (first: "
-                                   f"{images / first}): {'; '.join(remedies)}"
+                                   f"{_locate(images, first, roots)}): {'; '.join(remedies)}"
                                    + ("" if download else ", or pass download=True"))
-    return [images / relpath for relpath, _ in entries]
+    return [_locate(images, relpath, roots) for relpath, _ in entries]

@@ -23,7 +23,7 @@ from conftest import shared_dataset
 from datamodules.download import DatasetNotFoundError
 from datamodules.openood import Preprocessing, load_openood_image, read_image_list
 from datamodules.openood_benchmarks import BENCHMARKS, ListSet, build_openood_suite
-from datamodules.openood_download import IMAGE_LISTS, SET_ARCHIVES, require_list
+from datamodules.openood_download import IMAGE_LISTS, SET_ARCHIVES, ImageRoot, require_list
 from odin_pl.errors import UserError
 from odin_pl.openood_metrics import (OPENOOD_METRIC_NAMES, group_mean, id_accuracy, openood_metric_rows,
                                      openood_metrics, seed_mean_std)
@@ -330,6 +330,30 @@ def test_a_folder_of_images_joins_a_suite(tmp_path):
         build_openood_suite(SMALL_CIFAR10, tmp_path, folders={"mnist": folder})
 
 
+def test_a_sets_listed_images_can_come_from_another_folder(tmp_path, monkeypatch):
+    """The lists' file names read from a copy in another format (as the JPEG copy of CIFAR-10); nothing of that
+    set is downloaded into OpenOOD's folder."""
+    entries = make_openood_layout(tmp_path)
+    copy = tmp_path / "cifar10-jpeg"
+    for png in sorted((tmp_path / "images_classic" / "cifar10").rglob("*.png")):
+        jpg = copy / png.relative_to(tmp_path / "images_classic" / "cifar10").with_suffix(".jpg")
+        jpg.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).save(jpg, quality=90)
+    shutil.rmtree(tmp_path / "images_classic" / "cifar10")
+    suite = build_openood_suite(SMALL_CIFAR10, tmp_path, image_roots={"cifar10": ImageRoot(copy, ".jpg")})
+    relpath, label = entries["cifar10/test_cifar10.txt"][1]
+    path = copy / Path(relpath).relative_to("cifar10").with_suffix(".jpg")
+    assert suite.id["test"].samples[1] == (path, label)
+    pre = CIFAR10.preprocessing
+    want = reference_preprocess(path, 32, 32, pre.mean, pre.std)
+    assert np.abs(suite.id["test"][1][0].numpy() - want).max() <= PIXEL_TOL
+    path.unlink()
+    asked = fake_gdown(monkeypatch, {})
+    with pytest.raises(DatasetNotFoundError, match=f"put 'cifar10''s images in {copy}"):
+        build_openood_suite(SMALL_CIFAR10, tmp_path, download=True, image_roots={"cifar10": copy})
+    assert asked == []
+
+
 # ------------------------------------------------------------------------------------------------ downloads
 def make_archives(tmp_path: Path) -> tuple[dict[str, Path], dict[str, list]]:
     """OpenOOD's zips of a generated layout: benchmark_imglist.zip with its top folder, each set's zip bare
@@ -495,3 +519,5 @@ def test_pytorch_ood_names_the_same_images_for_the_real_lists(tmp_path, monkeypa
     theirs = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", name,
                                     root / "images_classic")
     _same_images_as_pytorch_ood(BENCHMARKS[name], root, theirs)
+
+
