@@ -211,8 +211,8 @@ def build_openood_suite(benchmark: str | Benchmark, data_root: str | os.PathLike
     root = resolve_data_root(data_root)
     spec = spec or bench.image_spec
     suite = OpenOODSuite(bench, spec)
-    roots = {name: root if isinstance(root, ImageRoot) else ImageRoot(Path(root))
-             for name, root in (image_roots or {}).items()}
+    roots = {name: given if isinstance(given, ImageRoot) else ImageRoot(Path(given))
+             for name, given in (image_roots or {}).items()}
 
     def load(entry: ListSet, ood: bool) -> Dataset:
         dataset = _list_dataset(bench, entry, root, spec, ood, download, roots)

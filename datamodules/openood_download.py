@@ -24,16 +24,18 @@ LISTS_FOLDER = "benchmark_imglist"
 
 @dataclass(frozen=True)
 class Archive:
-    """One zip on Google Drive: its name and file id."""
+    """One zip on Google Drive: its name, file id and whether its members lie under a top folder ``<name>/``
+    (``benchmark_imglist.zip``) or not (the image zips, extracted into ``<images folder>/<name>/``)."""
 
     name: str
     drive_id: str
+    nested: bool = False
 
     def describe(self) -> str:
         return f"{self.name}.zip (Google Drive id {self.drive_id})"
 
 
-IMAGE_LISTS = Archive(LISTS_FOLDER, "1lI1j0_fDDvjIt9JlWAw09X8ks-yrR_H1")
+IMAGE_LISTS = Archive(LISTS_FOLDER, "1lI1j0_fDDvjIt9JlWAw09X8ks-yrR_H1", nested=True)
 #: One archive per image set (the first folder of a list's paths), from OpenOOD's download table.
 SET_ARCHIVES = {name: Archive(name, drive_id) for name, drive_id in {
     "cifar10": "1Co32RiiWe16lTaiOU6JMMnyUYS41IlO1",
@@ -58,7 +60,8 @@ IMAGENET_TRAIN = "imagenet_1k/train/"
 
 
 def gdown_download(archive: Archive, output: Path, folder: Path) -> None:
-    """Download ``archive`` to ``output`` with gdown; any failure is one line naming the archive and ``folder``."""
+    """Download ``archive`` to ``output`` with gdown; any failure is one line naming the archive and ``folder``,
+    where it is to be extracted."""
     try:
         import gdown
     except ImportError:
@@ -66,7 +69,7 @@ def gdown_download(archive: Archive, output: Path, folder: Path) -> None:
                                    "(pip install gdown)") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        got = gdown.download(id=archive.drive_id, output=str(output), quiet=True)
+        got = gdown.download(id=archive.drive_id, output=str(output), quiet=False)
     except (OSError, gdown.exceptions.DownloadError) as exc:
         reason = " ".join(str(exc).split())
         raise DatasetNotFoundError(f"could not download {archive.describe()} into {folder} ({reason}); download it "
@@ -76,14 +79,14 @@ def gdown_download(archive: Archive, output: Path, folder: Path) -> None:
                                    f"it into {folder}")
 
 
-def fetch_archive(archive: Archive, parent: Path) -> Path:
-    """Download ``archive`` and extract it so that ``parent/<name>/`` holds its contents; returns that folder.
+def fetch_archive(archive: Archive, parent: Path) -> None:
+    """Download ``archive`` and extract it so that ``parent/<name>/`` holds its contents.
 
-    A zip whose members all lie under ``<name>/`` is extracted into ``parent`` (as ``benchmark_imglist.zip``), any
-    other into ``parent/<name>/`` (as OpenOOD's image zips). The zip must open and pass its CRC check; it is
-    removed after extraction.
+    A zip whose members all lie under ``<name>/`` is extracted into ``parent``, any other into ``parent/<name>/``
+    (whatever :attr:`Archive.nested` says). The zip must open and pass its CRC check; it is removed after
+    extraction.
     """
-    folder = parent / archive.name
+    folder = parent if archive.nested else parent / archive.name
     output = parent / f"{archive.name}.zip"
     gdown_download(archive, output, folder)
     try:
@@ -99,23 +102,23 @@ def fetch_archive(archive: Archive, parent: Path) -> Path:
             raise DatasetNotFoundError(f"{output} from {archive.describe()} is damaged ({broken or 'no members'} "
                                        f"fails its check); download it again and extract it into {folder}")
         nested = all(name.startswith(f"{archive.name}/") for name in names)
-        extract_archive(output, parent if nested else folder)
+        extract_archive(output, parent if nested else parent / archive.name)
     finally:
         output.unlink(missing_ok=True)
-    return folder
 
 
 def require_list(data_root: Path, list_file: str, size: int | None, download: bool) -> list[ListEntry]:
     """The entries of ``benchmark_imglist/<list_file>``, downloading the lists' archive when the file is missing
     and ``download``; ``size``: the number of lines of OpenOOD v1.5's list (another count is an error)."""
     path = data_root / LISTS_FOLDER / list_file
-    folder = data_root / LISTS_FOLDER
     if not path.is_file() and download:
         fetch_archive(IMAGE_LISTS, data_root)
+    if not path.is_file() and download:
+        raise DatasetNotFoundError(f"{IMAGE_LISTS.describe()}, extracted into {data_root}, has no {path}: OpenOOD "
+                                   "v1.5 has no such list")
     if not path.is_file():
-        got = "has" if download else "is missing, or"
-        raise DatasetNotFoundError(f"OpenOOD image list {path} not found: {IMAGE_LISTS.describe()} {got} no "
-                                   f"{list_file}; extract it into {data_root} so that {folder}/ exists, or pass "
+        raise DatasetNotFoundError(f"OpenOOD image list {path} not found: download {IMAGE_LISTS.describe()} and "
+                                   f"extract it into {data_root} (it holds {LISTS_FOLDER}/{list_file}), or pass "
                                    "download=True")
     entries = read_image_list(path)
     if size is not None and len(entries) != size:

@@ -25,6 +25,7 @@ from datamodules.openood import Preprocessing, load_openood_image, read_image_li
 from datamodules.openood_benchmarks import BENCHMARKS, ListSet, build_openood_suite
 from datamodules.openood_download import IMAGE_LISTS, SET_ARCHIVES, ImageRoot, require_list
 from odin_pl.errors import UserError
+from odin_pl.fingerprint import dataset_sha256
 from odin_pl.openood_metrics import (OPENOOD_METRIC_NAMES, group_mean, id_accuracy, openood_metric_rows,
                                      openood_metrics, seed_mean_std)
 from odin_pl.spec import ImageSpec
@@ -281,6 +282,11 @@ def test_suite_reads_every_list_with_openoods_preprocessing(tmp_path):
             want = reference_preprocess(tmp_path / "images_classic" / relpath, 32, 32, pre.mean, pre.std)
             np.testing.assert_allclose(image.numpy(), want, rtol=0, atol=PIXEL_TOL)
     assert suite.sources["tin"] == str(tmp_path / "benchmark_imglist" / "cifar10" / "test_tin.txt")
+    images, labels = next(iter(torch.utils.data.DataLoader(suite.far["mnist"], batch_size=2)))
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [-1, -1]  # grayscale MNIST as RGB
+    before = dataset_sha256(suite.id["test"])  # the protocol's fingerprints read the listed files
+    _write_image(tmp_path / "images_classic" / entries["cifar10/test_cifar10.txt"][0][0], seed=99, size=(36, 40))
+    assert dataset_sha256(suite.id["test"]) != before
 
 
 def test_missing_sets_are_skipped_with_what_to_download_and_required_ones_raise(tmp_path):
@@ -433,7 +439,7 @@ def test_a_real_download_without_network_fails_with_one_line(tmp_path, monkeypat
         build_openood_suite("cifar10", tmp_path, download=True)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"could not download {IMAGE_LISTS.describe()} into "
-                                                      f"{tmp_path / 'benchmark_imglist'}")
+                                                      f"{tmp_path} (")
     with pytest.raises(DatasetNotFoundError, match="or pass download=True"):
         build_openood_suite("cifar10", tmp_path)
 
