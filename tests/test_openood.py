@@ -8,6 +8,7 @@ classes for which images a list names.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import socket
 import zipfile
@@ -242,9 +243,10 @@ SMALL_CIFAR10 = _unchecked_sizes(CIFAR10)
 SET_FOLDER = {"cifar10_train": "cifar10", "cifar10_val": "cifar10", "cifar10_test": "cifar10", "val_tin": "tin"}
 
 
-def make_openood_layout(root: Path, benchmark=SMALL_CIFAR10, per_list: int = 2) -> dict[str, list]:
-    """Lists and images of ``benchmark`` in OpenOOD's layout under ``root`` (images 36x40 PNG, MNIST 28x28 gray
-    JPEG); returns each list file's entries."""
+def make_openood_layout(root: Path, benchmark=SMALL_CIFAR10, per_list: int = 2, images: bool = True
+                        ) -> dict[str, list]:
+    """Lists and (with ``images``) images of ``benchmark`` in OpenOOD's layout under ``root`` (36x40 PNG, MNIST
+    28x28 gray JPEG), each list naming its own files; returns each list file's entries."""
     entries = {}
     groups = [("id", benchmark.train), ("id", benchmark.val), ("id", benchmark.test), ("ood", benchmark.ood_val),
               *(("ood", e) for e in benchmark.near + benchmark.far), *(("id", e) for e in benchmark.csid)]
@@ -254,8 +256,9 @@ def make_openood_layout(root: Path, benchmark=SMALL_CIFAR10, per_list: int = 2) 
         for i in range(per_list):
             gray = folder == "mnist"
             relpath = f"{folder}/{Path(entry.list_file).stem}/{i}.{'jpg' if gray else 'png'}"
-            _write_image(root / entry.images / relpath, seed=100 * index + i, size=(28, 28) if gray else (36, 40),
-                         mode="L" if gray else "RGB")
+            if images:
+                _write_image(root / entry.images / relpath, seed=100 * index + i,
+                             size=(28, 28) if gray else (36, 40), mode="L" if gray else "RGB")
             lines.append((relpath, -1 if kind == "ood" else (index + i) % benchmark.num_classes))
         list_path = root / "benchmark_imglist" / entry.list_file
         list_path.parent.mkdir(parents=True, exist_ok=True)
@@ -445,12 +448,9 @@ def test_a_real_download_without_network_fails_with_one_line(tmp_path, monkeypat
 
 
 # -------------------------------------------------------------------------- pytorch-ood 0.4.0 and the real lists
-PYTORCH_OOD_NAMES = {"CIFAR100": "cifar100", "CIFAR10": "cifar10", "TinyImageNet": "tin", "MNIST": "mnist",
-                     "SVHN": "svhn", "Textures": "texture", "Places365": "places365"}
-
-
-def _pytorch_ood_benchmark(monkeypatch, tmp_path: Path, lists: Path, name: str, images: Path):
-    """pytorch-ood's OpenOOD benchmark class reading the lists in ``lists`` (its imglist cache is pointed there)."""
+def _pytorch_ood_benchmark(monkeypatch, tmp_path: Path, lists: Path, name: str):
+    """pytorch-ood's OpenOOD benchmark class reading the lists in ``lists`` (its imglist cache is pointed there),
+    and the one folder it resolves every list's paths against."""
     pytest.importorskip("pytorch_ood")
     from pytorch_ood.benchmark.img import openood as ptood
 
@@ -458,36 +458,39 @@ def _pytorch_ood_benchmark(monkeypatch, tmp_path: Path, lists: Path, name: str, 
     cache.mkdir(parents=True)
     (cache / "benchmark_imglist").symlink_to(lists)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    images.mkdir(parents=True, exist_ok=True)
-    cls = {"cifar10": ptood.CIFAR10_OpenOOD, "cifar100": ptood.CIFAR100_OpenOOD}[name]
-    return cls(root=str(images), transform=lambda image: image, download=False)
+    their_root = tmp_path / "their_root"
+    their_root.mkdir()
+    cls = {"cifar10": ptood.CIFAR10_OpenOOD, "cifar100": ptood.CIFAR100_OpenOOD,
+           "imagenet200": ptood.ImageNet200_OpenOOD, "imagenet": ptood.ImageNet_OpenOOD}[name]
+    return cls(root=str(their_root), transform=lambda image: image, download=False), their_root
 
 
-def _same_images_as_pytorch_ood(benchmark, ours_root: Path, theirs) -> None:
-    """Each list names the same files with the same labels, in the same order, for every split pytorch-ood has."""
+def _same_images_as_pytorch_ood(benchmark, ours_root: Path, theirs, their_root: Path) -> None:
+    """Each split names the same files with the same labels in the same order (paths relative to the images
+    folder), near-OOD then far-OOD in the same order, for every split pytorch-ood has."""
     def ours(entry: ListSet) -> list[tuple[str, int]]:
-        return [(str(ours_root / entry.images / relpath), label)
-                for relpath, label in require_list(ours_root, entry.list_file, entry.size, download=False)]
+        return require_list(ours_root, entry.list_file, entry.size, download=False)
 
     def files(dataset) -> list[tuple[str, int]]:
-        return list(zip(dataset.files, dataset.labels))
+        return [(os.path.relpath(path, their_root), label) for path, label in zip(dataset.files, dataset.labels)]
 
     assert files(theirs.train_in) == ours(benchmark.train)
     assert files(theirs.val_in) == ours(benchmark.val) and files(theirs.test_in) == ours(benchmark.test)
     assert files(theirs.val_ood) == ours(benchmark.ood_val)
-    by_name = {entry.name: entry for entry in benchmark.near + benchmark.far}
-    assert [PYTORCH_OOD_NAMES[n] for n in theirs._near_ood] == [e.name for e in benchmark.near]
-    assert [PYTORCH_OOD_NAMES[n] for n in theirs._far_ood] == [e.name for e in benchmark.far]
-    for name, dataset in zip(theirs.ood_names, theirs.test_oods):
-        assert files(dataset) == ours(by_name[PYTORCH_OOD_NAMES[name]])
+    assert (len(theirs._near_ood), len(theirs._far_ood)) == (len(benchmark.near), len(benchmark.far))
+    assert len(theirs.test_oods) == len(benchmark.near + benchmark.far)
+    for dataset, entry in zip(theirs.test_oods, benchmark.near + benchmark.far):
+        assert files(dataset) == ours(entry)
 
 
-def test_pytorch_ood_names_the_same_images_for_generated_lists(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    make_openood_layout(root)
-    theirs = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", "cifar10",
-                                    root / "images_classic")
-    _same_images_as_pytorch_ood(SMALL_CIFAR10, root, theirs)
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_pytorch_ood_names_the_same_images_for_generated_lists(tmp_path, monkeypatch, name):
+    """Same list files, splits and groups as pytorch-ood for all four benchmarks (ImageNet's textures lists
+    resolve against images_classic here, as OpenOOD's DATA_INFO has it; pytorch-ood reads one folder)."""
+    root, benchmark = tmp_path / "data", _unchecked_sizes(BENCHMARKS[name])
+    make_openood_layout(root, benchmark, images=False)
+    theirs, their_root = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", name)
+    _same_images_as_pytorch_ood(benchmark, root, theirs, their_root)
 
 
 def _real_lists(tmp_path: Path) -> Path:
@@ -522,8 +525,7 @@ def test_real_lists_have_designs_counts_and_labels(tmp_path, name):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_pytorch_ood_names_the_same_images_for_the_real_lists(tmp_path, monkeypatch, name):
     root = _real_lists(tmp_path)
-    theirs = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", name,
-                                    root / "images_classic")
-    _same_images_as_pytorch_ood(BENCHMARKS[name], root, theirs)
+    theirs, their_root = _pytorch_ood_benchmark(monkeypatch, tmp_path, root / "benchmark_imglist", name)
+    _same_images_as_pytorch_ood(BENCHMARKS[name], root, theirs, their_root)
 
 
