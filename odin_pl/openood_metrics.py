@@ -16,7 +16,9 @@ on the full ID test set + that set, with scikit-learn's defaults:
 
 Near-/far-OOD values are unweighted means over the group's sets; over seeds, mean and population std (ddof 0).
 OpenOOD's tables show every value x100; these functions return fractions in [0, 1], computed in float64 with torch
-only (no scikit-learn).
+only (no scikit-learn). The names are OpenOOD's columns (FPR@95, AUROC, AUPR_IN, AUPR_OUT): ``aupr_in``/``aupr_out``
+are not :mod:`odin_pl.metrics`' (average precision), and ``fpr95`` can differ from its ``fpr_at_95_tpr_ood_positive``
+on ties, so keep them under keys of their own (``.../openood/...``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor
 from odin_pl.errors import UserError
 from odin_pl.metrics import _as_scores, _take, _tie_groups
 
-OPENOOD_METRIC_NAMES = ("fpr_at_95_tpr", "auroc", "aupr_in", "aupr_out")
+OPENOOD_METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 
 
 def _as_rows(values: Any, name: str) -> Tensor:
@@ -135,7 +137,7 @@ def openood_metric_rows(id_conf: Any, ood_conf: Any, id_weights: Any = None, ood
                * (_precision(in_incl, out_incl) + _precision(in_excl, out_excl)) / 2)
     zero = torch.zeros((), dtype=torch.float64)
     return {
-        "fpr_at_95_tpr": fpr_curve.gather(1, at)[:, 0],
+        "fpr95": fpr_curve.gather(1, at)[:, 0],
         "auroc": torch.where(kept, roc_area, zero).sum(dim=1),
         "aupr_in": torch.where(last, in_area, zero).sum(dim=1),
         "aupr_out": torch.where(last, out_area, zero).sum(dim=1),

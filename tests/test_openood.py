@@ -27,6 +27,7 @@ from datamodules.openood_benchmarks import BENCHMARKS, ListSet, build_openood_su
 from datamodules.openood_download import IMAGE_LISTS, SET_ARCHIVES, ImageRoot, require_list
 from odin_pl.errors import UserError
 from odin_pl.fingerprint import dataset_sha256
+from odin_pl.metrics import ood_metrics
 from odin_pl.openood_metrics import (OPENOOD_METRIC_NAMES, group_mean, id_accuracy, openood_metric_rows,
                                      openood_metrics, seed_mean_std)
 from odin_pl.spec import ImageSpec
@@ -43,7 +44,7 @@ def openood_reference(id_conf: np.ndarray, ood_conf: np.ndarray) -> dict[str, fl
     fpr, tpr, _ = skm.roc_curve(ood, -conf)
     precision_in, recall_in, _ = skm.precision_recall_curve(1 - ood, conf)
     precision_out, recall_out, _ = skm.precision_recall_curve(ood, -conf)
-    return {"fpr_at_95_tpr": float(fpr[np.argmax(tpr >= 0.95)]), "auroc": skm.auc(fpr, tpr),
+    return {"fpr95": float(fpr[np.argmax(tpr >= 0.95)]), "auroc": skm.auc(fpr, tpr),
             "aupr_in": skm.auc(recall_in, precision_in), "aupr_out": skm.auc(recall_out, precision_out)}
 
 
@@ -76,9 +77,21 @@ def test_fpr95_keeps_roc_curves_drop_intermediate_on_ties():
     ood = np.r_[np.zeros(40, int), np.ones(40, int)]
     fpr_all, tpr_all, _ = skm.roc_curve(ood, -np.r_[conf, conf], drop_intermediate=False)
     assert fpr_all[np.argmax(tpr_all >= 0.95)] == 0.95
-    assert openood_reference(conf, conf)["fpr_at_95_tpr"] == 1.0
-    assert openood_metrics(conf, conf)["fpr_at_95_tpr"] == 1.0
+    assert openood_reference(conf, conf)["fpr95"] == 1.0
+    assert openood_metrics(conf, conf)["fpr95"] == 1.0
     assert abs(openood_metrics(conf, conf)["auroc"] - 0.5) <= TOL
+    assert ood_metrics(conf, conf)["fpr_at_95_tpr_ood_positive"] == 0.95  # the exact rate, odin_pl.metrics
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_relation_to_odin_pl_metrics(tied):
+    """DESIGN's relation: without ties OpenOOD's FPR@95 is odin_pl.metrics' fpr_at_95_tpr_ood_positive, with ties
+    it is never smaller; AUROC is the same number."""
+    for id_conf, ood_conf in _pairs(seed=7, count=100, tied=tied):
+        openood, ours = openood_metrics(id_conf, ood_conf), ood_metrics(id_conf, ood_conf)
+        exact = ours["fpr_at_95_tpr_ood_positive"]
+        assert openood["fpr95"] == exact if not tied else openood["fpr95"] >= exact
+        assert abs(openood["auroc"] - ours["auroc"]) <= TOL
 
 
 def test_aupr_is_trapezoids_not_average_precision():
