@@ -28,8 +28,8 @@ def class_means(h: Tensor, classes: Tensor, num_classes: int, method: str, what:
         missing = (counts == 0).nonzero().flatten().tolist()
         raise UserError(f"{method}: class(es) {missing[:10]} have none of the {len(h)} {what}; fit on more images "
                         "(--fit_images) so that every class has its mean")
-    means = torch.zeros(num_classes, h.shape[1], dtype=torch.float64).index_add_(0, classes, h.double())
-    return means / counts[:, None]
+    grouped = h.double()[torch.sort(classes, stable=True).indices].split(counts.tolist())
+    return torch.stack([rows.mean(dim=0) for rows in grouped])
 
 
 def tied_precision(centered: Tensor, method: str, what: str) -> Tensor:
