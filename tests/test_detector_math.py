@@ -17,7 +17,7 @@ from pytorch_ood.detector import ASH, DICE, GEN, RMD, SCALE, SHE, ViM, GradNorm,
 from torch import nn
 
 from odin_pl.errors import UserError
-from odin_pl.methods import ash, dice, fdbd, gen, gradnorm, klm, nnguide, rmds, scale, she, vim
+from odin_pl.methods import ash, dice, fdbd, gen, gradnorm, klm, nnguide, posthoc, rmds, scale, she, vim
 
 N, D, N_TRAIN, B = 5, 12, 200, 9
 SUBSPACE = 6  # vim's d in the tests: the spectrum below has a clear gap there
@@ -55,14 +55,6 @@ def data() -> dict:
 
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(a))
-
-
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray, dtype: torch.dtype) -> nn.Linear:
@@ -184,6 +176,8 @@ def test_rmds_refuses_rank_deficiency_and_missing_classes(data: dict) -> None:
         rmds.fit_rmds(h, _t(data["y"]), N)
     with pytest.raises(UserError, match=r"class\(es\) \[5\] have none"):
         rmds.fit_rmds(_t(data["h_train"]), _t(data["y"]), N + 1)
+    with pytest.raises(UserError, match="class index 4 is out of range for 4 classes"):
+        rmds.fit_rmds(_t(data["h_train"]), _t(data["y"]), N - 1)
 
 
 # --- gen ----------------------------------------------------------------------------------------------------------
@@ -281,6 +275,7 @@ def test_ash_and_scale_edge_cases_ties_and_refusals(data: dict) -> None:
         ash.ash_score(_t(data["h"]), w, b, "ash_b", 99.0)
     with pytest.raises(UserError, match=r"\[0, 100\)"):
         scale.scale_score(_t(data["f"]), _t(data["h"]), b, 100.0)
+    assert posthoc.kept_count(10, 65.0, "ash_p") == 4 and posthoc.kept_count(10, 75.0, "ash_p") == 2  # half to even
     assert min([(p,) for p in ash.P_GRID], key=ash.tie_key) == (90.0,)
     assert sorted([(65.0,), (95.0,), (85.0,)], key=scale.tie_key) == [(85.0,), (95.0,), (65.0,)]
 

@@ -55,14 +55,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 # --- gram ---------------------------------------------------------------------------------------------------------
 
 N_GRAM = 3
@@ -350,9 +342,10 @@ def _our_passes(net: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
     return stack
 
 
-def test_mcd_matches_the_reference_and_pytorch_ood() -> None:
+def test_mcd_matches_the_reference_and_pytorch_ood(float64_default) -> None:
     """Reference (numpy mean, max, var ddof 1): 1e-12 relative. pytorch-ood's MCD with the same seed and 30
-    passes (it puts the model in train mode, BatchNorm back in eval): ours = -theirs exactly."""
+    passes (it puts the model in train mode, BatchNorm back in eval): ours = -theirs exactly (its stacked run;
+    its mean mode to 1e-15, a running sum)."""
     net, x = _dropout_net(), torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     stack = _our_passes(net, x, seed=11)
     mean, var = mcd.mcd_score(stack), mcd.mcd_var_score(stack)
@@ -364,6 +357,9 @@ def test_mcd_matches_the_reference_and_pytorch_ood() -> None:
     torch.manual_seed(11)
     assert torch.equal(var, -MCD(net, samples=mcd.PASSES, mode="var").predict(x))
     assert not net.training
+    torch.manual_seed(11)  # its mean mode adds the passes into a running sum: the same to 1 ulp (float64 default)
+    np.testing.assert_allclose(mean.numpy(), -MCD(net, samples=mcd.PASSES, mode="mean").predict(x).numpy(),
+                               rtol=1e-15)
     low, high = mcd.mcd_var_range()
     assert bool((var >= low).all() and (var < high).all() and (mean >= 0.25).all() and (mean <= 1).all())
     assert mcd.mcd_range(4) == (0.25, 1.0)
