@@ -205,6 +205,8 @@ def test_gram_refusals_and_ties() -> None:
     fit = gram.finish_fit(bounds, (2,), torch.zeros(1, 1), 0)
     with pytest.raises(UserError, match="not P = 3"):
         gram.gram_score(torch.zeros(2, 2), g, fit, 3.0)
+    with pytest.raises(UserError, match="hold 2 poles, fewer than P = 10"):
+        gram.gram_score(torch.zeros(2, 2), g, gram.finish_fit(bounds, (10,), torch.zeros(1, 1), 0), 10.0)
     assert sorted([(5.0,), (10.0,)], key=gram.tie_key) == [(10.0,), (5.0,)]
 
 

@@ -129,5 +129,8 @@ def gram_score(logits: Tensor, grams: Sequence[Tensor], fit: dict, poles: float)
     if len(matches) == 0:
         raise UserError(f"gram: the fit has P in {fit['poles'].long().tolist()}, not P = {p}; fit again with P in "
                         "the grid")
+    if grams[0].shape[0] < p:
+        raise UserError(f"gram: the Gram features hold {grams[0].shape[0]} poles, fewer than P = {p}; compute "
+                        "them with the grid's largest P")
     dev = deviations(grams, fit, logits.argmax(dim=1))[:, :p].sum(dim=1)
     return -(dev / fit["norms"][int(matches[0])][:, None]).sum(dim=0) / max_softmax(logits)

@@ -30,8 +30,11 @@ def fit_klm(logits: Tensor) -> dict:
 
 
 def klm_score(logits: Tensor, fit: dict) -> Tensor:
-    """-min_k KL(softmax(f) || d_k) [B] in float64."""
-    log_p = torch.log_softmax(logits.double(), dim=1)[:, None, :]
+    """-min_k KL(softmax(f) || d_k) [B] in float64, as sum_c p_c log p_c - p . log d_k ([B, K] memory)."""
+    log_p = torch.log_softmax(logits.double(), dim=1)
     p = log_p.exp()
-    terms = torch.where(p > 0, p * (log_p - fit["typical"].log()[None]), 0.0)
-    return -terms.sum(dim=2).amin(dim=1)
+    typical = fit["typical"]
+    cross = p @ torch.where(typical > 0, typical.log(), 0.0).T
+    kl = torch.where(p > 0, p * log_p, 0.0).sum(dim=1, keepdim=True) - cross
+    impossible = (p > 0).double() @ (typical == 0).double().T > 0  # some p_c > 0 where d_kc = 0
+    return -torch.where(impossible, math.inf, kl).amin(dim=1)

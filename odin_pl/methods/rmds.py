@@ -20,22 +20,24 @@ RMDS_RANGE = (-math.inf, math.inf)
 
 
 def fit_rmds(h: Tensor, labels: Tensor, num_classes: int) -> dict:
-    """{means [N, D], precision [D, D], background_mean [D], background_precision [D, D]}."""
+    """{means [N, D], precision [D, D], background_mean [D], background_precision [D, D]; for scoring without a
+    [B, N, D] tensor: projected_means = (mu_c - mu_0) P [N, D], mean_terms = (mu_c - mu_0)^T P (mu_c - mu_0) [N]}."""
     h = h.double()
     means = class_means(h, labels, num_classes, "rmds")
     background_mean = h.mean(dim=0)
-    return {"means": means, "precision": tied_precision(h - means[labels], "rmds", "tied class covariance"),
-            "background_mean": background_mean,
-            "background_precision": tied_precision(h - background_mean, "rmds", "covariance")}
-
-
-def _squared(diff: Tensor, precision: Tensor) -> Tensor:
-    return ((diff @ precision) * diff).sum(dim=-1)
+    precision = tied_precision(h - means[labels], "rmds", "tied class covariance")
+    shifted = means - background_mean
+    projected = shifted @ precision
+    return {"means": means, "precision": precision, "background_mean": background_mean,
+            "background_precision": tied_precision(h - background_mean, "rmds", "covariance"),
+            "projected_means": projected, "mean_terms": (projected * shifted).sum(dim=1)}
 
 
 def rmds_score(h: Tensor, fit: dict) -> Tensor:
-    """-min_c (d_c(h) - d_0(h)) [B]."""
-    h = h.double()
-    class_distances = _squared(h[:, None, :] - fit["means"][None], fit["precision"])
-    background = _squared(h - fit["background_mean"], fit["background_precision"])
-    return -(class_distances - background[:, None]).amin(dim=1)
+    """-min_c (d_c(h) - d_0(h)) [B], with d_c = x^T P x - 2 x^T P (mu_c - mu_0) + (mu_c - mu_0)^T P (mu_c - mu_0)
+    for x = h - mu_0."""
+    x = h.double() - fit["background_mean"]
+    class_distances = ((x @ fit["precision"]) * x).sum(dim=1, keepdim=True) - 2 * x @ fit["projected_means"].T \
+        + fit["mean_terms"]
+    background = ((x @ fit["background_precision"]) * x).sum(dim=1)
+    return background - class_distances.amin(dim=1)
