@@ -41,11 +41,15 @@ def rule_dimension(dim: int) -> int:
 def resolve_dimension(d: float, dim: int, method: str = "vim") -> int:
     """The principal dimension of the setting value d (RULE: the rule) for features of dimension D; a UserError
     when it is not a whole number in [1, D)."""
-    resolved = rule_dimension(dim) if d == RULE else check_whole(d, method, "the principal dimension d")
-    if not 1 <= resolved < dim:
-        raise UserError(f"{method}: the principal dimension d = {resolved} must lie in [1, {dim}) for features of "
+    return _checked(rule_dimension(dim) if d == RULE else check_whole(d, method, "the principal dimension d"), dim,
+                    method)
+
+
+def _checked(d: int, dim: int, method: str) -> int:
+    if not 1 <= d < dim:
+        raise UserError(f"{method}: the principal dimension d = {d} must lie in [1, {dim}) for features of "
                         f"dimension {dim}; give a smaller d (--params {method}.d=...)")
-    return resolved
+    return d
 
 
 def tie_key(setting: Sequence[float]) -> tuple:
@@ -64,9 +68,7 @@ def fit_subspace(h: Tensor, weight: Tensor, bias: Tensor, dims: Sequence[int], m
     eigenvalues, eigenvectors = torch.linalg.eigh(centered.T @ centered / n)
     lambda_max = float(eigenvalues[-1])
     for d in dims:
-        if not 1 <= d < dim:
-            raise UserError(f"{method}: the principal dimension d = {d} must lie in [1, {dim}) for features of "
-                            f"dimension {dim}; give a smaller d (--params {method}.d=...)")
+        _checked(d, dim, method)
         gap = float(eigenvalues[dim - d] - eigenvalues[dim - d - 1])
         if gap <= EIGENVALUE_GAP * lambda_max:
             raise UserError(f"{method}: eigenvalues {d} and {d + 1} of the training features' second moment are "
