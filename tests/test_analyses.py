@@ -232,9 +232,9 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
 
 
 def test_evaluate_runs_all_analyses_and_logs_their_numbers(quickstart_ckpt: str, tmp_path) -> None:
-    evaluate.main(["--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path), "--ood", "gaussian,photos",
-                   "--num_ood_images", "100", "--temperatures", "1,1000", "--epsilons", "0,0.002", "--analyses", "all",
-                   "--analysis_images", "60"])  # the flat spelling of earlier versions
+    evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--ood.sets", "gaussian,photos",
+                   "--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
+                   "--analyses.names", "all", "--analyses.images", "60"])
     files = {p.name for p in (tmp_path / "analyses").iterdir()}
     assert files == {f"{name}.{ext}" for name in ANALYSES for ext in ("json", "png")}
     sweeps = json.loads((tmp_path / "analyses" / "sweeps.json").read_text())

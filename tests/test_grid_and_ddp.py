@@ -94,7 +94,6 @@ def _ddp_process(rank: int, port: int, ckpt: str, out: str) -> None:
         torch.save({"metrics": metrics, "warnings": [str(w.message) for w in caught]}, Path(out, "result.pt"))
 
 
-@pytest.mark.slow
 def test_two_ddp_processes_log_what_one_process_logs(quickstart_ckpt: str, tmp_path) -> None:
     """val/*, test/* and the callback's ood/* of 2 DDP processes equal 1 process's (599 test images: the shards
     are uneven, and Lightning's sampler would pad them); no warning about sync_dist."""

@@ -29,9 +29,9 @@ from torch import Tensor
 
 from odin_pl.files import save_atomically
 from odin_pl.fingerprint import tensors_sha256
-from odin_pl.protocol.run import Span
 
 Plan = Mapping[str, Sequence[Sequence[float]]]
+Span = tuple[int, int]  # images [start, stop) of a split
 #: Seconds of work after which the scores computed so far in a pass are written as a chunk.
 CHUNK_SECONDS = 120.0
 #: Slack of the range check, in units in the last place of the range's largest finite bound (at least 1).
