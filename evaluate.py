@@ -210,7 +210,7 @@ def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: Argumen
     if not options.resamples:
         raise UserError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
     run, _, _ = _finished_run(run_dir, protocol_parser, bootstrap=options)
-    paths = write_results(run_dir, run.result.records, run.meta(), run.table)
+    paths = write_results(run_dir, run.result.records, run.meta, run.table)
     print(run.table)
     print(f"Intervals ({options.resamples} paired resamples per set): {', '.join(map(str, paths))}")
     return paths

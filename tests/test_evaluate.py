@@ -33,6 +33,11 @@ SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning
          "--bootstrap.resamples", "20", "--output.logger", "false"]
 
 
+def _rows(result) -> list[dict]:
+    """A protocol result's records as the result files write them."""
+    return [record.to_dict() for record in result.records]
+
+
 def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str, tmp_path) -> None:
     result = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), *SMALL,
                             "--ood.num_images", "120"]).result
@@ -47,7 +52,7 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
     assert data["splits"]["in_distribution"]["n_tune"] == 299 and any("half" in n for n in data["notes"])
     tune = set(data["splits"]["gaussian"]["tune_indices"])
     assert len(tune) == 60 and data["splits"]["gaussian"]["n_test"] == 60
-    for record in result.records:
+    for record in _rows(result):
         assert record["n_in"] == 300 and record["n_out"] == 60
         assert all(0 <= record[k] <= 1 for k in ("fpr_at_95_tpr", "auroc", "aupr_in", "aupr_out"))
         if record["method"] == "msp":
@@ -55,7 +60,7 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
         else:
             assert record["temperature"] in (1.0, 1000.0) and record["epsilon"] in (0.0, 0.002)
     # Metrics recomputed from the saved per-image scores agree with the records.
-    odin = next(r for r in result.records if r["ood"] == "uniform" and r["method"] == "odin")
+    odin = next(r for r in _rows(result) if r["ood"] == "uniform" and r["method"] == "odin")
     setting = (odin["temperature"], odin["epsilon"])
     s_in = saved_scores(tmp_path / "scores" / "in_distribution__test.pt", "odin", setting)
     s_out = saved_scores(tmp_path / "scores" / "uniform__test.pt", "odin", setting)
@@ -66,14 +71,14 @@ def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> No
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,uniform", *SMALL]
     fixed = evaluate.main([*common, "--output.dir", str(tmp_path / "f"), "--tuning.mode", "fixed",
                            "--tuning.temperature", "10", "--tuning.epsilon", "0.001"]).result
-    assert all(r["temperature"] == 10 and r["epsilon"] == 0.001 for r in fixed.records if r["method"] == "odin")
+    assert all(r["temperature"] == 10 and r["epsilon"] == 0.001 for r in _rows(fixed) if r["method"] == "odin")
     transfer = evaluate.main([*common, "--output.dir", str(tmp_path / "t"), "--tuning.mode", "transfer",
                               "--tuning.tune_on", "noise", "--tuning.temperatures", "1,100",
                               "--tuning.epsilons", "0,0.001"]).result
-    chosen = {(r["temperature"], r["epsilon"]) for r in transfer.records if r["method"] == "odin"}
+    chosen = {(r["temperature"], r["epsilon"]) for r in _rows(transfer) if r["method"] == "odin"}
     assert len(chosen) == 1 and set(transfer.selections["odin"]) == {"noise"}
     # MSP is reported on identical test splits whatever the mode.
-    msp = lambda res: {r["ood"]: r["auroc"] for r in res.records if r["method"] == "msp"}  # noqa: E731
+    msp = lambda res: {r["ood"]: r["auroc"] for r in _rows(res) if r["method"] == "msp"}  # noqa: E731
     assert msp(fixed) == msp(transfer)
 
 
@@ -82,20 +87,20 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
     cross_run = evaluate.main([*common, "--output.dir", str(tmp_path / "c"), "--tuning.mode", "cross"])
     cross = cross_run.result
     paper = evaluate.main([*common, "--output.dir", str(tmp_path / "p")]).result
-    odin = {(r["ood"], r["tuned_on"]): r for r in cross.records if r["method"] == "odin"}
+    odin = {(r["ood"], r["tuned_on"]): r for r in _rows(cross) if r["method"] == "odin"}
     assert len(odin) == 9
-    for record in paper.records:  # the diagonal is the paper protocol's result
+    for record in _rows(paper):  # the diagonal is the paper protocol's result
         key = (record["ood"], record["tuned_on"] if record["method"] == "odin" else None)
         match = odin[key] if record["method"] == "odin" else next(
-            r for r in cross.records if r["ood"] == record["ood"] and r["method"] == "msp")
+            r for r in _rows(cross) if r["ood"] == record["ood"] and r["method"] == "msp")
         assert {k: match[k] for k in record} == record
     for (_, tuned_on), record in odin.items():  # off the diagonal: the tuning set's parameters
         chosen = cross.selections["odin"][tuned_on]
-        assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
+        assert (record["temperature"], record["epsilon"]) == chosen.setting
     assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
     # Logged metrics: one key per set, method and metric, from the set's own tuning (not the last one reported).
     logged = run_metrics(cross_run, {})
-    main = [r for r in cross.records if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
+    main = [r for r in _rows(cross) if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
     assert len(main) == 6 and logged == {f"eval/ood/{r['ood']}/{r['method']}/{k}": r[k] for r in main
                                          for k in r if k in METRIC_NAMES or "_ci_" in k}
     assert "eval/ood/photos/odin/auroc_diff_ci_low" in logged
@@ -113,8 +118,8 @@ def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: 
     result = evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "out"), "--ood.sets",
                             str(tmp_path / "my_images"), "--tuning.mode", "fixed", "--tuning.temperature", "1000",
                             "--tuning.epsilon", "0.001", "--output.logger", "false"]).result
-    assert {r["ood"] for r in result.records} == {"my_images"}
-    assert result.records[0]["n_out"] == 6
+    assert {r["ood"] for r in _rows(result)} == {"my_images"}
+    assert _rows(result)[0]["n_out"] == 6
 
 
 def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
@@ -376,9 +381,9 @@ def test_protocol_with_every_logit_method(quickstart_ckpt: str, tmp_path) -> Non
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,photos", *SMALL]
     default = evaluate.main([*common, "--output.dir", str(tmp_path / "default")])
     run = evaluate.main([*common, *LOGIT_METHODS, "--output.dir", str(tmp_path / "all")])
-    by_method = {m: [r for r in run.result.records if r["method"] == m] for m in ("msp", "odin", "energy")}
-    assert [r for r in run.result.records if r["method"] in ("msp", "odin")] == default.result.records
-    assert sorted(r["method"] for r in run.result.records if r["ood"] == "gaussian") == sorted(
+    by_method = {m: [r for r in _rows(run.result) if r["method"] == m] for m in ("msp", "odin", "energy")}
+    assert [r for r in _rows(run.result) if r["method"] in ("msp", "odin")] == _rows(default.result)
+    assert sorted(r["method"] for r in _rows(run.result) if r["ood"] == "gaussian") == sorted(
         ["msp", "odin", "energy", "maxlogit", "entropy"])
     for record in by_method["energy"]:
         selection = run.result.selections["energy"][record["ood"]]
@@ -394,8 +399,8 @@ def test_protocol_with_every_logit_method(quickstart_ckpt: str, tmp_path) -> Non
     assert results["methods"] == ["msp", "odin", "energy", "maxlogit", "entropy"]
     assert set(results["selections"]) == {"odin", "energy"} and results["grids"]["energy"] == [[1.0], [10.0]]
     assert sorted(p.name for p in (tmp_path / "all" / "detectors").iterdir()) == [
-        "entropy.json", "gaussian.energy.json", "gaussian.json", "maxlogit.json", "msp.json", "photos.energy.json",
-        "photos.json"]
+        "fixed.entropy.json", "fixed.maxlogit.json", "fixed.msp.json", "gaussian.energy.json", "gaussian.odin.json",
+        "photos.energy.json", "photos.odin.json"]
     rows = evaluate.main(["predict", "--ckpt", quickstart_ckpt, "--images", "gaussian", "--num_images", "20",
                           "--detector", str(tmp_path / "all" / "detectors" / "gaussian.energy.json"),
                           "--output_dir", str(tmp_path / "predict")]).read_text().splitlines()
@@ -406,10 +411,10 @@ def test_method_parameters_on_the_command_line(quickstart_ckpt: str, tmp_path) -
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian", *SMALL, "--methods", "msp,energy"]
     fixed_by_params = evaluate.main([*common, "--params", "energy.temperature=10", "--output.dir",
                                      str(tmp_path / "a")]).result
-    energy = [r for r in fixed_by_params.records if r["method"] == "energy"]
+    energy = [r for r in _rows(fixed_by_params) if r["method"] == "energy"]
     assert [(r["temperature"], r["tuned_on"]) for r in energy] == [(10.0, None)] and not fixed_by_params.selections
     fixed_mode = evaluate.main([*common, "--tuning.mode", "fixed", "--output.dir", str(tmp_path / "b")]).result
-    assert [r["temperature"] for r in fixed_mode.records if r["method"] == "energy"] == [1.0]  # the paper's T
+    assert [r["temperature"] for r in _rows(fixed_mode) if r["method"] == "energy"] == [1.0]  # the paper's T
     with pytest.raises(ValueError, match="unknown or no method \\(nope\\)"):
         evaluate.main([*common[:-1], "msp,nope", "--output.dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="'odin' is not among --tuning.methods"):
