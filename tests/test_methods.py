@@ -237,8 +237,7 @@ def _check_protocol_and_detector_round_trip(name: str, tmp_path) -> None:
     detector = Detector.fit(model, name, setting, _spec(), s_in, fit=saved)
     loaded = Detector.load(detector.save(tmp_path / "detectors" / f"{name}.json"), model)
     assert loaded.method.name == name and loaded.setting == setting and loaded.threshold == detector.threshold
-    ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[torch.as_tensor(
-        sorted(set(range(30)) - set(result.splits["ood"]["tune_indices"])))]
+    ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[result.splits["ood"].test]
     torch.testing.assert_close(loaded.score(ood_images), s_out, rtol=0, atol=1e-12)
     assert loaded.predict(ood_images)[0].logical_not().double().mean().item() == record.metrics["fpr_at_95_tpr"]
 
