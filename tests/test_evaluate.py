@@ -27,6 +27,7 @@ from odin_pl.fingerprint import tensors_sha256
 from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.evaluation.logs import run_metrics
+from odin_pl.evaluation.options import TuningOptions
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
@@ -343,6 +344,25 @@ def test_short_spellings_expand_to_the_full_options(short: list[str], full: list
 def test_flat_options_of_earlier_versions_are_refused(quickstart_ckpt: str, old: list[str]) -> None:
     with pytest.raises((SystemExit, UserError)):  # an unrecognized argument
         evaluate.main(["--ckpt", quickstart_ckpt, *old])
+
+
+def test_odin_shorthands_become_the_paper_methods_grid_and_parameters() -> None:
+    options = TuningOptions(temperatures="1,10", epsilons=[0, 0.002])
+    assert options.grids == {"odin": {"temperature": [1.0, 10.0], "epsilon": [0.0, 0.002]}} and options.params == []
+    assert (options.temperatures, options.epsilons, options.temperature, options.epsilon) == (None,) * 4
+    plan = options.plan(seed=3)
+    assert plan.method("odin").settings == ((1.0, 0.0), (1.0, 0.002), (10.0, 0.0), (10.0, 0.002))
+    assert plan.methods is options.method_grids and plan.seed == 3  # the grids are made once
+    fixed = TuningOptions(mode="fixed", temperature=1000, epsilon=0.0014)
+    assert fixed.fixed_params == {"odin": {"temperature": 1000.0, "epsilon": 0.0014}} and fixed.grids == {}
+    assert fixed.plan(0).method("odin").fixed == (1000.0, 0.0014)
+    # The same grid given both ways, or a parameter given twice, is refused.
+    with pytest.raises(UserError, match="give odin's grid once"):
+        TuningOptions(temperatures="1,10", grids={"odin": {"epsilon": [0.0]}})
+    with pytest.raises(UserError, match="odin.temperature is given twice"):
+        TuningOptions(mode="fixed", temperature=10, epsilon=0.0, params="odin.temperature=5")
+    # A run without the paper's method ignores its shorthands, as before.
+    assert TuningOptions(methods="msp,energy", temperatures="1,10").grids == {}
 
 
 def test_an_unknown_dataset_name_is_refused() -> None:
