@@ -13,8 +13,6 @@ Subcommands (``python evaluate.py SUBCOMMAND --help``; each takes ``--config FIL
 
 This file parses and dispatches; the work is in ``odin_pl.evaluation.run`` (the run), ``odin_pl.evaluation.outputs``
 (files), ``odin_pl.evaluation.logs`` (logger), ``odin_pl.analyses`` and ``datamodules.suite`` (the OOD sets).
-The flat options of earlier versions (``--tune_on``, ``--float64``, ``--predict``, ...) still work and print the
-new spelling.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from datamodules.image_folder import ImageFolderDataset
 from datamodules.in_distribution import IN_DISTRIBUTION
@@ -51,85 +48,39 @@ from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, 
 
 SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
 
-# Flat options of earlier versions: old flag -> new flag (per subcommand); values keep their meaning.
-RENAMED = {
-    "protocol": {"--ood": "--ood.sets", "--num_ood_images": "--ood.num_images", "--download": "--ood.download",
-                 "--temperatures": "--tuning.temperatures", "--epsilons": "--tuning.epsilons",
-                 "--n_tune": "--tuning.n_tune", "--device": "--runtime.accelerator",
-                 "--runtime.device": "--runtime.accelerator", "--batch_size": "--runtime.batch_size",
-                 "--num_workers": "--runtime.num_workers",
-                 "--output_dir": "--output.dir", "--resume": "--output.resume", "--logger": "--output.logger",
-                 "--analyses": "--analyses.names", "--analysis_images": "--analyses.images"},
-    "predict": {"--predict": "--images", "--num_ood_images": "--num_images", "--device": "--runtime.accelerator",
-                "--runtime.device": "--runtime.accelerator", "--batch_size": "--runtime.batch_size",
-                "--num_workers": "--runtime.num_workers"},
-    "analyses": {"--device": "--accelerator"},
-}
-# Short spellings accepted as they are (no note): Lightning's runtime names (--devices N is --runtime.devices N)
-# and the protocol's methods.
+# Short spellings, expanded before parsing: Lightning's runtime names (--devices N is --runtime.devices N), the
+# protocol's methods, and an in-distribution data set by name (--dataset NAME is --data <its DataModule>).
 LIGHTNING_RUNTIME = {flag: f"--runtime.{flag[2:]}" for flag in
                      ("--accelerator", "--devices", "--num_nodes", "--strategy", "--precision")}
 SHORTHANDS = {"protocol": {**LIGHTNING_RUNTIME, "--methods": "--tuning.methods", "--params": "--tuning.params"},
               "predict": LIGHTNING_RUNTIME}
+DATASET_FLAG = "--dataset"
 
 
-# Old flags whose value changes meaning or spelling too (see _legacy_value_flags).
-VALUE_CHANGED = frozenset({"--tune_on", "--temperature", "--epsilon", "--float64", "--dataset"})
+def _dataset_class_path(name: str) -> str:
+    if name not in IN_DISTRIBUTION:
+        raise UserError(f"unknown in-distribution data set {name!r}; use one of {', '.join(IN_DISTRIBUTION)}")
+    cls = IN_DISTRIBUTION[name]
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _split_flag(token: str) -> tuple[str, str | None]:
-    flag, equals, value = token.partition("=")
-    return flag, value if equals else None
-
-
-def _legacy_value_flags(flag: str, value: str) -> list[str] | None:
-    """The new spelling of the old flags whose meaning was split or renamed with a value change."""
-    if flag == "--tune_on":
-        if value == "all":
-            return ["--tuning.mode", "cross"]
-        return ["--tuning.mode", "transfer", "--tuning.tune_on", value]
-    if flag == "--temperature":
-        return ["--tuning.mode", "fixed", "--tuning.temperature", value]
-    if flag == "--epsilon":
-        return ["--tuning.epsilon", value]
-    if flag == "--float64":
-        return ["--runtime.precision", "64-true" if value.lower() in ("true", "1", "yes") else "32-true"]
-    if flag == "--dataset":
-        if value not in IN_DISTRIBUTION:
-            raise UserError(f"unknown in-distribution data set {value!r}; use one of {', '.join(IN_DISTRIBUTION)}")
-        cls = IN_DISTRIBUTION[value]
-        return ["--data", f"{cls.__module__}.{cls.__qualname__}"]
-    return None
-
-
-def modernize(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` with the subcommand first (``protocol`` unless ``--predict`` is given), the short spellings
-    (``--devices``, ``--methods``, ...) in their group and the flat options of earlier versions in their new
-    spelling; and one note per rewritten option of an earlier version."""
-    if argv and argv[0] in SUBCOMMANDS:
-        command, rest = argv[0], argv[1:]
-    else:
-        command, rest = ("predict" if any(_split_flag(a)[0] == "--predict" for a in argv) else "protocol"), argv
-    renamed, out, notes, i = RENAMED.get(command, {}), [command], [], 0
-    shorthands = SHORTHANDS.get(command, {})
+def expand_shorthands(argv: list[str]) -> list[str]:
+    """``argv`` with the subcommand first (``protocol`` when none is given) and the short spellings of
+    :data:`SHORTHANDS` and ``--dataset NAME`` in their full form."""
+    command, rest = (argv[0], argv[1:]) if argv and argv[0] in SUBCOMMANDS else ("protocol", argv)
+    shorthands, out, i = SHORTHANDS.get(command, {}), [command], 0
     while i < len(rest):
-        flag, value = _split_flag(rest[i])
+        flag, equals, value = rest[i].partition("=")
         if flag in shorthands:
-            out.append(shorthands[flag] if value is None else f"{shorthands[flag]}={value}")
-            i += 1
-            continue
-        if value is None and (flag in renamed or flag in VALUE_CHANGED) and i + 1 < len(rest):
-            value, i = rest[i + 1], i + 1
-        new = _legacy_value_flags(flag, value) if value is not None else None
-        if new is None and flag in renamed:
-            new = [renamed[flag], value] if value is not None else [renamed[flag]]
-        if new is None:
-            out.append(rest[i])
+            out.append(f"{shorthands[flag]}={value}" if equals else shorthands[flag])
+        elif flag == DATASET_FLAG and command in ("protocol", "predict") and (equals or i + 1 < len(rest)):
+            if not equals:
+                value, i = rest[i + 1], i + 1
+            out += ["--data", _dataset_class_path(value)]
         else:
-            out += new
-            notes.append(f"{flag} is now spelled {' '.join(new)}")
+            out.append(rest[i])
         i += 1
-    return out, notes
+    return out
 
 
 def _config_parser(config_class: type) -> ArgumentParser:
@@ -259,7 +210,7 @@ def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: Argumen
     if not options.resamples:
         raise UserError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
     run, _, _ = _finished_run(run_dir, protocol_parser, bootstrap=options)
-    paths = write_results(run_dir, run.result.records, run.meta(), run.table)
+    paths = write_results(run_dir, run.result.records, run.meta, run.table)
     print(run.table)
     print(f"Intervals ({options.resamples} paired resamples per set): {', '.join(map(str, paths))}")
     return paths
@@ -281,11 +232,7 @@ def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: s
     if not saved.is_file():
         raise MissingFileError(f"{saved} does not exist: give the output folder of a finished protocol run "
                                "(it holds config.yaml, results.json and scores/)")
-    content = yaml.safe_load(saved.read_text())
-    runtime = content.get("runtime") or {}
-    if "device" in runtime:  # saved by the version before the Fabric runtime
-        runtime["accelerator"] = runtime.pop("device")
-    options_ns = protocol_parser.parse_object(content)
+    options_ns = protocol_parser.parse_object(yaml.safe_load(saved.read_text()))
     options_ns.output.dir = str(run_dir)
     options_ns.runtime.devices, options_ns.runtime.num_nodes, options_ns.runtime.strategy = 1, 1, "auto"
     if accelerator is not None:
@@ -333,9 +280,7 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     from_command_line = argv is None
     argv = without_debug_flag(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("-h", "--help"):
-        argv, notes = modernize(argv)
-        for note in notes if rank_zero_only.rank == 0 else ():  # processes started by a launcher say it once
-            print(f"Note: {note}", file=sys.stderr)
+        argv = expand_shorthands(argv)
     parser, subparsers = build_parser()
     parsed = parser.parse_args(argv)
     command = parsed.command

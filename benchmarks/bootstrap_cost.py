@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odin_pl.protocol.bootstrap import record_intervals  # noqa: E402
-from odin_pl.protocol.run import ProtocolResult  # noqa: E402
+from odin_pl.protocol import MethodGrid, ProtocolPlan, ProtocolResult, Record  # noqa: E402
+from odin_pl.protocol.bootstrap import with_intervals  # noqa: E402
 
 
 def synthetic_result(n_in: int, n_out: int, sets: int) -> ProtocolResult:
@@ -27,19 +27,19 @@ def synthetic_result(n_in: int, n_out: int, sets: int) -> ProtocolResult:
     g = torch.Generator().manual_seed(0)
     msp, odin = ("msp", ()), ("odin", (1000.0, 0.0014))
     scores = lambda n, shift: (torch.rand(n, generator=g, dtype=torch.float64) + shift).round(decimals=4)  # noqa: E731
-    result = ProtocolResult(in_test_scores={msp: scores(n_in, 0.3), odin: scores(n_in, 0.4)})
+    plan = ProtocolPlan((MethodGrid.of("msp"), MethodGrid.of("odin", {"temperature": [1000.0], "epsilon": [0.0014]})))
+    result = ProtocolResult(plan, in_test_scores={msp: scores(n_in, 0.3), odin: scores(n_in, 0.4)})
     for i in range(sets):
         name = f"set{i}"
         result.ood_test_scores[name] = {msp: scores(n_out, 0.0), odin: scores(n_out, 0.0)}
-        result.records += [{"ood": name, "method": "msp"},
-                           {"ood": name, "method": "odin", "temperature": 1000.0, "epsilon": 0.0014}]
+        result.records += [Record(name, method, setting, {}, {}, n_in, n_out) for method, setting in (msp, odin)]
     return result
 
 
 def timed(n_in: int, n_out: int, sets: int, resamples: int) -> float:
     result = synthetic_result(n_in, n_out, sets)
     start = time.perf_counter()
-    record_intervals(result, resamples, seed=0)
+    with_intervals(result, resamples)
     return time.perf_counter() - start
 
 

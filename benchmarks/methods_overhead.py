@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from odin_speed import STD, make_model  # noqa: E402
 
 from odin_pl.protocol.fits import prepare_fits  # noqa: E402
-from odin_pl.protocol.run import MethodGrid, run_protocol  # noqa: E402
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol  # noqa: E402
 
 ODIN_GRID = {"temperature": (1.0, 10.0, 1000.0), "epsilon": (0.0, 0.002, 0.004)}
 FITS = "fits of mahalanobis+react+knn"
@@ -73,9 +73,9 @@ def main() -> None:
 
     fits = fit().fits
     runs: dict[str, Callable[[], object]] = {
-        name: (lambda methods=methods: run_protocol(model, in_set, ood, input_std=STD, methods=methods,
-                                                    n_tune=args.images // 4, batch_size=args.batch_size,
-                                                    device=args.device, progress=False, fits=fits))
+        name: (lambda methods=methods: run_protocol(ProtocolPlan(methods, n_tune=args.images // 4), in_set, ood,
+                                                    ModelScorer(model, STD, args.batch_size, device=args.device,
+                                                                fits=fits)))
         for name, methods in configs.items()}
     runs[FITS] = fit
     times: dict[str, list[float]] = {name: [] for name in runs}

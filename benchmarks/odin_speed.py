@@ -36,10 +36,10 @@ from torch.utils.data import TensorDataset  # noqa: E402
 import odin_pl  # noqa: E402,F401
 from odin_pl.distributed import world  # noqa: E402
 from odin_pl.evaluation.options import RuntimeOptions  # noqa: E402
-from odin_pl.protocol.run import score_dataset  # noqa: E402
+from odin_pl.methods import create_method  # noqa: E402
+from odin_pl.protocol.run import score_plan  # noqa: E402
 from odin_pl.evaluation.runtime import start_processes  # noqa: E402
 from odin_pl.methods.odin import msp_score, odin_score, score_settings  # noqa: E402
-from odin_pl.protocol.tuning import Grid  # noqa: E402
 
 STD = (0.2470, 0.2435, 0.2616)
 T, EPS = 1000.0, 0.0014
@@ -101,7 +101,7 @@ def bench_scoring(model, batches, device, repeats) -> dict[str, float]:
 
 
 def bench_grid(model, x, device, repeats) -> dict[str, float]:
-    settings = Grid().settings
+    settings = create_method("odin").grid()  # the paper's grid
     ours, (fast,) = timed({"ours": lambda x: score_settings(model, x, settings, STD, forward_batch_size=4 * len(x))},
                           [x], device, repeats)["ours"]
     loop, (slow,) = timed({"loop": lambda x: torch.stack([odin_score(model, x, t, e, STD) for t, e in settings])},
@@ -126,13 +126,13 @@ def _time_scoring(images: torch.Tensor, batch_size: int, repeats: int, barrier: 
     model = make_model("cpu")
     dataset = TensorDataset(images, torch.zeros(len(images)))
     warm = images[:batch_size * world()[1]]  # a full batch on every process: the timed shapes are warm
-    score_dataset(model, TensorDataset(warm, torch.zeros(len(warm))), [(T, EPS)], input_std=STD,
+    score_plan(model, TensorDataset(warm, torch.zeros(len(warm))), {"odin": [(T, EPS)]}, input_std=STD,
                   batch_size=batch_size)
     times = []
     for _ in range(repeats):
         barrier()
         start = time.perf_counter()
-        score_dataset(model, dataset, [(T, EPS)], input_std=STD, batch_size=batch_size)
+        score_plan(model, dataset, {"odin": [(T, EPS)]}, input_std=STD, batch_size=batch_size)
         barrier()
         times.append(time.perf_counter() - start)
     return statistics.median(times)

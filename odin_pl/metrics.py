@@ -26,9 +26,11 @@ from odin_pl.errors import UserError
 METRIC_NAMES = ("fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive")
 
 
-def _as_scores(scores: Any, name: str) -> Tensor:
-    """One score per image as a float64 vector: [n], [n, 1] or [1, n]; any other shape is refused (flattening a
-    [2, n] array would pool two settings' scores into one wrong metric)."""
+def as_scores(scores: Any, name: str) -> Tensor:
+    """``scores`` (a tensor, array or sequence of one score per image: [n], [n, 1] or [1, n]) as a float64 vector
+    [n] on the CPU, for the metrics and thresholds; ``name`` names the argument in the UserError that refuses any
+    other shape (flattening a [2, n] array would pool two settings' scores into one wrong metric), an empty set of
+    scores, and NaN or Inf."""
     t = torch.as_tensor(scores).detach().to("cpu", torch.float64)
     if t.dim() > 2 or (t.dim() == 2 and 1 not in t.shape):
         raise UserError(f"{name} has shape {tuple(t.shape)}: give one score per image, shape [n] (or [n, 1] / "
@@ -54,7 +56,7 @@ def threshold_at_tpr(in_scores: Tensor, tpr: float = 0.95) -> float:
 
 def rates_at_tpr(in_scores: Any, out_scores: Any, tpr: float = 0.95) -> tuple[float, float, float]:
     """(TPR, FPR, delta) at delta = threshold_at_tpr(in_scores, tpr)."""
-    s_in, s_out = _as_scores(in_scores, "in_scores"), _as_scores(out_scores, "out_scores")
+    s_in, s_out = as_scores(in_scores, "in_scores"), as_scores(out_scores, "out_scores")
     delta = threshold_at_tpr(s_in, tpr)
     return float((s_in >= delta).double().mean()), float((s_out >= delta).double().mean()), delta
 
@@ -129,7 +131,7 @@ def _tie_groups(scores: Tensor) -> tuple[Tensor, Tensor]:
 
 def ood_metrics(in_scores: Any, out_scores: Any) -> dict[str, float]:
     """All metrics of the paper's Table 2 for one in-distribution / OOD pair (fractions in [0, 1])."""
-    s_in, s_out = _as_scores(in_scores, "in_scores"), _as_scores(out_scores, "out_scores")
+    s_in, s_out = as_scores(in_scores, "in_scores"), as_scores(out_scores, "out_scores")
     return {name: float(values[0]) for name, values in metric_rows(s_in[None], s_out[None]).items()}
 
 

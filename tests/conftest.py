@@ -70,3 +70,12 @@ def quickstart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     finally:
         os.chdir(cwd)
     return str(workdir / ckpt)
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 during a test (pytorch-ood's buffers follow it), restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

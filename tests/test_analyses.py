@@ -24,9 +24,8 @@ from odin_pl.analyses.score_cache import ScoreCache
 from odin_pl.analyses.taylor import convergence_order, expansion_error, proposition1_gap, second_order_score
 from odin_pl.analyses.tuning_size import appendix_h_split, tuning_sizes
 from odin_pl.metrics import ood_metrics
-from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 from odin_pl.methods.msp import max_softmax
-from odin_pl.protocol.tuning import Grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -161,10 +160,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisContext,
     in_set = TensorDataset(normalize(torch.rand(120, 1, 8, 8, generator=g)), torch.randint(0, 10, (120,), generator=g))
     ood = {"dark": TensorDataset(normalize(torch.rand(100, 1, 8, 8, generator=g) * 0.3), -torch.ones(100)),
            "noise": TensorDataset(normalize(torch.rand(90, 1, 8, 8, generator=g) ** 3), -torch.ones(90))}
-    grid = Grid(temperatures=(1.0, 10.0, 1000.0), epsilons=(0.0, 0.002, 0.004))
-    result = run_protocol(model, in_set, ood, input_std=std, grid=grid, n_tune=10, batch_size=64, progress=False)
+    methods = (MethodGrid.of("msp"), MethodGrid.of("odin", {"temperature": (1.0, 10.0, 1000.0),
+                                                            "epsilon": (0.0, 0.002, 0.004)}))
+    result = run_protocol(ProtocolPlan(methods, n_tune=10), in_set, ood, ModelScorer(model, std, batch_size=64))
     context = AnalysisContext(model=model, input_mean=mean, input_std=std, in_dataset=in_set, ood_datasets=ood,
-                              result=result, grid=grid, output_dir=tmp_path_factory.mktemp("analyses"),
+                              result=result, output_dir=tmp_path_factory.mktemp("analyses"),
                               batch_size=64, num_images=50, class_names=[f"c{i}" for i in range(10)])
     return context, run_analyses(parse_analyses("all"), context)
 
@@ -188,7 +188,7 @@ def test_sweeps_are_the_tuning_split_metrics(tiny_run) -> None:
     data = _data(tiny_run, "sweeps")
     assert data["split"] == "tuning" and not data["skipped"] and len(data["lines"]) == 3
     line = data["lines"]["vs_epsilon_at_T=1000"]
-    row = context.grid.settings.index((1000.0, 0.004))
+    row = context.result.plan.method("odin").settings.index((1000.0, 0.004))
     expected = ood_metrics(context.result.tuning_scores["odin"]["in_distribution"][row],
                            context.result.tuning_scores["odin"]["dark"][row])
     assert line["sets"]["dark"]["auroc"][-1] == expected["auroc"]
@@ -199,7 +199,7 @@ def test_sweeps_are_the_tuning_split_metrics(tiny_run) -> None:
 def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     context, _ = tiny_run
     result = context.result
-    odin = {r["ood"]: r for r in result.records if r["method"] == "odin"}
+    odin = {r.ood: r.to_dict() for r in result.records if r.method == "odin"}
     threshold = _data(tiny_run, "threshold")["sets"]["noise"]["odin"]
     assert threshold["fpr_at_95_tpr"] == odin["noise"]["fpr_at_95_tpr"]
     accuracy = _data(tiny_run, "accuracy")
@@ -219,8 +219,8 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
     chosen = {name: {(p["temperature"], p["epsilon"]) for p in v["methods"]["odin"]["params"]}
               for name, v in tuning["sets"].items()}
     known = {name: {(r["temperature"], r["epsilon"])} for name, r in odin.items()}
-    extra = dark["n_tune"] - len(result.splits["dark"]["tune_indices"])
-    assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(context.grid.settings) - 1)
+    extra = dark["n_tune"] - len(result.splits["dark"].tune)
+    assert tuning["newly_scored_pairs"]["dark"] == (extra * (len(result.plan.method("odin").settings) - 1)
                                                     + dark["n_test"] * len(chosen["dark"] - known["dark"]))
     in_known = {s for m, s in result.in_test_scores if m == "odin"}
     in_missing = set.union(*chosen.values()) - in_known
@@ -232,9 +232,9 @@ def test_analysis_numbers_agree_with_the_protocol(tiny_run) -> None:
 
 
 def test_evaluate_runs_all_analyses_and_logs_their_numbers(quickstart_ckpt: str, tmp_path) -> None:
-    evaluate.main(["--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path), "--ood", "gaussian,photos",
-                   "--num_ood_images", "100", "--temperatures", "1,1000", "--epsilons", "0,0.002", "--analyses", "all",
-                   "--analysis_images", "60"])  # the flat spelling of earlier versions
+    evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--ood.sets", "gaussian,photos",
+                   "--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
+                   "--analyses.names", "all", "--analyses.images", "60"])
     files = {p.name for p in (tmp_path / "analyses").iterdir()}
     assert files == {f"{name}.{ext}" for name in ANALYSES for ext in ("json", "png")}
     sweeps = json.loads((tmp_path / "analyses" / "sweeps.json").read_text())
@@ -255,11 +255,11 @@ def test_generic_analyses_run_for_other_methods_and_odin_ones_refuse(tiny_run, t
     """threshold, accuracy, distances and tuning-size for MSP and a tuned Energy; sweeps (ODIN's) refuses."""
     base, _ = tiny_run
     methods = [MethodGrid.of("msp"), MethodGrid.of("energy", {"temperature": (1.0, 10.0, 100.0)})]
-    result = run_protocol(base.model, base.in_dataset, base.ood_datasets, input_std=base.input_std, methods=methods,
-                          n_tune=10, batch_size=64, progress=False)
+    result = run_protocol(ProtocolPlan(methods, n_tune=10), base.in_dataset, base.ood_datasets,
+                          ModelScorer(base.model, base.input_std, batch_size=64))
     context = replace(base, result=result, output_dir=tmp_path)
     outputs = run_analyses(["threshold", "accuracy", "distances", "tuning-size"], context)
-    energy = {r["ood"]: r for r in result.records if r["method"] == "energy"}
+    energy = {r.ood: r.to_dict() for r in result.records if r.method == "energy"}
     threshold = outputs["threshold"].numbers["sets"]["dark"]
     assert list(threshold) == ["energy"] and threshold["energy"]["fpr_at_95_tpr"] == energy["dark"]["fpr_at_95_tpr"]
     curves = {"baseline (MSP)", *(f"energy T={r['temperature']:g}" for r in energy.values())}

@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import evaluate
-from odin_pl.protocol.bootstrap import bootstrap_seed, percentile_interval, record_intervals, resample_indices, \
-    resampled_metrics
+from odin_pl.protocol.bootstrap import bootstrap_seed, percentile_interval, resample_indices, resampled_metrics, \
+    with_intervals
 from odin_pl.metrics import METRIC_NAMES
-from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 
 ATOL = 1e-9
 
@@ -64,22 +64,22 @@ def test_record_intervals_are_paired_percentiles_of_the_protocol_scores() -> Non
     ood = {"far": TensorDataset(3 * torch.randn(50, 3, 2, 2, generator=g, dtype=torch.float64), -torch.ones(50))}
     methods = [MethodGrid.of("msp"), MethodGrid.of("odin", {"temperature": (1, 100), "epsilon": (0, 0.01)}),
                MethodGrid.of("energy", {"temperature": (1, 10)})]
-    result = run_protocol(model, in_set, ood, input_std=(0.5, 0.5, 0.5), methods=methods, n_tune=20, seed=4,
-                          batch_size=16, progress=False)
-    intervals = record_intervals(result, 30, seed=4)
+    result = run_protocol(ProtocolPlan(methods, n_tune=20, seed=4), in_set, ood,
+                          ModelScorer(model, input_std=(0.5, 0.5, 0.5), batch_size=16))
+    records = with_intervals(result, 30)
+    assert [r.key for r in records] == [r.key for r in result.records]
     s_in_all, s_out_all = result.in_test_scores, result.ood_test_scores["far"]
     in_idx, out_idx = resample_indices(len(s_in_all["msp", ()]), len(s_out_all["msp", ()]), 30,
                                        bootstrap_seed(4, "far"))
     baseline = _loop(s_in_all["msp", ()], s_out_all["msp", ()], in_idx, out_idx)
-    for record, fields in zip(result.records, intervals):
-        key = (record["method"], (record["temperature"], record["epsilon"]) if record["method"] == "odin" else
-               (record["temperature"],) if record["method"] == "energy" else ())
+    for record in records:
+        fields, key = record.intervals, record.key
         values = _loop(s_in_all[key], s_out_all[key], in_idx, out_idx)
         for name in METRIC_NAMES:
             low, high = np.percentile(values[name], [2.5, 97.5])
             assert fields[f"{name}_ci_low"] == pytest.approx(low, abs=ATOL)
             assert fields[f"{name}_ci_high"] == pytest.approx(high, abs=ATOL)
-            if record["method"] == "msp":
+            if record.method == "msp":
                 assert f"{name}_diff_ci_low" not in fields
             else:
                 low, high = np.percentile(values[name] - baseline[name], [2.5, 97.5])

@@ -179,22 +179,22 @@ def test_evaluate_writes_detectors_that_reproduce_the_results_in_a_fresh_process
     result = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path), "--ood.sets",
                             "gaussian,uniform", "--ood.num_images", "100", "--tuning.temperatures", "1,1000",
                             "--tuning.epsilons", "0,0.002", "--output.logger", "false"]).result
-    assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["gaussian.json", "msp.json",
-                                                                          "uniform.json"]
+    assert sorted(p.name for p in (tmp_path / "detectors").iterdir()) == ["fixed.msp.json", "gaussian.odin.json",
+                                                                          "uniform.odin.json"]
     model = load_model(read_checkpoint(quickstart_ckpt))
     for name in ("gaussian", "uniform"):
-        detector = ODINDetector.load(tmp_path / "detectors" / f"{name}.json", model)
-        record = next(r for r in result.records if r["ood"] == name and r["method"] == "odin")
-        setting = (record["temperature"], record["epsilon"])
+        detector = ODINDetector.load(tmp_path / "detectors" / f"{name}.odin.json", model)
+        record = next(r for r in result.records if r.ood == name and r.method == "odin")
+        setting = record.setting
         assert (detector.temperature, detector.epsilon) == setting and detector.tuned_on["ood_set"] == name
         assert detector.tuned_on["threshold_split"] == "in_distribution/test"
         # The threshold is the test split's 95%-TPR threshold, so the flags reproduce the reported FPR.
         s_in = saved_scores(tmp_path / "scores" / "in_distribution__test.pt", "odin", setting)
         s_out = saved_scores(tmp_path / "scores" / f"{name}__test.pt", "odin", setting)
         assert detector.threshold == threshold_at_tpr(s_in.double(), 0.95)
-        assert float((s_out >= detector.threshold).double().mean()) == record["fpr_at_95_tpr"]
+        assert float((s_out >= detector.threshold).double().mean()) == record.metrics["fpr_at_95_tpr"]
     # A fresh process gives the same scores and flags on the same images.
-    path = tmp_path / "detectors" / "gaussian.json"
+    path = tmp_path / "detectors" / "gaussian.odin.json"
     fresh = subprocess.run([sys.executable, "-c", _RELOAD, quickstart_ckpt, str(path)], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr

@@ -1,4 +1,4 @@
-"""evaluate.py: subcommands, config files, the flat spelling of earlier versions, modes, errors and processes.
+"""evaluate.py: subcommands, config files, short spellings, modes, errors and processes.
 
 The outputs' numbers are guarded by test_golden.py; these tests check what each form of the command does.
 """
@@ -27,10 +27,16 @@ from odin_pl.fingerprint import tensors_sha256
 from odin_pl.methods import score_batch
 from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.evaluation.logs import run_metrics
+from odin_pl.evaluation.options import TuningOptions
 
 EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
          "--bootstrap.resamples", "20", "--output.logger", "false"]
+
+
+def _rows(result) -> list[dict]:
+    """A protocol result's records as the result files write them."""
+    return [record.to_dict() for record in result.records]
 
 
 def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str, tmp_path) -> None:
@@ -47,7 +53,7 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
     assert data["splits"]["in_distribution"]["n_tune"] == 299 and any("half" in n for n in data["notes"])
     tune = set(data["splits"]["gaussian"]["tune_indices"])
     assert len(tune) == 60 and data["splits"]["gaussian"]["n_test"] == 60
-    for record in result.records:
+    for record in _rows(result):
         assert record["n_in"] == 300 and record["n_out"] == 60
         assert all(0 <= record[k] <= 1 for k in ("fpr_at_95_tpr", "auroc", "aupr_in", "aupr_out"))
         if record["method"] == "msp":
@@ -55,7 +61,7 @@ def test_evaluate_paper_protocol_writes_consistent_results(quickstart_ckpt: str,
         else:
             assert record["temperature"] in (1.0, 1000.0) and record["epsilon"] in (0.0, 0.002)
     # Metrics recomputed from the saved per-image scores agree with the records.
-    odin = next(r for r in result.records if r["ood"] == "uniform" and r["method"] == "odin")
+    odin = next(r for r in _rows(result) if r["ood"] == "uniform" and r["method"] == "odin")
     setting = (odin["temperature"], odin["epsilon"])
     s_in = saved_scores(tmp_path / "scores" / "in_distribution__test.pt", "odin", setting)
     s_out = saved_scores(tmp_path / "scores" / "uniform__test.pt", "odin", setting)
@@ -66,14 +72,14 @@ def test_evaluate_fixed_and_transfer_modes(quickstart_ckpt: str, tmp_path) -> No
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,uniform", *SMALL]
     fixed = evaluate.main([*common, "--output.dir", str(tmp_path / "f"), "--tuning.mode", "fixed",
                            "--tuning.temperature", "10", "--tuning.epsilon", "0.001"]).result
-    assert all(r["temperature"] == 10 and r["epsilon"] == 0.001 for r in fixed.records if r["method"] == "odin")
+    assert all(r["temperature"] == 10 and r["epsilon"] == 0.001 for r in _rows(fixed) if r["method"] == "odin")
     transfer = evaluate.main([*common, "--output.dir", str(tmp_path / "t"), "--tuning.mode", "transfer",
                               "--tuning.tune_on", "noise", "--tuning.temperatures", "1,100",
                               "--tuning.epsilons", "0,0.001"]).result
-    chosen = {(r["temperature"], r["epsilon"]) for r in transfer.records if r["method"] == "odin"}
+    chosen = {(r["temperature"], r["epsilon"]) for r in _rows(transfer) if r["method"] == "odin"}
     assert len(chosen) == 1 and set(transfer.selections["odin"]) == {"noise"}
     # MSP is reported on identical test splits whatever the mode.
-    msp = lambda res: {r["ood"]: r["auroc"] for r in res.records if r["method"] == "msp"}  # noqa: E731
+    msp = lambda res: {r["ood"]: r["auroc"] for r in _rows(res) if r["method"] == "msp"}  # noqa: E731
     assert msp(fixed) == msp(transfer)
 
 
@@ -82,20 +88,20 @@ def test_evaluate_cross_mode_reports_every_tuning_on_every_set(quickstart_ckpt: 
     cross_run = evaluate.main([*common, "--output.dir", str(tmp_path / "c"), "--tuning.mode", "cross"])
     cross = cross_run.result
     paper = evaluate.main([*common, "--output.dir", str(tmp_path / "p")]).result
-    odin = {(r["ood"], r["tuned_on"]): r for r in cross.records if r["method"] == "odin"}
+    odin = {(r["ood"], r["tuned_on"]): r for r in _rows(cross) if r["method"] == "odin"}
     assert len(odin) == 9
-    for record in paper.records:  # the diagonal is the paper protocol's result
+    for record in _rows(paper):  # the diagonal is the paper protocol's result
         key = (record["ood"], record["tuned_on"] if record["method"] == "odin" else None)
         match = odin[key] if record["method"] == "odin" else next(
-            r for r in cross.records if r["ood"] == record["ood"] and r["method"] == "msp")
+            r for r in _rows(cross) if r["ood"] == record["ood"] and r["method"] == "msp")
         assert {k: match[k] for k in record} == record
     for (_, tuned_on), record in odin.items():  # off the diagonal: the tuning set's parameters
         chosen = cross.selections["odin"][tuned_on]
-        assert (record["temperature"], record["epsilon"]) == (chosen.temperature, chosen.epsilon)
+        assert (record["temperature"], record["epsilon"]) == chosen.setting
     assert "test set \\ tuned on" in (tmp_path / "c" / "table.md").read_text()
     # Logged metrics: one key per set, method and metric, from the set's own tuning (not the last one reported).
     logged = run_metrics(cross_run, {})
-    main = [r for r in cross.records if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
+    main = [r for r in _rows(cross) if r["method"] == "msp" or r["tuned_on"] == r["ood"]]
     assert len(main) == 6 and logged == {f"eval/ood/{r['ood']}/{r['method']}/{k}": r[k] for r in main
                                          for k in r if k in METRIC_NAMES or "_ci_" in k}
     assert "eval/ood/photos/odin/auroc_diff_ci_low" in logged
@@ -110,11 +116,11 @@ def test_evaluate_on_a_folder_of_images_names_the_set_after_it(quickstart_ckpt: 
     for i in range(12):
         pixels = (torch.rand(20, 30, 3, generator=g) * 255).byte().numpy()
         Image.fromarray(pixels).convert("RGBA" if i % 3 else "L").save(folder / f"{i}.png")
-    result = evaluate.main(["--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path / "out"), "--ood",
-                            str(tmp_path / "my_images"), "--temperature", "1000", "--epsilon", "0.001", "--logger",
-                            "false"]).result
-    assert {r["ood"] for r in result.records} == {"my_images"}
-    assert result.records[0]["n_out"] == 6
+    result = evaluate.main(["--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path / "out"), "--ood.sets",
+                            str(tmp_path / "my_images"), "--tuning.mode", "fixed", "--tuning.temperature", "1000",
+                            "--tuning.epsilon", "0.001", "--output.logger", "false"]).result
+    assert {r["ood"] for r in _rows(result)} == {"my_images"}
+    assert _rows(result)[0]["n_out"] == 6
 
 
 def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
@@ -127,15 +133,16 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         evaluate.main(["--ckpt", str(garbage), *out])
     with pytest.raises(ValueError, match="unknown OOD set 'nope'"):
-        evaluate.main(["--ckpt", quickstart_ckpt, "--ood", "nope", *out])
+        evaluate.main(["--ckpt", quickstart_ckpt, "--ood.sets", "nope", *out])
     with pytest.raises(ValueError, match="'fixed' needs both --tuning.temperature and --tuning.epsilon"):
-        evaluate.main(["--ckpt", quickstart_ckpt, "--temperature", "10", *out])
+        evaluate.main(["--ckpt", quickstart_ckpt, "--tuning.mode", "fixed", "--tuning.temperature", "10", *out])
     with pytest.raises(ValueError, match="parameters of mode 'fixed'"):
         evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.epsilon", "0.001", *out])
     with pytest.raises(ValueError, match="--tuning.tune_on SET goes with --tuning.mode transfer"):
         evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.mode", "transfer", *out])
     with pytest.raises(ValueError, match="tune_on='nope' is not one of the evaluated sets"):
-        evaluate.main(["--ckpt", quickstart_ckpt, "--tune_on", "nope", "--ood", "uniform", *out])
+        evaluate.main(["--ckpt", quickstart_ckpt, "--tuning.mode", "transfer", "--tuning.tune_on", "nope",
+                       "--ood.sets", "uniform", *out])
     checkpoint = torch.load(quickstart_ckpt, weights_only=True)
     checkpoint["hyper_parameters"]["num_classes"] = 7  # the weights have a 10-way head
     mismatched = tmp_path / "mismatch.ckpt"
@@ -146,7 +153,7 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
     with pytest.raises(ValueError, match="--seed must be >= 0, got -3"):
         evaluate.main(["--ckpt", quickstart_ckpt, "--seed", "-3", *out])
     with pytest.raises(ValueError, match="--tuning.epsilons is empty"):
-        evaluate.main(["--ckpt", quickstart_ckpt, "--epsilons", "", *out])
+        evaluate.main(["--ckpt", quickstart_ckpt, "--tuning.epsilons", "", *out])
     state_dict = tmp_path / "weights.pt"
     torch.save(torch.load(quickstart_ckpt, weights_only=True)["state_dict"], state_dict)
     with pytest.raises(ValueError, match="for a plain state_dict give --model NAME --weights FILE --data"):
@@ -169,9 +176,10 @@ def test_evaluate_errors_are_clear(quickstart_ckpt: str, tmp_path) -> None:
 
 
 def test_evaluate_cli_runs_and_reports_errors(quickstart_ckpt: str, tmp_path) -> None:
-    ok = subprocess.run([sys.executable, "evaluate.py", "--ckpt", quickstart_ckpt, "--output_dir", str(tmp_path),
-                         "--ood", "uniform", "--num_ood_images", "50", "--temperature", "1000", "--epsilon",
-                         "0.0014", "--logger", "false"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([sys.executable, "evaluate.py", "--ckpt", quickstart_ckpt, "--output.dir", str(tmp_path),
+                         "--ood.sets", "uniform", "--ood.num_images", "50", "--tuning.mode", "fixed",
+                         "--tuning.temperature", "1000", "--tuning.epsilon", "0.0014", "--output.logger", "false"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "| uniform |" in ok.stdout and (tmp_path / "results.json").exists()
     bad = subprocess.run([sys.executable, "evaluate.py", "--ckpt", str(tmp_path / "nope.ckpt")], cwd=REPO,
@@ -313,31 +321,53 @@ def test_print_config_shows_the_resolved_groups(quickstart_ckpt: str, capsys) ->
     assert set(printed) >= {"ckpt", "data", "ood", "tuning", "runtime", "output", "analyses"}
 
 
-@pytest.mark.parametrize(("old", "new"), [
+@pytest.mark.parametrize(("short", "full"), [
     (["--ckpt", "c"], ["protocol", "--ckpt", "c"]),
-    (["--ckpt", "c", "--tune_on", "all"], ["protocol", "--ckpt", "c", "--tuning.mode", "cross"]),
-    (["--ckpt", "c", "--tune_on=gaussian"], ["protocol", "--ckpt", "c", "--tuning.mode", "transfer",
-                                             "--tuning.tune_on", "gaussian"]),
-    (["--ckpt", "c", "--temperature", "10", "--epsilon", "0.1"],
-     ["protocol", "--ckpt", "c", "--tuning.mode", "fixed", "--tuning.temperature", "10", "--tuning.epsilon", "0.1"]),
-    (["--ckpt", "c", "--float64", "true", "--devices", "2"],
-     ["protocol", "--ckpt", "c", "--runtime.precision", "64-true", "--runtime.devices", "2"]),
-    (["--ckpt", "c", "--device", "cpu", "--num_nodes=2", "--strategy", "ddp"],
+    (["--ckpt", "c", "--devices", "2", "--methods=msp,energy"],
+     ["protocol", "--ckpt", "c", "--runtime.devices", "2", "--tuning.methods=msp,energy"]),
+    (["--ckpt", "c", "--accelerator", "cpu", "--num_nodes=2", "--strategy", "ddp"],
      ["protocol", "--ckpt", "c", "--runtime.accelerator", "cpu", "--runtime.num_nodes=2", "--runtime.strategy",
       "ddp"]),
-    (["analyses", "run", "--device", "cpu"], ["analyses", "run", "--accelerator", "cpu"]),
     (["--model", "m", "--dataset", "cifar10"], ["protocol", "--model", "m", "--data",
                                                 "datamodules.cifar.CIFAR10DataModule"]),
-    (["--ckpt", "c", "--predict", "f", "--detector", "d", "--num_ood_images", "5"],
-     ["predict", "--ckpt", "c", "--images", "f", "--detector", "d", "--num_images", "5"]),
+    (["predict", "--dataset=digits", "--devices", "2"],
+     ["predict", "--data", "datamodules.digits.DigitsDataModule", "--runtime.devices", "2"]),
     (["protocol", "--ood.sets", "a,b", "--seed", "3"], ["protocol", "--ood.sets", "a,b", "--seed", "3"]),
+    (["analyses", "run", "--devices", "2"], ["analyses", "run", "--devices", "2"]),  # no shorthand there
 ])
-def test_flat_options_of_earlier_versions_get_their_new_spelling(old: list[str], new: list[str]) -> None:
-    modern, notes = evaluate.modernize(old)
-    assert modern == new
-    # one note per rewritten flag of an earlier version; Lightning's names (--devices) need none
-    assert len(notes) == sum(a.startswith("--") and a.split("=")[0] not in new
-                             and a.split("=")[0] not in evaluate.SHORTHANDS["protocol"] for a in old)
+def test_short_spellings_expand_to_the_full_options(short: list[str], full: list[str]) -> None:
+    assert evaluate.expand_shorthands(short) == full
+
+
+@pytest.mark.parametrize("old", [["--tune_on", "all"], ["--float64", "true"], ["--output_dir", "x"],
+                                 ["--temperature", "10"], ["--runtime.device", "cpu"]])
+def test_flat_options_of_earlier_versions_are_refused(quickstart_ckpt: str, old: list[str]) -> None:
+    with pytest.raises((SystemExit, UserError)):  # an unrecognized argument
+        evaluate.main(["--ckpt", quickstart_ckpt, *old])
+
+
+def test_odin_shorthands_become_the_paper_methods_grid_and_parameters() -> None:
+    options = TuningOptions(temperatures="1,10", epsilons=[0, 0.002])
+    assert options.grids == {"odin": {"temperature": [1.0, 10.0], "epsilon": [0.0, 0.002]}} and options.params == []
+    assert (options.temperatures, options.epsilons, options.temperature, options.epsilon) == (None,) * 4
+    plan = options.plan(seed=3)
+    assert plan.method("odin").settings == ((1.0, 0.0), (1.0, 0.002), (10.0, 0.0), (10.0, 0.002))
+    assert plan.methods is options.method_grids and plan.seed == 3  # the grids are made once
+    fixed = TuningOptions(mode="fixed", temperature=1000, epsilon=0.0014)
+    assert fixed.fixed_params == {"odin": {"temperature": 1000.0, "epsilon": 0.0014}} and fixed.grids == {}
+    assert fixed.plan(0).method("odin").fixed == (1000.0, 0.0014)
+    # The same grid given both ways, or a parameter given twice, is refused.
+    with pytest.raises(UserError, match="give odin's grid once"):
+        TuningOptions(temperatures="1,10", grids={"odin": {"epsilon": [0.0]}})
+    with pytest.raises(UserError, match="odin.temperature is given twice"):
+        TuningOptions(mode="fixed", temperature=10, epsilon=0.0, params="odin.temperature=5")
+    # A run without the paper's method ignores its shorthands, as before.
+    assert TuningOptions(methods="msp,energy", temperatures="1,10").grids == {}
+
+
+def test_an_unknown_dataset_name_is_refused() -> None:
+    with pytest.raises(UserError, match="unknown in-distribution data set 'svhn'; use one of cifar10"):
+        evaluate.expand_shorthands(["--model", "m", "--dataset", "svhn"])
 
 
 def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protocol(quickstart_ckpt: str,
@@ -356,13 +386,6 @@ def test_analyses_subcommand_on_a_finished_run_equals_analyses_during_the_protoc
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "later" / "scores").iterdir()} == scores  # no rescoring
     with pytest.raises(FileNotFoundError, match="config.yaml does not exist"):
         evaluate.main(["analyses", str(tmp_path / "nothing_here"), "--analyses.names", "sweeps"])
-    # A config.yaml of the version before the Fabric runtime (runtime.device, no num_nodes/strategy) still reads.
-    config = tmp_path / "later" / "config.yaml"
-    saved = yaml.safe_load(config.read_text())
-    saved["runtime"] = {"device": saved["runtime"]["accelerator"], "devices": 1, "precision": "32-true",
-                        "batch_size": 256, "num_workers": 0}
-    config.write_text(yaml.safe_dump(saved))
-    assert list(evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])) == ["sweeps"]
     (tmp_path / "later" / "scores" / "photos__test.pt").unlink()
     with pytest.raises(ValueError, match="photos__test.pt: it is missing; run the protocol"):
         evaluate.main(["analyses", str(tmp_path / "later"), "--analyses.names", "sweeps"])
@@ -378,9 +401,9 @@ def test_protocol_with_every_logit_method(quickstart_ckpt: str, tmp_path) -> Non
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian,photos", *SMALL]
     default = evaluate.main([*common, "--output.dir", str(tmp_path / "default")])
     run = evaluate.main([*common, *LOGIT_METHODS, "--output.dir", str(tmp_path / "all")])
-    by_method = {m: [r for r in run.result.records if r["method"] == m] for m in ("msp", "odin", "energy")}
-    assert [r for r in run.result.records if r["method"] in ("msp", "odin")] == default.result.records
-    assert sorted(r["method"] for r in run.result.records if r["ood"] == "gaussian") == sorted(
+    by_method = {m: [r for r in _rows(run.result) if r["method"] == m] for m in ("msp", "odin", "energy")}
+    assert [r for r in _rows(run.result) if r["method"] in ("msp", "odin")] == _rows(default.result)
+    assert sorted(r["method"] for r in _rows(run.result) if r["ood"] == "gaussian") == sorted(
         ["msp", "odin", "energy", "maxlogit", "entropy"])
     for record in by_method["energy"]:
         selection = run.result.selections["energy"][record["ood"]]
@@ -396,8 +419,8 @@ def test_protocol_with_every_logit_method(quickstart_ckpt: str, tmp_path) -> Non
     assert results["methods"] == ["msp", "odin", "energy", "maxlogit", "entropy"]
     assert set(results["selections"]) == {"odin", "energy"} and results["grids"]["energy"] == [[1.0], [10.0]]
     assert sorted(p.name for p in (tmp_path / "all" / "detectors").iterdir()) == [
-        "entropy.json", "gaussian.energy.json", "gaussian.json", "maxlogit.json", "msp.json", "photos.energy.json",
-        "photos.json"]
+        "fixed.entropy.json", "fixed.maxlogit.json", "fixed.msp.json", "gaussian.energy.json", "gaussian.odin.json",
+        "photos.energy.json", "photos.odin.json"]
     rows = evaluate.main(["predict", "--ckpt", quickstart_ckpt, "--images", "gaussian", "--num_images", "20",
                           "--detector", str(tmp_path / "all" / "detectors" / "gaussian.energy.json"),
                           "--output_dir", str(tmp_path / "predict")]).read_text().splitlines()
@@ -408,10 +431,10 @@ def test_method_parameters_on_the_command_line(quickstart_ckpt: str, tmp_path) -
     common = ["protocol", "--ckpt", quickstart_ckpt, "--ood.sets", "gaussian", *SMALL, "--methods", "msp,energy"]
     fixed_by_params = evaluate.main([*common, "--params", "energy.temperature=10", "--output.dir",
                                      str(tmp_path / "a")]).result
-    energy = [r for r in fixed_by_params.records if r["method"] == "energy"]
+    energy = [r for r in _rows(fixed_by_params) if r["method"] == "energy"]
     assert [(r["temperature"], r["tuned_on"]) for r in energy] == [(10.0, None)] and not fixed_by_params.selections
     fixed_mode = evaluate.main([*common, "--tuning.mode", "fixed", "--output.dir", str(tmp_path / "b")]).result
-    assert [r["temperature"] for r in fixed_mode.records if r["method"] == "energy"] == [1.0]  # the paper's T
+    assert [r["temperature"] for r in _rows(fixed_mode) if r["method"] == "energy"] == [1.0]  # the paper's T
     with pytest.raises(ValueError, match="unknown or no method \\(nope\\)"):
         evaluate.main([*common[:-1], "msp,nope", "--output.dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="'odin' is not among --tuning.methods"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from odin_pl.report import tables as report
 from odin_pl.errors import OutputError, UserError
 from odin_pl.files import atomic_write
+from odin_pl.protocol.records import Record
 
 
 def _disk_full(*args, **kwargs):
@@ -50,12 +52,12 @@ def test_other_errors_pass_through_and_leave_nothing(tmp_path: Path) -> None:
 def test_results_survive_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """write_results over an earlier run's files: a disk that fills while results.csv is written leaves
     results.json complete (new), results.csv and table.md as they were, and no hidden temporary file."""
-    records = [{"ood": "gaussian", "method": "msp", "auroc": 0.9}]
+    records = [Record("gaussian", "msp", (), {}, {"auroc": 0.9}, n_in=10, n_out=10)]
     report.write_results(tmp_path, records, {"seed": 0}, "old table")
     before = (tmp_path / "results.csv").read_text()
     monkeypatch.setattr(report.csv, "DictWriter", _disk_full)
     with pytest.raises(OutputError, match="results.csv: the disk is full"):
-        report.write_results(tmp_path, [{**records[0], "auroc": 0.5}], {"seed": 0}, "new table")
+        report.write_results(tmp_path, [replace(records[0], metrics={"auroc": 0.5})], {"seed": 0}, "new table")
     assert json.loads((tmp_path / "results.json").read_text())["records"][0]["auroc"] == 0.5
     assert (tmp_path / "results.csv").read_text() == before and (tmp_path / "table.md").read_text() == "old table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json", "table.md"]

@@ -24,7 +24,7 @@ from odin_pl.training.checkpoint import load_model, read_checkpoint
 from odin_pl.fingerprint import dataset_sha256, file_sha256
 from odin_pl.protocol.fits import fit_data, load_fit, prepare_fits, save_fit, training_set
 from odin_pl.methods import create_method
-from odin_pl.protocol.run import MethodGrid
+from odin_pl.protocol.plan import MethodGrid
 from odin_pl.protocol.tuning import split_indices
 
 FITTED = ("mahalanobis", "react", "knn")

@@ -176,7 +176,7 @@ def test_evaluate_a_plain_state_dict_equals_the_checkpoint(quickstart_ckpt: str,
     assert foreign.result.records == reference.result.records
     saved = json.loads((tmp_path / "foreign" / "results.json").read_text())
     assert saved["checkpoint"] == str(tmp_path / "mlp.pth")
-    assert (tmp_path / "foreign" / "detectors" / "fixed.json").exists()
+    assert (tmp_path / "foreign" / "detectors" / "fixed.odin.json").exists()
     # A whole pickled model needs --trust_pickle.
     whole = tmp_path / "whole.pth"
     torch.save(load_model(read_checkpoint(quickstart_ckpt)).net, whole)

@@ -37,10 +37,6 @@ RUNS = {
 }
 COMMON = ["--ood.sets", "gaussian,uniform,photos", "--ood.num_images", "300", "--tuning.temperatures", "1,10,1000",
           "--tuning.epsilons", "0,0.004,0.05", "--runtime.precision", "64-true", "--output.logger", "false"]
-# The same runs in the flat spelling of earlier versions, which must keep working.
-LEGACY_RUNS = {"paper": [], "cross": ["--tune_on", "all"]}
-LEGACY_COMMON = ["--ood", "gaussian,uniform,photos", "--num_ood_images", "300", "--temperatures", "1,10,1000",
-                 "--epsilons", "0,0.004,0.05", "--float64", "true", "--logger", "false"]
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +82,12 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-@pytest.mark.parametrize("spelling", ["subcommand", "legacy"])
 @pytest.mark.parametrize("run", list(RUNS))
-def test_evaluation_outputs_equal_the_golden_files(seeded_checkpoint: str, run: str, spelling: str,
-                                                   tmp_path: Path) -> None:
+def test_evaluation_outputs_equal_the_golden_files(seeded_checkpoint: str, run: str, tmp_path: Path) -> None:
     out = tmp_path / run
-    if spelling == "subcommand":
-        evaluate.main(["protocol", "--ckpt", seeded_checkpoint, "--output.dir", str(out), *COMMON, *RUNS[run]])
-    else:
-        evaluate.main(["--ckpt", seeded_checkpoint, "--output_dir", str(out), *LEGACY_COMMON, *LEGACY_RUNS[run]])
+    evaluate.main(["protocol", "--ckpt", seeded_checkpoint, "--output.dir", str(out), *COMMON, *RUNS[run]])
     golden = GOLDEN / run
-    if UPDATE and spelling == "subcommand":
+    if UPDATE:
         golden.mkdir(parents=True, exist_ok=True)
         for name in ("table.md", "results.json", "results.csv"):
             shutil.copy(out / name, golden / name)

@@ -12,7 +12,7 @@ from datamodules import DigitsDataModule
 from odin_pl import odin_score
 from odin_pl.training.module import ImageClassifier
 from odin_pl.methods.odin import score_settings
-from odin_pl.protocol.tuning import Grid
+from odin_pl.methods import create_method
 
 
 @requires_gpu
@@ -21,8 +21,9 @@ def test_odin_on_gpu_matches_cpu_float64() -> None:
     model = timm.create_model("densenet_bc_100", num_classes=10).double().eval()
     x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
     std = (0.247, 0.243, 0.261)
-    cpu = score_settings(model, x, Grid().settings, std)
-    gpu = score_settings(model.cuda(), x.cuda(), Grid().settings, std, forward_batch_size=64).cpu()
+    paper_grid = create_method("odin").grid()
+    cpu = score_settings(model, x, paper_grid, std)
+    gpu = score_settings(model.cuda(), x.cuda(), paper_grid, std, forward_batch_size=64).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-9)
     with torch.inference_mode():
         torch.testing.assert_close(odin_score(model, x.cuda(), 1000.0, 0.0014, std).cpu(), cpu[-14], rtol=0, atol=1e-9)

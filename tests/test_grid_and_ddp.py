@@ -17,8 +17,7 @@ from callbacks import ODINEvalCallback
 from odin_pl import odin_score
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.metrics import ood_metrics, rates_at_tpr
-from odin_pl.protocol.run import run_protocol
-from odin_pl.protocol.tuning import Grid
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 
 
 def _small_cnn() -> nn.Module:
@@ -50,18 +49,17 @@ def test_grid_search_equals_straightforward_loop_in_float64() -> None:
     g = torch.Generator().manual_seed(1)
     x_in = torch.randn(44, 3, 8, 8, generator=g, dtype=torch.float64)
     x_out = 1.5 * torch.randn(38, 3, 8, 8, generator=g, dtype=torch.float64) + 0.3
-    grid = Grid(temperatures=(1, 2, 10, 1000), epsilons=(0.0, 0.001, 0.002, 0.004, 0.02))
-    result = run_protocol(model, TensorDataset(x_in, torch.zeros(44)), {"ood": TensorDataset(x_out, -torch.ones(38))},
-                          input_std=std, grid=grid, batch_size=7, progress=False)
+    grid = MethodGrid.of("odin", {"temperature": (1, 2, 10, 1000), "epsilon": (0.0, 0.001, 0.002, 0.004, 0.02)})
+    result = run_protocol(ProtocolPlan((MethodGrid.of("msp"), grid)), TensorDataset(x_in, torch.zeros(44)),
+                          {"ood": TensorDataset(x_out, -torch.ones(38))}, ModelScorer(model, std, batch_size=7))
     splits = result.splits
-    tune_in = torch.tensor(splits["in_distribution"]["tune_indices"])
-    tune_out = torch.tensor(splits["ood"]["tune_indices"])
+    tune_in, tune_out = splits["in_distribution"].tune, splits["ood"].tune
     test_in = torch.tensor(sorted(set(range(44)) - set(tune_in.tolist())))
     test_out = torch.tensor(sorted(set(range(38)) - set(tune_out.tolist())))
     chosen, metrics = _loop_protocol(model, x_in, x_out, tune_in, test_in, tune_out, test_out, grid, std)
-    odin = next(r for r in result.records if r["method"] == "odin")
-    assert (odin["temperature"], odin["epsilon"]) == chosen
-    assert {k: odin[k] for k in metrics} == metrics
+    odin = next(r for r in result.records if r.method == "odin")
+    assert odin.setting == chosen
+    assert {k: odin.metrics[k] for k in metrics} == metrics
     # A non-trivial case: perturbation and temperature matter here.
     assert chosen != (1.0, 0.0)
 
@@ -94,7 +92,6 @@ def _ddp_process(rank: int, port: int, ckpt: str, out: str) -> None:
         torch.save({"metrics": metrics, "warnings": [str(w.message) for w in caught]}, Path(out, "result.pt"))
 
 
-@pytest.mark.slow
 def test_two_ddp_processes_log_what_one_process_logs(quickstart_ckpt: str, tmp_path) -> None:
     """val/*, test/* and the callback's ood/* of 2 DDP processes equal 1 process's (599 test images: the shards
     are uneven, and Lightning's sampler would pad them); no warning about sync_dist."""

@@ -27,7 +27,8 @@ from odin_pl.methods import Batch, Layers, Needs, create_method, score_batch
 from odin_pl.methods import registry as method_registry
 from odin_pl.methods.batch import stochastic_seed
 from odin_pl.protocol.fits import heldout_set, load_fit, prepare_fits
-from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
+from odin_pl.protocol.run import IN_DISTRIBUTION
 
 STD = (0.5, 0.25, 2.0)
 
@@ -192,12 +193,11 @@ def _sets() -> tuple[TensorDataset, dict[str, TensorDataset]]:
 def _check_protocol(model: nn.Module, name: str, reference, fits=None) -> None:
     """run_protocol's test scores of the method (in-distribution and OOD) equal reference(images)."""
     in_set, ood = _sets()
-    result = run_protocol(model, in_set, ood, input_std=STD, methods=[MethodGrid.of(name)], batch_size=16,
-                          progress=False, fits=fits)
+    result = run_protocol(ProtocolPlan((MethodGrid.of(name),)), in_set, ood,
+                          ModelScorer(model, STD, batch_size=16, fits=fits))
     s_in, s_out = result.test_scores["ood"][name]
-    for dataset, split, scores in ((in_set, "in_distribution", s_in), (ood["ood"], "ood", s_out)):
-        test = sorted(set(range(len(dataset))) - set(result.splits[split]["tune_indices"]))
-        expected = reference(dataset.tensors[0][torch.as_tensor(test)])
+    for dataset, split, scores in ((in_set, IN_DISTRIBUTION, s_in), (ood["ood"], "ood", s_out)):
+        expected = reference(dataset.tensors[0][result.splits[split].test])
         np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
 
 

@@ -24,7 +24,7 @@ from odin_pl.methods.features import Fits
 from odin_pl.protocol.fits import save_fit
 from odin_pl.methods import Method, create_method, list_methods, register_method, score_batch
 from odin_pl.methods import registry as method_registry
-from odin_pl.protocol.run import MethodGrid, run_protocol
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 from odin_pl.methods.batch import Batch
 from odin_pl.methods.msp import max_softmax
 from odin_pl.methods.odin import score_settings
@@ -232,18 +232,16 @@ def _check_protocol_and_detector_round_trip(name: str, tmp_path) -> None:
     if method.needs_fit:
         fits = make_fits(model, images(60, 4), labels(60), {name: grid.settings})
         saved = save_fit(tmp_path / "fits" / f"{name}.pt", name, grid.settings, {}, fits.of(name))
-    result = run_protocol(model, in_set, ood, input_std=STD, methods=[grid], batch_size=16, progress=False,
-                          fits=fits)
-    (record,) = [r for r in result.records if r["method"] == name]
+    result = run_protocol(ProtocolPlan((grid,)), in_set, ood, ModelScorer(model, STD, batch_size=16, fits=fits))
+    (record,) = [r for r in result.records if r.method == name]
     setting = result.selections[name]["ood"].setting if grid.tuned else grid.settings[0]
     s_in, s_out = result.test_scores["ood"][name]
     detector = Detector.fit(model, name, setting, _spec(), s_in, fit=saved)
     loaded = Detector.load(detector.save(tmp_path / "detectors" / f"{name}.json"), model)
     assert loaded.method.name == name and loaded.setting == setting and loaded.threshold == detector.threshold
-    ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[torch.as_tensor(
-        sorted(set(range(30)) - set(result.splits["ood"]["tune_indices"])))]
+    ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[result.splits["ood"].test]
     torch.testing.assert_close(loaded.score(ood_images), s_out, rtol=0, atol=1e-12)
-    assert loaded.predict(ood_images)[0].logical_not().double().mean().item() == record["fpr_at_95_tpr"]
+    assert loaded.predict(ood_images)[0].logical_not().double().mean().item() == record.metrics["fpr_at_95_tpr"]
 
 
 def _spec() -> ImageSpec:

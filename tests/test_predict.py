@@ -74,7 +74,6 @@ def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> Non
     assert not list((tmp_path / "predictions").glob(".*"))  # no temporary file left
 
 
-@pytest.mark.slow
 def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
     """2 CPU processes (``evaluate.py predict --devices 2``, float64) write the same CSV as 1: every image once,
     rows in input order."""
@@ -98,7 +97,7 @@ def test_predict_on_two_processes_equals_one(setup, tmp_path) -> None:
 def test_predict_errors_are_clear(setup, tmp_path) -> None:
     ckpt, detector_path, images = setup
     with pytest.raises(ValueError, match="predict needs --detector"):
-        evaluate.main(["--ckpt", ckpt, "--predict", images, "--output_dir", str(tmp_path)])  # the old spelling
+        evaluate.main(["predict", "--ckpt", ckpt, "--images", images, "--output_dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="detector file .* does not exist"):
         evaluate.main(["predict", "--ckpt", ckpt, "--images", images, "--detector", str(tmp_path / "nope.json")])
     with pytest.raises(ValueError, match="unknown OOD set 'no_such_folder'"):

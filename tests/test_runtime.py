@@ -84,7 +84,6 @@ def _assert_equals_reference(out: Path, reference: Path, processes: int) -> dict
     return ours
 
 
-@pytest.mark.slow
 def test_two_processes_from_the_command_line_equal_one(quickstart_ckpt: str, reference: Path, tmp_path) -> None:
     """``evaluate.py --devices 2``: Fabric runs the command line again for process 1; the cores are shared."""
     out = tmp_path / "two"
@@ -94,7 +93,6 @@ def test_two_processes_from_the_command_line_equal_one(quickstart_ckpt: str, ref
     assert results["runtime"]["threads_per_process"] == max(1, cores // 2)
 
 
-@pytest.mark.slow
 def test_torchrun_on_one_node_equals_one_process(quickstart_ckpt: str, reference: Path, tmp_path) -> None:
     out = tmp_path / "torchrun"
     command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -103,7 +101,6 @@ def test_torchrun_on_one_node_equals_one_process(quickstart_ckpt: str, reference
     _assert_equals_reference(out, reference, processes=2)
 
 
-@pytest.mark.slow
 def test_two_simulated_nodes_equal_one_process_and_only_rank_zero_writes(quickstart_ckpt: str, reference: Path,
                                                                          tmp_path) -> None:
     """Two ``torchrun --nnodes 2`` launches on 127.0.0.1; each node is told its own output folder, so the folder
@@ -127,14 +124,12 @@ def _slurm_env(rank: int, port: int) -> dict[str, str]:
                       SLURM_JOB_ID="4242", MASTER_PORT=str(port))
 
 
-@pytest.mark.slow
 def test_a_slurm_job_of_two_tasks_equals_one_process(quickstart_ckpt: str, reference: Path, tmp_path) -> None:
     port, out = free_port(), tmp_path / "slurm"
     _assert_ok(_run_all([(_evaluate_command(quickstart_ckpt, out), _slurm_env(rank, port)) for rank in (0, 1)]))
     _assert_equals_reference(out, reference, processes=2)
 
 
-@pytest.mark.slow
 def test_a_failing_process_ends_the_whole_run_within_seconds(quickstart_ckpt: str, tmp_path) -> None:
     """Task 1 cannot read its checkpoint after the process group is up; task 0 must not wait for it."""
     port, out = free_port(), tmp_path / "failing"

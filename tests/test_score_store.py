@@ -1,6 +1,5 @@
 """odin_pl.evaluation.score_store: validated, atomically written score files, chunks of a pass saved as it goes; the
-protocol's
-load_scores and load_ranges hooks."""
+store as the protocol's score cache (whole passes and chunks reused, never, or required)."""
 
 from __future__ import annotations
 
@@ -18,9 +17,9 @@ from odin_pl.evaluation import score_store
 from odin_pl.protocol import run as protocol
 from odin_pl.fingerprint import dataset_sha256, tensors_sha256
 from odin_pl.methods import score_batch
-from odin_pl.protocol.run import run_protocol
+from odin_pl.errors import UserError
+from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 from odin_pl.evaluation.score_store import ScoreStore
-from odin_pl.protocol.tuning import Grid
 
 PLAN = {"msp": [()], "odin": [(1.0, 0.0), (10.0, 0.002)]}
 CONTEXT = {"weights_sha256": "abc", "seed": 0}
@@ -125,57 +124,69 @@ def test_a_pass_is_saved_in_chunks_that_its_whole_file_replaces(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaussian__tune.pt"]
 
 
-def _problem() -> tuple[nn.Module, TensorDataset, dict[str, TensorDataset], dict]:
+def _problem() -> tuple[TensorDataset, dict[str, TensorDataset], ProtocolPlan, ModelScorer]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double().eval()
     g = torch.Generator().manual_seed(1)
     in_set = TensorDataset(torch.randn(30, 3, 2, 2, generator=g, dtype=torch.float64), torch.zeros(30))
     ood = {"ood": TensorDataset(torch.randn(24, 3, 2, 2, generator=g, dtype=torch.float64) * 2, -torch.ones(24))}
-    options = dict(input_std=(0.5, 0.5, 0.5), grid=Grid((1.0, 100.0), (0.0, 0.01)), batch_size=4, progress=False)
-    return model, in_set, ood, options
+    plan = ProtocolPlan((MethodGrid.of("msp"), MethodGrid.of("odin", {"temperature": (1.0, 100.0),
+                                                                      "epsilon": (0.0, 0.01)})))
+    return in_set, ood, plan, ModelScorer(model, input_std=(0.5, 0.5, 0.5), batch_size=4)
 
 
-def _store(folder: Path, in_set: TensorDataset, ood: dict[str, TensorDataset]) -> ScoreStore:
+def _store(folder: Path, in_set: TensorDataset, ood: dict[str, TensorDataset], reuse: str = "matching"
+           ) -> ScoreStore:
     sets = {name: {"n": len(ds), "images_sha256": dataset_sha256(ds)}
             for name, ds in {"in_distribution": in_set, **ood}.items()}
-    return ScoreStore(folder, {}, sets, {"msp": (0.2, 1.0), "odin": (0.2, 1.0)})
-
-
-def _hooks(store: ScoreStore, resume: bool) -> dict:
-    return dict(on_scores=store.save, on_range=store.save_range, load_scores=store.load if resume else None,
-                load_ranges=store.load_ranges if resume else None)
+    return ScoreStore(folder, {}, sets, {"msp": (0.2, 1.0), "odin": (0.2, 1.0)}, reuse=reuse)
 
 
 def test_protocol_uses_loaded_scores_instead_of_scoring(tmp_path) -> None:
-    model, in_set, ood, options = _problem()
-    store = _store(tmp_path, in_set, ood)
-    first = run_protocol(model, in_set, ood, on_scores=store.save, **options)
+    in_set, ood, plan, scorer = _problem()
+    first = run_protocol(plan, in_set, ood, scorer, _store(tmp_path, in_set, ood, reuse="never"))
+    assert len(list(tmp_path.iterdir())) == 4
     computed = []
-    again = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
-                         load_scores=store.load, **options)
+
+    def counted(dataset, scored, **options):
+        computed.append(options["desc"].split(" ")[0])
+        return scorer(dataset, scored, **options)
+
+    store = _store(tmp_path, in_set, ood)
+    again = run_protocol(plan, in_set, ood, counted, store)
     assert computed == [] and len(store.reused) == 4 and again.records == first.records
     (tmp_path / "ood__test.pt").unlink()
-    partly = run_protocol(model, in_set, ood, on_scores=lambda *args: computed.append(args[:2]),
-                          load_scores=store.load, **options)
-    assert computed == [("ood", "test")] and partly.records == first.records
-    with pytest.raises(ValueError, match="load_scores gave scores of shapes"):
-        run_protocol(model, in_set, ood, load_scores=lambda *args: {"msp": torch.zeros(1, 3)}, **options)
+    partly = run_protocol(plan, in_set, ood, counted, _store(tmp_path, in_set, ood))
+    assert computed == ["ood/test"] and partly.records == first.records
+    # A store that never reuses scores everything again; one that requires saved scores fails without them.
+    computed.clear()
+    run_protocol(plan, in_set, ood, counted, _store(tmp_path, in_set, ood, reuse="never"))
+    assert len(computed) == 4
+    (tmp_path / "ood__tune.pt").unlink()
+    with pytest.raises(UserError, match="ood__tune.pt: it is missing; run the protocol \\(again\\)"):
+        run_protocol(plan, in_set, ood, counted, _store(tmp_path, in_set, ood, reuse="required"))
+
+    class WrongShapes(ScoreStore):
+        def load(self, *args):
+            return {"msp": torch.zeros(1, 3)}
+
+    with pytest.raises(UserError, match="the saved scores of in_distribution/tune have shapes"):
+        run_protocol(plan, in_set, ood, scorer, WrongShapes(tmp_path, {}, {}))
 
 
 def test_an_interrupted_pass_resumes_from_its_chunks_exactly(tmp_path, monkeypatch, capsys) -> None:
-    model, in_set, ood, options = _problem()
-    reference = run_protocol(model, in_set, ood, **options)
-    store = _store(tmp_path, in_set, ood)
+    in_set, ood, plan, scorer = _problem()
+    reference = run_protocol(plan, in_set, ood, scorer)
     with monkeypatch.context() as patch:
         interrupt_scoring(patch, 3)
         with pytest.raises(RuntimeError, match="killed"):
-            run_protocol(model, in_set, ood, **_hooks(store, resume=False), **options)
+            run_protocol(plan, in_set, ood, scorer, _store(tmp_path, in_set, ood, reuse="never"))
     # The in-distribution tuning split (15 images, batches of 4): 3 batches done, each saved as a chunk.
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"in_distribution__tune.{a}-{a + 4}.pt" for a in (0, 4, 8)]
     store = _store(tmp_path, in_set, ood)
     batches = []
     monkeypatch.setattr(protocol, "score_batch", lambda *a, **k: batches.append(len(a[1])) or score_batch(*a, **k))
-    resumed = run_protocol(model, in_set, ood, **_hooks(store, resume=True), **options)
+    resumed = run_protocol(plan, in_set, ood, scorer, store)
     assert batches[0] == 3 and store.reused[:3] == [f"in_distribution__tune.{a}-{a + 4}.pt" for a in (0, 4, 8)]
     assert resumed.records == reference.records
     for name in ("in_distribution", "ood"):
@@ -191,9 +202,9 @@ def _resume_process(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        model, in_set, ood, options = _problem()
+        in_set, ood, plan, scorer = _problem()
         store = _store(Path(folder), in_set, ood)
-        result = run_protocol(model, in_set, ood, **_hooks(store, resume=True), **options)
+        result = run_protocol(plan, in_set, ood, scorer, store)
         if rank == 0:
             torch.save({"tuning": result.tuning_scores, "reused": store.reused}, Path(folder) / "result.pt.out")
     finally:
@@ -201,12 +212,12 @@ def _resume_process(rank: int, port: int, folder: str) -> None:
 
 
 def test_chunks_are_reused_by_a_run_with_another_number_of_processes(tmp_path, monkeypatch) -> None:
-    model, in_set, ood, options = _problem()
-    reference = run_protocol(model, in_set, ood, **options)
+    in_set, ood, plan, scorer = _problem()
+    reference = run_protocol(plan, in_set, ood, scorer)
     with monkeypatch.context() as patch:
         interrupt_scoring(patch, 2)
         with pytest.raises(RuntimeError, match="killed"):
-            run_protocol(model, in_set, ood, **_hooks(_store(tmp_path, in_set, ood), resume=False), **options)
+            run_protocol(plan, in_set, ood, scorer, _store(tmp_path, in_set, ood, reuse="never"))
     torch.multiprocessing.spawn(_resume_process, args=(free_port(), str(tmp_path)), nprocs=2)
     resumed = torch.load(tmp_path / "result.pt.out")
     assert resumed["reused"][:2] == ["in_distribution__tune.0-4.pt", "in_distribution__tune.4-8.pt"]

@@ -61,7 +61,7 @@ def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> No
         "quickstart-seed0-paper", "quickstart", "evaluate")
     config = evaluated.config
     assert config["training_run"]["id"] == run_id and config["training_run"]["experiment"] == "quickstart"
-    assert config["tuning"]["temperatures"] == [1.0, 1000.0] and config["tuning"]["mode"] == "paper"
+    assert config["tuning"]["grids"]["odin"]["temperature"] == [1.0, 1000.0] and config["tuning"]["mode"] == "paper"
     assert config["tuning"]["tune_on"] is None and config["ood"] == {"sets": list(SETS), "num_images": 200,
                                                                      "download": False}
     assert config["checkpoint"]["sha256"] == sha256 and config["checkpoint"]["backbone"] == "hendrycks_mlp"
@@ -75,7 +75,7 @@ def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> No
                          "type": "model"}
     assert (logged_model.name, logged_model.digest) == (model.name, model.digest)  # offline: logged, same content
     assert results.name == f"evaluation-{evaluated.run.run_id}"
-    assert {"results.json", "table.md", "results.csv", "config.yaml", "detectors/photos.json"} <= {
+    assert {"results.json", "table.md", "results.csv", "config.yaml", "detectors/photos.odin.json"} <= {
         entry.path for entry in results.manifest.contents}
     intervals = {"msp": ("ci_low", "ci_high"), "odin": ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high")}
     metrics = {f"eval/ood/{s}/{m}/{k}" for s in SETS for m in ("msp", "odin") for k in METRIC_NAMES}

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from odin_pl.analyses import distances, gradients, logit_stats, sweeps, taylor, thresholds, tuning_size
 from odin_pl.analyses.context import AnalysisContext, AnalysisOutput
 from odin_pl.errors import UserError
+from odin_pl.methods import method_with_role
 
 ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "sweeps": sweeps.run,                  # Figures 3, 4, 7-9
@@ -24,8 +25,9 @@ ANALYSES: dict[str, Callable[[AnalysisContext], AnalysisOutput]] = {
     "taylor": taylor.run,                  # equation (3), appendices D and E
 }
 
-# Analyses of ODIN's own mechanism (T and epsilon): the method they need.
-NEEDS_METHODS = {"sweeps": ("odin",), "logit-stats": ("odin",), "gradient-norms": ("odin",), "taylor": ("odin",)}
+# Analyses of the paper method's own mechanism (ODIN's T and epsilon): the roles of the methods they need
+# (``odin_pl.methods.registry.method_with_role``).
+NEEDS_ROLES = {"sweeps": ("paper",), "logit-stats": ("paper",), "gradient-norms": ("paper",), "taylor": ("paper",)}
 
 __all__ = ["ANALYSES", "AnalysisContext", "AnalysisOutput", "check_analyses", "parse_analyses", "run_analyses",
            "scalar_metrics"]
@@ -44,9 +46,9 @@ def parse_analyses(names: str | None) -> list[str]:
 
 
 def check_analyses(names: list[str], methods: list[str]) -> None:
-    """Raise a ValueError when an analysis needs a method the run does not evaluate."""
+    """Raise a UserError when an analysis needs a method the run does not evaluate."""
     for name in names:
-        missing = [m for m in NEEDS_METHODS.get(name, ()) if m not in methods]
+        missing = [m for m in map(method_with_role, NEEDS_ROLES.get(name, ())) if m not in methods]
         if missing:
             raise UserError(f"the analysis {name!r} studies ODIN's T and epsilon and needs the method(s) "
                             f"{', '.join(missing)}: add them to --tuning.methods or drop {name!r}")

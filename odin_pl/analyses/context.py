@@ -14,9 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from odin_pl.methods.features import Fits
 from odin_pl.report.plots import save_figure
-from odin_pl.protocol.run import ProtocolResult, split_seed
-from odin_pl.report.tables import method_pairs
-from odin_pl.protocol.tuning import Grid
+from odin_pl.protocol.records import ProtocolResult
+from odin_pl.protocol.tuning import split_seed
 
 IN = "in_distribution"
 
@@ -50,7 +49,6 @@ class AnalysisContext:
     in_dataset: Dataset
     ood_datasets: Mapping[str, Dataset]
     result: ProtocolResult
-    grid: Grid
     output_dir: Path
     seed: int = 0
     batch_size: int = 256
@@ -71,16 +69,9 @@ class AnalysisContext:
     def seed_for(self, name: str, purpose: str) -> int:
         return split_seed(self.seed, f"{purpose}/{name}")
 
-    def reported(self) -> dict[str, tuple[dict, dict]]:
-        """(MSP, ODIN) records per OOD set; ODIN's is its main-table entry (tuned on the set itself in cross mode)."""
-        return {msp["ood"]: (msp, odin) for msp, odin in method_pairs(self.result.records)}
-
     def test_indices(self, name: str) -> Tensor:
         """The protocol's test split of a set (sorted; the order of ``result.test_scores``)."""
-        split = self.result.splits[name]
-        keep = torch.ones(split["n"], dtype=torch.bool)
-        keep[torch.as_tensor(split["tune_indices"], dtype=torch.long)] = False
-        return keep.nonzero().flatten()
+        return self.result.splits[name].test
 
     def sample(self, name: str) -> Tensor:
         """Up to ``num_images`` test-split indices in seeded random order (a prefix is a random subset)."""

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.report.plots import COLORS
-from odin_pl.report.tables import main_records
 
 
 def _off_diagonal_mean(matrix: Tensor) -> Tensor:
@@ -53,8 +52,8 @@ def run(ctx: AnalysisContext) -> AnalysisOutput:
         return ctx.cached(("pixels", name, m), lambda: torch.cat(
             [x.double().cpu() * std + mean for x, _ in ctx.batches(name, ctx.sample(name)[:m])]).to(ctx.device))
 
-    fpr = {name: {method: record["fpr_at_95_tpr"] for method, record in methods.items()}
-           for name, methods in main_records(ctx.result.records).items()}
+    fpr = {name: {method: record.metrics["fpr_at_95_tpr"] for method, record in methods.items()}
+           for name, methods in ctx.result.main_records().items()}
     sets = {}
     for name in ctx.ood_datasets:
         m = min(len(ctx.sample(IN)), len(ctx.sample(name)))

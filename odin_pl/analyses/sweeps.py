@@ -1,8 +1,9 @@
 """Effects of T and epsilon (paper, Figures 3, 4 and 7-9): FPR at 95% TPR and AUROC along three grid lines.
 
-The curves are read off the protocol's tuning-split scores over the whole grid (no scoring pass): against T at
-epsilon = 0 (temperature scaling alone), against epsilon at T = 1 (input preprocessing alone) and against epsilon
-at T = 1000 (both). A line whose fixed value is not on the grid is skipped, and the JSON says so.
+The curves are read off the protocol's tuning-split scores of the paper's method (the registry's
+``method_with_role("paper")``) over its whole grid (no scoring pass): against T at epsilon = 0 (temperature scaling
+alone), against epsilon at T = 1 (input preprocessing alone) and against epsilon at T = 1000 (both). A line whose
+fixed value is not on the grid is skipped, and the JSON says so.
 """
 
 from __future__ import annotations
@@ -10,28 +11,33 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
+from odin_pl.methods import method_with_role
 from odin_pl.metrics import ood_metrics
 
-LINES = (("T", "epsilon", 0.0), ("epsilon", "T", 1.0), ("epsilon", "T", 1000.0))  # (x axis, fixed, fixed value)
+# (x axis, fixed parameter, its value), by parameter label (Param.label) of the paper's method
+LINES = (("T", "epsilon", 0.0), ("epsilon", "T", 1.0), ("epsilon", "T", 1000.0))
 METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR (%)"), ("auroc", "AUROC (%)"))
 
 
 def run(ctx: AnalysisContext) -> AnalysisOutput:
-    scores = ctx.result.tuning_scores.get("odin", {})
+    grid = ctx.result.plan.method(method_with_role("paper"))
+    scores = ctx.result.tuning_scores.get(grid.name, {}) if grid is not None else {}
     sets = [name for name in scores if name != IN]
     if not sets:
         return ctx.write("sweeps", {"skipped": "no tuning-split scores: the protocol ran with fixed (T, epsilon)"},
                          None)
-    grid = ctx.grid
+    labels = [p.label for p in grid.method.params]
+    axes = dict(zip(labels, grid.axes().values()))
     index = {setting: i for i, setting in enumerate(grid.settings)}
     lines, skipped = {}, []
     for x_name, fixed_name, fixed in LINES:
         key = f"vs_{x_name}_at_{fixed_name}={fixed:g}"
-        if fixed not in (grid.epsilons if fixed_name == "epsilon" else grid.temperatures):
+        if fixed not in axes[fixed_name]:
             skipped.append(f"{key}: {fixed_name} = {fixed:g} is not on the grid")
             continue
-        xs = grid.temperatures if x_name == "T" else grid.epsilons
-        rows = [index[(x, fixed) if x_name == "T" else (fixed, x)] for x in xs]
+        xs = axes[x_name]
+        position = labels.index(x_name)
+        rows = [index[tuple(x if i == position else fixed for i in range(2))] for x in xs]
         per_set = {name: [ood_metrics(scores[IN][r], scores[name][r]) for r in rows] for name in sets}
         lines[key] = {"x": x_name, "values": list(xs), "sets": {
             name: {metric: [m[metric] for m in values] for metric, _ in METRICS} for name, values in per_set.items()}}

@@ -12,43 +12,40 @@ import matplotlib.pyplot as plt
 import torch
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
-from odin_pl.methods import create_method
+from odin_pl.methods import method_with_role
 from odin_pl.metrics import threshold_at_tpr
-from odin_pl.protocol.run import record_setting
-from odin_pl.report.tables import main_records
+from odin_pl.protocol.plan import MethodGrid
 
 N_THRESHOLDS = 201
 TPRS = tuple(p / 100 for p in range(50, 100))
 
 
-def _setting_label(method: str, setting: tuple[float, ...]) -> str:
-    """'baseline (MSP)', 'ODIN T=1000, eps=0.0014', 'energy T=1', 'maxlogit'."""
-    if method == "msp":
-        return "baseline (MSP)"
-    if method == "odin":
-        return f"ODIN T={setting[0]:g}, eps={setting[1]:g}"
-    labels = [p.label for p in create_method(method).params]
-    return " ".join([method, ", ".join(f"{label}={value:g}" for label, value in zip(labels, setting))]).strip()
+def _setting_label(grid: MethodGrid, setting: tuple[float, ...]) -> str:
+    """'baseline (MSP)', 'odin T=1000, epsilon=0.0014', 'energy T=1', 'maxlogit'."""
+    if grid.name == method_with_role("baseline"):
+        return f"baseline ({grid.name.upper()})"
+    labels = [p.label for p in grid.method.params]
+    return " ".join([grid.name, ", ".join(f"{label}={value:g}" for label, value in zip(labels, setting))]).strip()
 
 
 def run_threshold(ctx: AnalysisContext) -> AnalysisOutput:
-    """Per OOD set and method other than the MSP baseline (ODIN alone in the default run, as in the paper), the TPR
-    and FPR curves."""
-    methods = [g.name for g in ctx.result.methods if g.name != "msp"] or ["msp"]
+    """Per OOD set and method other than the baseline (the paper's method alone in the default run, as in the
+    paper), the TPR and FPR curves."""
+    baseline = method_with_role("baseline")
+    grids = [g for g in ctx.result.methods if g.name != baseline] or list(ctx.result.methods)
     sets: dict[str, dict] = {}
-    for name, records in main_records(ctx.result.records).items():
-        for method in methods:
-            record = records[method]
-            s_in, s_out = (s.double() for s in ctx.result.test_scores[name][method])
+    for name, records in ctx.result.main_records().items():
+        for grid in grids:
+            record = records[grid.name]
+            s_in, s_out = (s.double() for s in ctx.result.test_scores[name][grid.name])
             pooled = torch.cat([s_in, s_out])
             deltas = torch.linspace(pooled.min().item(), pooled.max().item(), N_THRESHOLDS, dtype=torch.float64)
-            setting = record_setting(record)
-            sets.setdefault(name, {})[method] = {
-                "params": create_method(method).named(setting),
-                "label": _setting_label(method, setting), "thresholds": deltas.tolist(),
+            sets.setdefault(name, {})[grid.name] = {
+                "params": dict(record.params),
+                "label": _setting_label(grid, record.setting), "thresholds": deltas.tolist(),
                 "tpr": (s_in[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
                 "fpr": (s_out[None, :] >= deltas[:, None]).double().mean(dim=1).tolist(),
-                "threshold_at_95_tpr": threshold_at_tpr(s_in, 0.95), "fpr_at_95_tpr": record["fpr_at_95_tpr"]}
+                "threshold_at_95_tpr": threshold_at_tpr(s_in, 0.95), "fpr_at_95_tpr": record.metrics["fpr_at_95_tpr"]}
     return ctx.write("threshold", {"split": "test", "sets": sets}, _threshold_figure(sets))
 
 
@@ -70,10 +67,11 @@ def run_accuracy(ctx: AnalysisContext) -> AnalysisOutput:
     logits, labels = ctx.forward(IN, test)
     correct = (logits.argmax(dim=1) == labels).double()
     curves = {}
+    grids = {grid.name: grid for grid in ctx.result.methods}
     for (method, setting), s_in in ctx.result.in_test_scores.items():  # every method and setting reported
         s_in = s_in.double()
         above = [s_in >= threshold_at_tpr(s_in, tpr) for tpr in TPRS]
-        curves[_setting_label(method, setting)] = {"above": [_mean(correct[a]) for a in above],
+        curves[_setting_label(grids[method], setting)] = {"above": [_mean(correct[a]) for a in above],
                                                    "below": [_mean(correct[~a]) for a in above]}
     data = {"split": "test", "n": len(test), "accuracy": correct.mean().item(), "tpr": list(TPRS), "curves": curves}
     return ctx.write("accuracy", data, _accuracy_figure(data))

@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.score_cache import Key, ScoreCache, key
+from odin_pl.methods import method_with_role
 from odin_pl.metrics import rates_at_tpr
 from odin_pl.protocol.run import score_plan
 from odin_pl.protocol.tuning import select_setting
@@ -48,7 +49,7 @@ def tuning_sizes(n_tune: int) -> list[int]:
 
 
 def _protocol_indices(ctx: AnalysisContext, name: str) -> Tensor:
-    return torch.as_tensor(ctx.result.splits[name]["tune_indices"], dtype=torch.long)
+    return ctx.result.splits[name].tune
 
 
 def _cache(ctx: AnalysisContext, name: str) -> ScoreCache:
@@ -80,7 +81,8 @@ def run(ctx: AnalysisContext) -> AnalysisOutput:
     tuned = [grid for grid in ctx.result.methods if ctx.result.selections.get(grid.name)]
     if not tuned:
         return ctx.write("tuning-size", {"skipped": "no tuned method: the protocol ran with fixed parameters"}, None)
-    baseline = [key("msp", ())] if any(g.name == "msp" for g in ctx.result.methods) else []
+    grid = ctx.result.plan.method(method_with_role("baseline"))
+    baseline = [key(grid.name, grid.settings[0])] if grid is not None else []
     caches = {name: _cache(ctx, name) for name in [IN, *ctx.ood_datasets]}
     splits = {name: appendix_h_split(len(ctx.dataset(name)), _protocol_indices(ctx, name),
                                      ctx.seed_for(name, "tuning-size")) for name in ctx.ood_datasets}
@@ -130,6 +132,6 @@ def _figure(sets: dict) -> plt.Figure:
         if "baseline_fpr_at_95_tpr" in values:
             ax.axhline(100 * values["baseline_fpr_at_95_tpr"], color=color, ls=":", lw=0.8)
     ax.set(xlabel="OOD tuning images", ylabel="FPR at 95% TPR (%)",
-           title="FPR vs tuning set size (dotted: MSP baseline)")
+           title="FPR vs tuning set size (dotted: the baseline)")
     ax.legend(fontsize=7)
     return fig

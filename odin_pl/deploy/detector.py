@@ -26,7 +26,7 @@ from odin_pl.methods.features import Fits
 from odin_pl.files import atomic_write
 from odin_pl.protocol.fits import SavedFit, load_fit
 from odin_pl.methods import Batch, Needs, Setting, create_method, method_with_role
-from odin_pl.metrics import _as_scores, threshold_at_tpr
+from odin_pl.metrics import as_scores, threshold_at_tpr
 from odin_pl.methods.batch import non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
@@ -115,12 +115,12 @@ class Detector:
             fit: SavedFit | None = None) -> "Detector":
         """A detector whose threshold keeps at least ``tpr`` of the in-distribution ``in_scores`` (the method's
         scores at this setting)."""
-        threshold = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr)
+        threshold = threshold_at_tpr(as_scores(in_scores, "in_scores"), tpr)
         return Detector(model, method, params, input_spec, threshold, tpr, tuned_on=tuned_on, fit=fit)
 
     def fit_threshold(self, in_scores: Any, tpr: float = 0.95) -> float:
         """Set and return the threshold: the ceil(tpr * n)-th largest in-distribution score."""
-        self.threshold, self.tpr = self._checked(threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr), tpr)
+        self.threshold, self.tpr = self._checked(threshold_at_tpr(as_scores(in_scores, "in_scores"), tpr), tpr)
         return self.threshold
 
     def _batch(self, x: Tensor, *, baseline: bool = False) -> Batch:
@@ -226,7 +226,7 @@ class ODINDetector(Detector):
     @classmethod
     def fit(cls, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,  # type: ignore[override]
             in_scores: Any, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> "ODINDetector":
-        threshold = threshold_at_tpr(_as_scores(in_scores, "in_scores"), tpr)
+        threshold = threshold_at_tpr(as_scores(in_scores, "in_scores"), tpr)
         return cls(model, temperature, epsilon, input_spec, threshold, tpr, tuned_on=tuned_on)
 
     @property

@@ -21,7 +21,6 @@ from odin_pl.tracking.loggers import build_logger, describe_logger, finish_logge
 from odin_pl.protocol.bootstrap import INTERVAL_FIELDS
 from odin_pl.metrics import METRIC_NAMES
 from odin_pl.report.plots import roc_points
-from odin_pl.report.tables import main_records
 from odin_pl.evaluation.outputs import SAVED_CONFIG, RunFiles
 
 FIGURE_KINDS = ("roc", "scores", "grid")  # one W&B panel per kind: images of one size
@@ -34,9 +33,9 @@ def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dic
     method's main record (tuned on the set itself in cross mode: one record per key), and the analyses' scalars.
     The chosen parameters are in the run's config (:func:`evaluation_config`)."""
     fields = [*METRIC_NAMES, *(f"{metric}_{field}" for metric in METRIC_NAMES for field in INTERVAL_FIELDS)]
-    metrics = {f"{METRIC_PREFIX}/{name}/{method}/{k}": r[k]
-               for name, records in main_records(run.result.records).items()
-               for method, r in records.items() for k in fields if k in r}
+    metrics = {f"{METRIC_PREFIX}/{name}/{method}/{k}": value
+               for name, records in run.result.main_records().items()
+               for method, r in records.items() for k, value in {**r.metrics, **r.intervals}.items() if k in fields}
     for name, output in analyses.items():
         metrics.update(scalar_metrics(output.numbers, f"analyses/{name}"))
     return metrics
@@ -58,7 +57,7 @@ def training_names(run: ProtocolRun, training: Mapping[str, Any]) -> tuple[str, 
 
 def evaluation_name(run: ProtocolRun, training_name: str) -> str:
     """``<training run>-<mode>`` (``-transfer-<tuning set>`` in transfer mode)."""
-    mode = f"transfer-{run.config.tuning.tune_on}" if run.mode == "transfer" else run.mode
+    mode = f"transfer-{run.result.plan.tune_on}" if run.mode == "transfer" else run.mode
     return f"{training_name}-{mode}"
 
 
@@ -86,9 +85,9 @@ def evaluation_config(run: ProtocolRun, training: Mapping[str, Any]) -> dict[str
                              "id": logged.get("id"), "name": logged.get("name"), "group": logged.get("group"),
                              "project": logged.get("project")},
             "image_spec": run.spec.to_dict(),
-            "splits": {name: {"n_tune": split["n_tune"], "n_test": split["n_test"]}
+            "splits": {name: {"n_tune": len(split.tune), "n_test": len(split.test)}
                        for name, split in run.result.splits.items()},
-            "grids": run.meta()["grids"], "selections": selections}
+            "grids": run.meta["grids"], "selections": selections}
 
 
 def log_run(out: Path, run: ProtocolRun, files: RunFiles, analyses: Mapping[str, AnalysisOutput]) -> str:
@@ -125,8 +124,8 @@ def _log_wandb_media(logger: WandbLogger, run: ProtocolRun, figures: list[Path],
     """The results table, the figures, the analyses (figure, and the numbers as a run file) and ROC line plots."""
     import wandb
 
-    records = run.result.records
-    columns = [k for k in records[0] if k != "grid_edge"]
+    records = [record.to_dict() for record in run.result.records]
+    columns = [k for k in dict.fromkeys(k for r in records for k in r) if k != "grid_edge"]
     logger.log_table("results", columns=columns, data=[[r.get(c) for c in columns] for r in records])
     for kind in FIGURE_KINDS:
         group = [f for f in figures if f.stem.startswith(f"{kind}_")]

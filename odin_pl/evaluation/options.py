@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -31,13 +31,11 @@ from lightning.pytorch import LightningDataModule
 from odin_pl.analyses import check_analyses, parse_analyses
 from odin_pl.protocol.bootstrap import DEFAULT_RESAMPLES
 from odin_pl.tracking.loggers import LoggerOptions
-from odin_pl.methods import create_method, list_methods
-from odin_pl.protocol.run import MethodGrid
-from odin_pl.methods.odin import PAPER_EPSILONS, PAPER_TEMPERATURES
-from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, Grid, parse_floats
+from odin_pl.methods import default_methods, list_methods, method_with_role
+from odin_pl.protocol.plan import MODES, MethodGrid, ProtocolPlan, TuningMode
+from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, parse_floats
 from odin_pl.errors import UserError
 
-TuningMode = Literal["paper", "transfer", "cross", "fixed"]
 PRECISIONS = ("32-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")
@@ -74,6 +72,10 @@ class OODOptions:
 class TuningOptions:
     """Which methods, and how their parameters are chosen (paper, section 4.4 and appendix H).
 
+    Once built, the options hold the methods, their ``params`` and ``grids`` and the mode: the paper method's
+    shorthands (``temperatures``, ``epsilons``, ``temperature``, ``epsilon``) are turned into its grid and
+    parameters, and each method's grid is made and checked once (:attr:`method_grids`).
+
     Args:
         mode: ``paper``: tune on each OOD set's held-out split; ``transfer``: tune once on ``tune_on`` and report
             every set with it; ``cross``: every tuning on every set (the paper's tables 10 and 11); ``fixed``: use
@@ -81,22 +83,22 @@ class TuningOptions:
             of its grid in its tie order).
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
-        methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...); MSP is the
-            baseline of the paper's table.
+        methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...; default: the
+            baseline, MSP, and the paper's method, ODIN).
         params: fixed parameter values, ``method.name=value`` (e.g. ``energy.temperature=1``): in fixed mode the
             values used, in the other modes the one value of that parameter's grid.
         grids: per method, per parameter, the grid's values (a YAML mapping of lists, e.g. ``{energy:
-            {temperature: [1, 10]}}``); ODIN's are ``temperatures`` and ``epsilons``.
-        temperatures: ODIN's T values (default: 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000).
-        epsilons: ODIN's epsilon values (default: 21 values from 0 to 0.004).
+            {temperature: [1, 10]}}``).
+        temperatures: shorthand for ODIN's grid of T (default: 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000).
+        epsilons: shorthand for ODIN's grid of epsilon (default: 21 values from 0 to 0.004).
         n_tune: tuning images per set (the paper: 1000; half of a set smaller than twice this).
-        temperature: ODIN's T in ``fixed`` mode.
-        epsilon: ODIN's epsilon in ``fixed`` mode.
+        temperature: shorthand for ODIN's T in ``fixed`` mode.
+        epsilon: shorthand for ODIN's epsilon in ``fixed`` mode.
     """
 
     mode: TuningMode = "paper"
     tune_on: str | None = None
-    methods: list[str] | str = "msp,odin"
+    methods: list[str] | str | None = None
     params: list[str] | str | None = None
     grids: dict[str, dict[str, list[float]]] | None = None
     temperatures: list[float] | str | None = None
@@ -106,47 +108,54 @@ class TuningOptions:
     epsilon: float | None = None
 
     def __post_init__(self) -> None:
-        self.methods = list(dict.fromkeys(comma_list(self.methods)))
+        self.methods = list(dict.fromkeys(default_methods() if self.methods is None else comma_list(self.methods)))
         unknown = [m for m in self.methods if m not in list_methods()]
         if unknown or not self.methods:
             raise UserError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
                             f"registered methods are {', '.join(list_methods())}")
+        if self.mode not in MODES:
+            raise UserError(f"--tuning.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.params = comma_list(self.params)
-        fixed_params = self.fixed_params  # checks the names
-        self.grids = {m: dict(values) for m, values in (self.grids or {}).items()}
+        self.grids = {m: {name: list(values) for name, values in grid.items()}
+                      for m, grid in (self.grids or {}).items()}
+        self._expand_paper_shorthands()
         unknown = sorted(set(self.grids) - set(self.methods))
         if unknown:
             raise UserError(f"--tuning.grids has {', '.join(unknown)}, not among --tuning.methods "
                             f"({', '.join(self.methods)}): add them there or drop their grids")
-        if "odin" in self.grids and (self.temperatures is not None or self.epsilons is not None):
-            raise UserError("give ODIN's grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
-        fixed = (self.temperature, self.epsilon)
-        odin_fixed = {**dict(zip(("temperature", "epsilon"), fixed)), **fixed_params.get("odin", {})}
-        if self.mode == "fixed" and "odin" in self.methods and None in (odin_fixed.get("temperature"),
-                                                                        odin_fixed.get("epsilon")):
-            raise UserError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
-        if self.mode != "fixed" and fixed != (None, None):
-            raise UserError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
-                            f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
         if (self.mode == "transfer") != (self.tune_on is not None):
             raise UserError("--tuning.tune_on SET goes with --tuning.mode transfer (and only with it)")
         if self.n_tune < 1:
             raise UserError(f"--tuning.n_tune must be positive, got {self.n_tune}")
-        self.temperatures = list(parse_floats(self.temperatures, "--tuning.temperatures")
-                                 if self.temperatures is not None else PAPER_TEMPERATURES)
-        self.epsilons = list(parse_floats(self.epsilons, "--tuning.epsilons")
-                             if self.epsilons is not None else PAPER_EPSILONS)
-        for name, values in (("temperatures", self.temperatures), ("epsilons", self.epsilons)):
-            if not values:
-                raise UserError(f"--tuning.{name} is empty: give at least one value (leave the option out for the "
-                                "paper's grid)")
-        self.grid  # noqa: B018  (checks the grid now)
-        self.method_grids()  # checks every method's grid and fixed values now
+        self._method_grids = tuple(self._make_grids())
 
-    @property
-    def grid(self) -> Grid:
-        """ODIN's (T, epsilon) grid."""
-        return Grid(tuple(self.temperatures), tuple(self.epsilons))
+    def _expand_paper_shorthands(self) -> None:
+        """``temperatures`` / ``epsilons`` -> the paper method's grid, ``temperature`` / ``epsilon`` -> its fixed
+        parameters (nothing when the run does not evaluate it); the shorthand fields are None afterwards."""
+        paper = method_with_role("paper")
+        grid = {param: list(parse_floats(values, f"--tuning.{option}")) for param, option, values in
+                (("temperature", "temperatures", self.temperatures), ("epsilon", "epsilons", self.epsilons))
+                if values is not None}
+        fixed = {param: value for param, value in (("temperature", self.temperature), ("epsilon", self.epsilon))
+                 if value is not None}
+        self.temperatures = self.epsilons = self.temperature = self.epsilon = None
+        for param, values in grid.items():
+            if not values:
+                raise UserError(f"--tuning.{param}s is empty: give at least one value (leave the option out for the "
+                                "paper's grid)")
+        if grid and paper in self.grids:
+            raise UserError(f"give {paper}'s grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
+        if fixed and self.mode != "fixed":
+            raise UserError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
+                            f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
+        if paper not in self.methods:  # they set nothing then
+            return
+        if grid:
+            self.grids[paper] = grid
+        self.params += [f"{paper}.{param}={value!r}" for param, value in fixed.items()]
+        given = self.fixed_params.get(paper, {})
+        if self.mode == "fixed" and not {"temperature", "epsilon"} <= set(given):
+            raise UserError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
 
     @property
     def fixed_params(self) -> dict[str, dict[str, float]]:
@@ -161,31 +170,28 @@ class TuningOptions:
             if method not in self.methods:
                 raise UserError(f"--tuning.params {item!r}: {method!r} is not among --tuning.methods "
                                 f"({', '.join(self.methods)})")
+            if name.strip() in parsed.get(method, {}):
+                raise UserError(f"--tuning.params: {method}.{name.strip()} is given twice")
             try:
                 parsed.setdefault(method, {})[name.strip()] = float(value)
             except ValueError as err:
                 raise UserError(f"--tuning.params {item!r}: {value!r} is not a number") from err
         return parsed
 
-    def method_grids(self) -> list[MethodGrid]:
-        """Each method's grid (its values, ``params`` fixing single values) and fixed-mode setting."""
+    def _make_grids(self) -> list[MethodGrid]:
         fixed_params = self.fixed_params
-        grids = []
-        for name in self.methods:
-            values = dict(self.grids.get(name, {}))
-            fixed = fixed_params.get(name, {})
-            if name == "odin":
-                values = {"temperature": self.temperatures, "epsilon": self.epsilons, **values}
-                if self.mode == "fixed":
-                    fixed = {"temperature": self.temperature, "epsilon": self.epsilon, **fixed}
-            values.update({key: [value] for key, value in fixed.items() if value is not None})
-            grids.append(MethodGrid.of(name, values))
-        return grids
+        return [MethodGrid.of(name, {**self.grids.get(name, {}),
+                                     **{key: [value] for key, value in fixed_params.get(name, {}).items()}})
+                for name in self.methods]
 
     @property
-    def fixed(self) -> tuple[float, float] | None:
-        """ODIN's (T, epsilon) of the fixed mode, else None."""
-        return None if self.mode != "fixed" else (float(self.temperature), float(self.epsilon))
+    def method_grids(self) -> tuple[MethodGrid, ...]:
+        """Each method's grid (its values, ``params`` fixing single values) and fixed-mode setting, made once."""
+        return self._method_grids
+
+    def plan(self, seed: int) -> ProtocolPlan:
+        """The protocol plan of these options with the splits' ``seed``."""
+        return ProtocolPlan(self.method_grids, self.mode, self.tune_on, self.n_tune, seed)
 
 
 @dataclass
@@ -357,7 +363,7 @@ class ProtocolConfig(ModelSource):
             if self.fit_images < 1:
                 raise UserError(f"--fit_images must be at least 1 (training images to fit the feature methods on), "
                                 f"got {self.fit_images}; leave it out to fit on all of them")
-            if not any(create_method(name).needs_fit for name in self.tuning.methods):
+            if not any(grid.method.needs_fit for grid in self.tuning.method_grids):
                 raise UserError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
                                 f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
                                 "drop it or add such a method")

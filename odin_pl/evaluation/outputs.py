@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from odin_pl.deploy.detector import Detector
-from odin_pl.evaluation.run import IN_DISTRIBUTION, ProtocolRun
+from odin_pl.evaluation.run import ProtocolRun
+from odin_pl.methods import method_with_role
+from odin_pl.protocol.run import IN_DISTRIBUTION
 from odin_pl.training.module import ImageClassifier
 from odin_pl.report.plots import plot_grid, plot_histograms, plot_roc
 from odin_pl.report.tables import write_results
@@ -26,22 +28,22 @@ class RunFiles:
 def write_run(run: ProtocolRun, model: ImageClassifier, out: Path) -> RunFiles:
     """Results, one detector per tuning (``detectors/``), then figures (``figures/``) into ``out``: the results and
     detectors (each file written atomically) are on disk before any plotting, which could fail."""
-    results = write_results(out, run.result.records, run.meta(), run.table)
+    results = write_results(out, run.result.records, run.meta, run.table)
     detectors = write_detectors(run, model, out / "detectors")
     return RunFiles(results, write_figures(run, out / "figures"), detectors)
 
 
 def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
-    """ROC curves and score histograms per OOD set (every method), and ODIN's tuning-grid FPR heatmap per tuned
-    set."""
+    """ROC curves and score histograms per OOD set (every method), and the paper method's tuning-grid FPR heatmap
+    (its two parameters) per tuning set."""
     figures = []
     for name, scores in run.result.test_scores.items():
         figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
         figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
-    grid = run.config.tuning.grid
-    for name, selection in run.result.selections.get("odin", {}).items():  # ODIN's (T, epsilon) heatmap
-        figures.append(plot_grid(selection.fpr_grid, grid.temperatures, grid.epsilons,
-                                 (selection.temperature, selection.epsilon), f"tuning on {name}",
+    paper = run.result.plan.method(method_with_role("paper"))
+    for name, selection in run.result.selections.get(paper.name, {}).items() if paper else ():
+        rows, columns = paper.axes().values()
+        figures.append(plot_grid(selection.fpr_grid, rows, columns, selection.setting, f"tuning on {name}",
                                  folder / f"grid_{name}.png"))
     return figures
 
@@ -52,8 +54,8 @@ def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> l
     flags reproduce the reported FPR at 95% TPR; a fitted method's detector records the run's fit file."""
     config = run.config
     info = {"checkpoint": str(config.weights_file), "weights_sha256": run.weights_sha256,
-            "in_distribution": run.spec.dataset, "mode": run.mode, "seed": config.seed,
-            "n_tune": config.tuning.n_tune, "threshold_split": f"{IN_DISTRIBUTION}/test"}
+            "in_distribution": run.spec.dataset, "mode": run.mode, "seed": run.result.plan.seed,
+            "n_tune": run.result.plan.n_tune, "threshold_split": f"{IN_DISTRIBUTION}/test"}
     saved_fits = run.fits.saved if run.fits is not None else {}
     paths = []
     for stem, (method, setting, ood_set) in run.detector_settings().items():

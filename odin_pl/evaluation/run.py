@@ -9,18 +9,18 @@ the reports, detectors, analyses and logs are made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from odin_pl import __version__
 from odin_pl.analyses import AnalysisContext
-from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, record_intervals
+from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, with_intervals
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.training.convert import load_foreign_model
 from odin_pl.distributed import world
@@ -28,15 +28,17 @@ from odin_pl.evaluation.environment import describe_environment
 from odin_pl.evaluation.options import ModelSource, ProtocolConfig
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.protocol.fits import RunFits, prepare_fits, training_set
-from odin_pl.methods import Plan, Setting
+from odin_pl.methods import Setting, method_with_role
 from odin_pl.training.module import ImageClassifier
-from odin_pl.protocol.run import MethodGrid, ProtocolResult, run_protocol, split_seed
+from odin_pl.protocol.plan import MethodGrid, ProtocolPlan
+from odin_pl.protocol.records import ProtocolResult
+from odin_pl.protocol.run import IN_DISTRIBUTION, ModelScorer, run_protocol
+from odin_pl.protocol.tuning import Selection, split_seed
 from odin_pl.report.tables import results_tables
-from odin_pl.evaluation.score_store import ScoreStore
+from odin_pl.evaluation.score_store import Reuse, ScoreStore
 from odin_pl.spec import ImageSpec
-from odin_pl.errors import NonFiniteScoresError, UserError
+from odin_pl.errors import NonFiniteScoresError
 
-IN_DISTRIBUTION = "in_distribution"
 #: The SHA-256 of the run's image files by their stat facts (``odin_pl.fingerprint.FileHashes``), in the output
 #: folder: a resumed run does not read an unchanged folder again.
 IMAGE_HASHES = ".image_hashes.json"
@@ -75,7 +77,8 @@ def load_target(source: ModelSource) -> EvaluationTarget:
 
 @dataclass
 class ProtocolRun:
-    """A finished protocol run: its configuration, what was evaluated, and the protocol's result."""
+    """A finished protocol run: its configuration, what was evaluated, and the protocol's result; the files and
+    logs are made from the run and its result alone (:attr:`meta`, :attr:`table`, :meth:`detector_settings`)."""
 
     config: ProtocolConfig
     spec: ImageSpec
@@ -91,81 +94,83 @@ class ProtocolRun:
 
     @property
     def mode(self) -> str:
-        return self.config.tuning.mode
+        return self.result.plan.mode
 
     @property
     def title(self) -> str:
         return f"{self.spec.dataset or 'in-distribution'}, {self.backbone} ({self.mode} mode)"
 
-    @property
+    @cached_property
     def table(self) -> str:
         """Table 2 of the paper (baseline / ODIN; and, in cross mode, tables 10/11) in Markdown, or with other
         methods, one row per method and a column per OOD set."""
-        return results_tables(self.result.records, self.title, self.mode == "cross",
-                              intervals=self.config.bootstrap.show)
+        return results_tables(self.result, self.title, self.mode == "cross", intervals=self.config.bootstrap.show)
 
     def detector_settings(self) -> dict[str, tuple[str, Setting, str | None]]:
-        """File stem -> (method, setting, tuning set) of each detector the run gives: one per tuning of a tuned
-        method (``<set>`` for ODIN, ``<set>.<method>`` for others) and one per method used with fixed parameters
-        (``fixed`` for ODIN, as before other methods; ``<method>`` for the others)."""
+        """File stem -> (method, setting, tuning set) of each detector the run gives: ``<set>.<method>`` per tuning
+        of a tuned method, ``fixed.<method>`` for a method used with fixed parameters."""
         detectors = {}
         for grid in self.result.methods:
             selections = self.result.selections.get(grid.name, {})
             for tuned_on, selection in selections.items():
-                stem = tuned_on if grid.name == "odin" else f"{tuned_on}.{grid.name}"
-                detectors[stem] = (grid.name, selection.setting, tuned_on)
+                detectors[f"{tuned_on}.{grid.name}"] = (grid.name, selection.setting, tuned_on)
             if not selections:
                 setting = grid.fixed if self.mode == "fixed" else grid.settings[0]
-                detectors["fixed" if grid.name == "odin" else grid.name] = (grid.name, setting, None)
+                detectors[f"fixed.{grid.name}"] = (grid.name, setting, None)
         return detectors
 
+    @cached_property
     def meta(self) -> dict[str, Any]:
-        """What results.json says besides the records (``grid`` and ``tuning`` are ODIN's, as before other
-        methods; ``grids`` and ``selections`` hold every method's)."""
-        grid, bootstrap = self.config.tuning.grid, self.config.bootstrap
-        selections = self.result.selections
-        return {"checkpoint": str(self.config.weights_file), "version": __version__, "mode": self.mode,
-                "tune_on": self.config.tuning.tune_on, "seed": self.config.seed, "image_spec": self.spec.to_dict(),
+        """What results.json says besides the records: ``grid`` (by parameter, plural names) and ``tuning`` are
+        the paper method's, as before other methods; ``grids`` and ``selections`` hold every method's."""
+        plan, bootstrap, selections = self.result.plan, self.config.bootstrap, self.result.selections
+        paper = plan.method(method_with_role("paper"))
+        return {"checkpoint": str(self.config.weights_file), "version": __version__, "mode": plan.mode,
+                "tune_on": plan.tune_on, "seed": plan.seed, "image_spec": self.spec.to_dict(),
                 "skipped_ood_sets": self.skipped_ood_sets, "notes": self.result.notes,
-                "methods": [m.name for m in self.result.methods],
-                "grid": {"temperatures": list(grid.temperatures), "epsilons": list(grid.epsilons)},
-                "tuning": {name: {"temperature": s.temperature, "epsilon": s.epsilon,
-                                  "tuning_fpr_at_95_tpr": s.tuning_fpr, "fpr_at_95_tpr_grid": s.fpr_grid,
-                                  "grid_edge": s.edge_note} for name, s in selections.get("odin", {}).items()},
-                "grids": {m.name: [list(setting) for setting in m.settings] for m in self.result.methods},
-                "selections": {method: {name: {"params": s.params, "tuning_fpr_at_95_tpr": s.tuning_fpr,
-                                               "tuning_auroc": s.tuning_auroc, "fpr_at_95_tpr_grid": s.fpr_grid,
-                                               "grid_edge": s.edge_note} for name, s in by_set.items()}
+                "methods": self.result.method_names,
+                "grid": {f"{name}s": values for name, values in paper.axes().items()} if paper else {},
+                "tuning": {name: {**s.params, **_tuning_fields(s, auroc=False)}
+                           for name, s in selections.get(paper.name, {}).items()} if paper else {},
+                "grids": {m.name: [list(setting) for setting in m.settings] for m in plan.methods},
+                "selections": {method: {name: {"params": s.params, **_tuning_fields(s)} for name, s in by_set.items()}
                                for method, by_set in selections.items()},
-                "splits": self.result.splits,
+                "splits": {name: split.to_dict() for name, split in self.result.splits.items()},
                 "fits": {name: saved.describe() for name, saved in self.fits.saved.items()} if self.fits else {},
                 "runtime": {"processes": self.processes, "threads_per_process": self.threads_per_process,
                             "precision": self.config.runtime.precision},
                 "bootstrap": {"resamples": bootstrap.resamples, "level": LEVEL, "method": "paired percentile",
-                              "set_seeds": {name: bootstrap_seed(self.config.seed, name)
+                              "set_seeds": {name: bootstrap_seed(plan.seed, name)
                                             for name in self.result.ood_test_scores}} if bootstrap.resamples else None,
                 "environment": self.environment}
 
 
-def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset],
-                sources: Mapping[str, str], tuning_only: Mapping[str, Dataset], weights_sha256: str,
-                fits: RunFits | None, hashes: FileHashes) -> ScoreStore:
+def _tuning_fields(selection: Selection, auroc: bool = True) -> dict[str, Any]:
+    """A selection's tuning numbers as results.json gives them (``tuning`` has no AUROC, as before other methods)."""
+    return {"tuning_fpr_at_95_tpr": selection.tuning_fpr,
+            **({"tuning_auroc": selection.tuning_auroc} if auroc else {}),
+            "fpr_at_95_tpr_grid": selection.fpr_grid, "grid_edge": selection.edge_note}
+
+
+def score_store(config: ProtocolConfig, target: EvaluationTarget, plan: ProtocolPlan,
+                ood_datasets: Mapping[str, Dataset], sources: Mapping[str, str], tuning_only: Mapping[str, Dataset],
+                weights_sha256: str, fits: RunFits | None, hashes: FileHashes, reuse: Reuse) -> ScoreStore:
     """The run's score files: fingerprinted by the weights, image spec, precision, seed, tuning size, image count,
     (with feature methods) the fits' files and each set's source, size and images' SHA-256 (files hashed through
     ``hashes``); scores are checked against each method's range. Process 0 alone reads and writes score files, so
     the others hash nothing."""
     context = {"weights_sha256": weights_sha256, "image_spec": target.spec.to_dict(),
-               "float64": config.runtime.precision == "64-true", "seed": config.seed,
-               "n_tune": config.tuning.n_tune, "num_ood_images": config.ood.num_images}
+               "float64": config.runtime.precision == "64-true", "seed": plan.seed,
+               "n_tune": plan.n_tune, "num_ood_images": config.ood.num_images}
     if fits is not None:
         context["fits_sha256"] = fits.sha256
     sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
     num_classes = target.model.hparams.num_classes
-    ranges = {grid.name: grid.method.score_range(num_classes) for grid in config.tuning.method_grids()}
+    ranges = {grid.name: grid.method.score_range(num_classes) for grid in plan.methods}
     facts = {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset),
                     "images_sha256": images_sha256(dataset, hashes)}
              for name, dataset in sets.items()} if world()[0] == 0 else {}
-    return ScoreStore(config.output_dir / "scores", context, facts, ranges)
+    return ScoreStore(config.output_dir / "scores", context, facts, ranges, reuse=reuse)
 
 
 def images_sha256(dataset: Dataset, hashes: FileHashes) -> str | None:
@@ -189,49 +194,37 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     when one is missing instead of scoring (for work on a finished run, such as its analyses).
     Process 0 adds the bootstrap intervals of ``config.bootstrap`` to the records.
     """
-    runtime, tuning = config.runtime, config.tuning
+    runtime = config.runtime
     target.model.to(device=device, dtype=runtime.dtype)
     rank = world()[0]
     weights_sha256 = file_sha256(target.weights_file)
-    methods = tuning.method_grids()
+    plan = config.tuning.plan(config.seed)
     hashes = FileHashes(config.output_dir / IMAGE_HASHES)
-    fits = run_fits(config, target, methods, weights_sha256, device, hashes, saved_only=saved_scores_only)
-    store = score_store(config, target, ood_datasets, sources or {}, tuning_only or {}, weights_sha256, fits, hashes)
+    fits = run_fits(config, target, plan.methods, weights_sha256, device, hashes, saved_only=saved_scores_only)
+    if fits is not None:
+        plan = replace(plan, methods=tuple(fits.methods))
+    reuse = "required" if saved_scores_only else "matching" if config.output.resume else "never"
+    store = score_store(config, target, plan, ood_datasets, sources or {}, tuning_only or {}, weights_sha256, fits,
+                        hashes, reuse)
     if rank == 0:
         hashes.save()
-    resume = config.output.resume and not saved_scores_only
-
-    def load_saved(name: str, split: str, plan: Plan) -> dict[str, Tensor]:
-        scores = store.read(name, split, plan)
-        if isinstance(scores, str):
-            raise UserError(f"{store.path(name, split)}: {scores}; run the protocol (again) into this folder with "
-                            "--output.resume true first")
-        return scores
-
+    scorer = ModelScorer(target.model, target.spec.std, runtime.batch_size, runtime.num_workers, device,
+                         fits.fits if fits is not None else None, progress=rank == 0)
     try:
-        result = run_protocol(
-            target.model, target.test_set, ood_datasets, input_std=target.spec.std, mode=tuning.mode,
-            methods=fits.methods if fits is not None else methods, tune_on=tuning.tune_on,
-            tuning_only_datasets=tuning_only, n_tune=tuning.n_tune, seed=config.seed, batch_size=runtime.batch_size,
-            num_workers=runtime.num_workers, device=device, on_scores=store.save if rank == 0 else None,
-            load_scores=load_saved if saved_scores_only else store.load if resume else None,
-            on_range=store.save_range if rank == 0 else None, load_ranges=store.load_ranges if resume else None,
-            progress=rank == 0, fits=fits.fits if fits is not None else None)
+        result = run_protocol(plan, target.test_set, ood_datasets, scorer, store, tuning_only=tuning_only)
     except NonFiniteScoresError as err:
         raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
     if fits is not None:
         result.notes[:0] = fits.notes
     if rank == 0 and config.bootstrap.resamples:
-        for record, intervals in zip(result.records, record_intervals(result, config.bootstrap.resamples,
-                                                                      config.seed)):
-            record.update(intervals)
+        result.records = with_intervals(result, config.bootstrap.resamples)
     return ProtocolRun(config, target.spec, target.model.hparams.backbone, weights_sha256, result,
                        list(skipped or []), store.reused, processes=world()[1],
                        threads_per_process=torch.get_num_threads(), environment=describe_environment(device),
                        fits=fits)
 
 
-def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: list[MethodGrid], weights_sha256: str,
+def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: Sequence[MethodGrid], weights_sha256: str,
              device: torch.device | str, hashes: FileHashes, saved_only: bool = False) -> RunFits | None:
     """The fits of the run's feature methods (None without any) on the DataModule's training split (a seeded
     ``--fit_images`` subset, its files hashed through ``hashes``), saved in ``<output_dir>/fits/``; with
@@ -239,7 +232,7 @@ def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: list[Met
     if not any(grid.method.needs_fit for grid in methods):
         return None
     train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit"))
-    return prepare_fits(target.model, methods, train, folder=config.output_dir / "fits",
+    return prepare_fits(target.model, list(methods), train, folder=config.output_dir / "fits",
                         weights_sha256=weights_sha256, hashes=hashes, reuse=config.output.resume or saved_only,
                         fit_missing=not saved_only, batch_size=config.runtime.batch_size,
                         num_workers=config.runtime.num_workers, device=device, progress=world()[0] == 0)
@@ -251,7 +244,7 @@ def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: M
     config = run.config
     return AnalysisContext(
         model=target.model, input_mean=run.spec.mean, input_std=run.spec.std, in_dataset=target.test_set,
-        ood_datasets=ood_datasets, result=run.result, grid=config.tuning.grid,
+        ood_datasets=ood_datasets, result=run.result,
         output_dir=config.output_dir / "analyses", seed=config.seed, batch_size=config.runtime.batch_size,
         device=next(target.model.parameters()).device, num_images=config.analyses.images,
         class_names=run.spec.class_names, fits=run.fits.fits if run.fits is not None else None)

@@ -22,16 +22,20 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from odin_pl.errors import UserError
 from odin_pl.files import save_atomically
 from odin_pl.fingerprint import tensors_sha256
-from odin_pl.protocol.run import Span
 
 Plan = Mapping[str, Sequence[Sequence[float]]]
+Span = tuple[int, int]  # images [start, stop) of a split
+#: Which saved scores a run uses: ``never`` (score everything), ``matching`` (resume: the files that prove to match),
+#: ``required`` (every whole pass from its file; a missing or refused file is an error).
+Reuse = Literal["never", "matching", "required"]
 #: Seconds of work after which the scores computed so far in a pass are written as a chunk.
 CHUNK_SECONDS = 120.0
 #: Slack of the range check, in units in the last place of the range's largest finite bound (at least 1).
@@ -73,17 +77,21 @@ def _out_of_range(method: str, scores: Tensor, bounds: tuple[float, float] | Non
 
 
 class ScoreStore:
-    """Saves and finds the score files of one evaluation run.
+    """Saves and finds the score files of one evaluation run (the protocol's ``ScoreCache``,
+    :class:`odin_pl.protocol.run.ScoreCache`).
 
     ``context``: facts shared by all sets (JSON-like values); ``sets``: per set name, facts of that set (its
     ``images_sha256`` None when its images cannot be fingerprinted: its files are then never reused); ``ranges``:
-    per method, the interval its scores lie in (``Method.score_range``). ``reused`` lists the files used.
+    per method, the interval its scores lie in (``Method.score_range``); ``reuse``: which saved scores
+    :meth:`load` and :meth:`load_ranges` give (:data:`Reuse`). ``reused`` lists the files used.
     """
 
     def __init__(self, folder: str | Path, context: dict[str, Any], sets: dict[str, dict[str, Any]],
-                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 ranges: Mapping[str, tuple[float, float]] | None = None, reuse: Reuse = "matching") -> None:
+        if reuse not in ("never", "matching", "required"):
+            raise ValueError(f"reuse must be 'never', 'matching' or 'required', got {reuse!r}")
         self.folder = Path(folder)
-        self.context, self.sets, self.ranges = context, sets, dict(ranges or {})
+        self.context, self.sets, self.ranges, self.reuse = context, sets, dict(ranges or {}), reuse
         self.reused: list[str] = []
         self._pending: dict[tuple[str, str], tuple[float, int, int, dict[str, list[Tensor]]]] = {}
 
@@ -188,17 +196,26 @@ class ScoreStore:
 
     def load(self, name: str, split: str, plan: Plan) -> dict[str, Tensor] | None:
         """The saved scores of the whole pass (set, split) when they prove to match (see :meth:`read`), else None
-        (with a line that says why, for a file that exists)."""
+        (with a line that says why, for a file that exists); None with ``reuse="never"``, and a UserError instead of
+        None with ``reuse="required"``."""
+        if self.reuse == "never":
+            return None
         scores = self.read(name, split, plan)
         if not isinstance(scores, str):
             return scores
+        if self.reuse == "required":
+            raise UserError(f"{self.path(name, split)}: {scores}; run the protocol (again) into this folder with "
+                            "--output.resume true first")
         if self.path(name, split).is_file():
             self._refused(self.path(name, split), scores)
         return None
 
     def load_ranges(self, name: str, split: str, plan: Plan, n: int) -> dict[Span, dict[str, Tensor]]:
         """The saved chunks of (set, split) that prove to match (each refused one says why on a line), by their
-        image range within the split's ``n`` images; of overlapping chunks, the one that starts first."""
+        image range within the split's ``n`` images; of overlapping chunks, the one that starts first. Only with
+        ``reuse="matching"`` (a resumed run); otherwise none."""
+        if self.reuse != "matching":
+            return {}
         found: dict[Span, dict[str, Tensor]] = {}
         end = 0
         for span, path in self.chunks(name, split).items():

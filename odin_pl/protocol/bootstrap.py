@@ -7,9 +7,10 @@ For one OOD set's test split, with in-distribution scores S_in (n_in images) and
     interval   = numpy's linear 2.5th and 97.5th percentiles of (m_1, ..., m_B)
 
 The indices are drawn once per set from a generator seeded by the run's seed and the set's name, and every method
-and setting of the set uses the same (I_b, O_b) (paired), so the difference to the MSP baseline, m_b - m_b(MSP),
-gets its own interval. The point estimate stays the metric on the original scores; the intervals are conditional
-on the tuned parameters (the tuning images are not resampled).
+and setting of the set uses the same (I_b, O_b) (paired), so the difference to the baseline (the registry's
+``method_with_role("baseline")``, MSP), m_b - m_b(baseline), gets its own interval. The point estimate stays the
+metric on the original scores; the intervals are conditional on the tuned parameters (the tuning images are not
+resampled).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from odin_pl.metrics import METRIC_NAMES, metric_rows
-from odin_pl.protocol.run import ProtocolResult, record_setting, split_seed
 from odin_pl.errors import UserError
+from odin_pl.methods import method_with_role
+from odin_pl.metrics import METRIC_NAMES, metric_rows
+from odin_pl.protocol.records import ProtocolResult, Record
+from odin_pl.protocol.tuning import split_seed
 
 DEFAULT_RESAMPLES = 1000
 INTERVAL_FIELDS = ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high")  # a record's <metric>_<field>
@@ -63,18 +66,20 @@ def percentile_interval(values: Tensor, level: float = LEVEL) -> tuple[float, fl
     return low, high
 
 
-def record_intervals(result: ProtocolResult, resamples: int, seed: int, level: float = LEVEL) -> list[dict]:
-    """For each record of ``result`` (in order), ``<metric>_ci_low``/``_ci_high`` and, for a record of another
-    method than MSP in a run with MSP, ``<metric>_diff_ci_low``/``_diff_ci_high`` of (record - MSP)."""
+def with_intervals(result: ProtocolResult, resamples: int, level: float = LEVEL) -> list[Record]:
+    """The records of ``result`` (in order) with their bootstrap fields (seeded by the plan's seed):
+    ``<metric>_ci_low``/``_ci_high`` and, for a record of another method than the baseline in a run with the
+    baseline, ``<metric>_diff_ci_low``/``_diff_ci_high`` of (record - baseline)."""
     if resamples < 2:
         raise UserError(f"the bootstrap needs at least 2 resamples, got {resamples} (0 turns it off)")
     by_set: dict[str, list[int]] = {}
     for index, record in enumerate(result.records):
-        by_set.setdefault(record["ood"], []).append(index)
+        by_set.setdefault(record.ood, []).append(index)
     intervals: dict[int, dict] = {}
     for name, indices in by_set.items():
-        intervals.update(_set_intervals(result, name, indices, resamples, bootstrap_seed(seed, name), level))
-    return [intervals[index] for index in range(len(result.records))]
+        intervals.update(_set_intervals(result, name, indices, resamples, bootstrap_seed(result.plan.seed, name),
+                                        level))
+    return [record.with_intervals(intervals[index]) for index, record in enumerate(result.records)]
 
 
 def _set_intervals(result: ProtocolResult, name: str, indices: list[int], resamples: int, seed: int, level: float
@@ -91,11 +96,12 @@ def _set_intervals(result: ProtocolResult, name: str, indices: list[int], resamp
                                              in_indices, out_indices)
         return samples[key]
 
-    baseline = ("msp", ()) if ("msp", ()) in result.ood_test_scores[name] else None
+    grid = result.plan.method(method_with_role("baseline"))
+    baseline = (grid.name, grid.settings[0]) if grid is not None else None
+    baseline = baseline if baseline in result.ood_test_scores[name] else None
     intervals = {}
     for index in indices:
-        record = result.records[index]
-        key = (record["method"], record_setting(record))
+        key = result.records[index].key
         fields = {}
         for metric, values in metrics_of(key).items():
             fields[f"{metric}_ci_low"], fields[f"{metric}_ci_high"] = percentile_interval(values, level)

@@ -30,7 +30,7 @@ from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader
 from odin_pl.methods.features import FeatureModel, Fits, feature_model
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.methods import Batch, FitData, Needs, Setting
-from odin_pl.protocol.run import MethodGrid
+from odin_pl.protocol.plan import MethodGrid
 from odin_pl.files import save_atomically
 from odin_pl.protocol.tuning import split_indices
 from odin_pl.errors import MissingFileError, UserError

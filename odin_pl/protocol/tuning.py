@@ -1,11 +1,10 @@
-"""The paper's tuning protocol (section 4.4): held-out splits, the (T, epsilon) grid and the selection rule (for
-any method: its grid and tie order come from ``odin_pl.methods``)."""
+"""The paper's tuning protocol (section 4.4): seeded held-out splits and the selection rule (for any method: its
+grid and tie order come from ``odin_pl.methods``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import product
 from typing import Any, Sequence
 
 import torch
@@ -14,28 +13,9 @@ from torch import Tensor
 from odin_pl.metrics import metric_rows
 from odin_pl.errors import UserError
 from odin_pl.methods.base import Method
-from odin_pl.methods.odin import PAPER_EPSILONS, PAPER_TEMPERATURES
 
 
 PAPER_TUNING_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A (T, epsilon) grid; ``settings`` lists every pair, T-major."""
-
-    temperatures: tuple[float, ...] = PAPER_TEMPERATURES
-    epsilons: tuple[float, ...] = PAPER_EPSILONS
-
-    def __post_init__(self) -> None:
-        if not self.temperatures or not self.epsilons:
-            raise UserError("the tuning grid needs at least one temperature and one epsilon")
-        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
-        object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
-
-    @property
-    def settings(self) -> list[tuple[float, float]]:
-        return list(product(self.temperatures, self.epsilons))
 
 
 @dataclass(frozen=True)
@@ -51,14 +31,6 @@ class Selection:
     tuning_auroc: float
     fpr_grid: Any = field(repr=False)
     edges: tuple[str, ...] = ()
-
-    @property
-    def temperature(self) -> float:
-        return self.params["temperature"]
-
-    @property
-    def epsilon(self) -> float:
-        return self.params["epsilon"]
 
     @property
     def edge_note(self) -> str:
@@ -77,6 +49,34 @@ def split_indices(n: int, n_tune: int, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded disjoint (tuning, test) index sets covering range(n); both sorted."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[:n_tune].sort().values, order[n_tune:].sort().values
+
+
+def split_seed(seed: int, name: str) -> int:
+    """A per-set seed that is stable across runs and Python processes."""
+    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
+@dataclass(frozen=True)
+class SetSplit:
+    """The seeded tuning / test split of one data set of ``n`` images (both index sets sorted)."""
+
+    n: int
+    seed: int
+    tune: Tensor
+    test: Tensor
+
+    @classmethod
+    def make(cls, n: int, seed: int, n_tune: int) -> "SetSplit":
+        tune, test = split_indices(n, tuning_size(n, n_tune), seed)
+        return cls(n, seed, tune, test)
+
+    @property
+    def halved(self) -> bool:
+        return len(self.tune) < PAPER_TUNING_SIZE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "seed": self.seed, "n_tune": len(self.tune), "n_test": len(self.test),
+                "tune_indices": self.tune.tolist()}
 
 
 def select_setting(method: Method, settings: Sequence[tuple[float, ...]], in_scores: Tensor, out_scores: Tensor

@@ -11,7 +11,7 @@ import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
@@ -115,13 +115,6 @@ def run_identity(logger: Logger | None) -> dict[str, Any] | None:
     if run is None:
         return None
     return {"backend": "wandb", "id": run.id, "name": run.name, "group": run.group, "project": run.project}
-
-
-def write_summary(logger: Logger | None, metrics: Mapping[str, float]) -> None:
-    """Put ``metrics`` in the W&B run's summary (its final numbers); other loggers keep what they logged."""
-    run = wandb_run(logger)
-    if run is not None and metrics:
-        run.summary.update(dict(metrics))
 
 
 def describe_logger(logger: Logger | None) -> str:
