@@ -7,8 +7,9 @@ of a UserError too.
 
 from __future__ import annotations
 
+import difflib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 class UserError(ValueError):
@@ -27,7 +28,14 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed at (or that a data set needs) does not exist."""
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the valid spelling closest to ``name`` (difflib's ratio >= 0.6), else ""."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 DEBUG_FLAG = "--debug"  # on the command line of train.py and evaluate.py: show a user error's traceback
+TRUST_FLAG = "--trust_pickle true"  # evaluate.py: the source of the checkpoint or weights file is trusted
 
 
 def without_debug_flag(argv: Sequence[str]) -> list[str]:
