@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import re
@@ -11,6 +12,7 @@ import pytest
 
 from odin_pl.report import tables as report
 from odin_pl.errors import OutputError, UserError
+from odin_pl.csv_cells import safe_cell
 from odin_pl.files import atomic_write
 
 
@@ -59,3 +61,18 @@ def test_results_survive_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert json.loads((tmp_path / "results.json").read_text())["records"][0]["auroc"] == 0.5
     assert (tmp_path / "results.csv").read_text() == before and (tmp_path / "table.md").read_text() == "old table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json", "table.md"]
+
+
+def test_csv_cells_are_never_formulas_and_json_keeps_the_exact_names(tmp_path: Path) -> None:
+    """OWASP's rule on every text cell of results.csv (before issue 29 an OOD folder named ``=1+1`` put a formula
+    into it); numbers, negative ones included, stay numbers; results.json keeps the exact names."""
+    names = ["=1+1", "+SUM(1,2)", "-2", "@cmd", "\tx", "\rx", "plain", "a=b", "\udce9t\udce9"]
+    records = [{"ood": name, "method": "msp", "auroc": -0.25} for name in names]
+    report.write_results(tmp_path, records, {"seed": 0}, "table")
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["ood"] for row in rows] == ["'=1+1", "'+SUM(1,2)", "'-2", "'@cmd", "'\tx", "'\rx", "plain", "a=b",
+                                            "\\xe9t\\xe9"]
+    assert {row["auroc"] for row in rows} == {"-0.25"}
+    assert [r["ood"] for r in json.loads((tmp_path / "results.json").read_text())["records"]] == names
+    assert [safe_cell(v) for v in (-1.5, 3, None, True)] == [-1.5, 3, None, True]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from odin_pl.csv_cells import safe_row
 from odin_pl.files import atomic_write
 
 TABLE_METRICS = (("fpr_at_95_tpr", "FPR at 95% TPR ↓"), ("detection_error", "Detection error ↓"),
@@ -118,7 +119,7 @@ def write_results(output_dir: str | Path, records: Sequence[dict], meta: dict[st
                   and key not in NOT_IN_CSV]
         writer = csv.DictWriter(handle, fieldnames=[*CSV_FIELDS, *params], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows(map(safe_row, records))
     with atomic_write(paths[2]) as handle:
         handle.write(table + "\n")
     return paths
