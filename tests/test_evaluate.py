@@ -466,3 +466,31 @@ def test_nan_weights_stop_the_protocol_at_the_first_batch(quickstart_ckpt: str, 
     with pytest.raises(NonFiniteScoresError, match=f"{broken}: in_distribution/tune .*non-finite scores"):
         evaluate.main(["--ckpt", str(broken), "--output.dir", str(tmp_path / "out"), "--output.logger", "false"])
     assert len(batches) == 1
+
+
+def test_a_reused_output_folder_keeps_nothing_of_the_earlier_run(quickstart_ckpt: str, tmp_path: Path) -> None:
+    """Before issue 29 a run into an earlier run's folder left that run's ``detectors/<set>.json`` and figures of
+    the sets it no longer evaluates beside its own results. Also: a folder named ``=1+1`` is no formula in
+    results.csv, its images with names that are not UTF-8 all count (6 images: 3 tune, 3 test), and config.yaml
+    is written through the atomic writer."""
+    folder = tmp_path / "=1+1"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in (b"a.png", b"b.png", b"c.png", b"\xe9.png", b"\xff1.png", b"\xff2.png"):
+        pixels = (torch.rand(8, 8, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out"
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(out), "--tuning.temperatures", "1,1000",
+              "--tuning.epsilons", "0,0.001", "--ood.num_images", "40", "--output.logger", "false",
+              "--bootstrap.resamples", "0"]
+    first = evaluate.main([*common, "--ood.sets", f"gaussian,{folder}"]).result
+    assert {r["ood"]: r["n_out"] for r in first.records} == {"gaussian": 20, "=1+1": 3}
+    assert "'=1+1" in (out / "results.csv").read_text()
+    figures = ["grid_{}.png", "roc_{}.png", "scores_{}.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f.format(s) for s in ("=1+1", "gaussian")
+                                                                         for f in figures)
+    assert sorted(p.name for p in (out / "detectors").iterdir()) == ["=1+1.json", "gaussian.json", "msp.json"]
+    evaluate.main([*common, "--ood.sets", "gaussian"])
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [f.format("gaussian") for f in figures]
+    assert sorted(p.name for p in (out / "detectors").iterdir()) == ["gaussian.json", "msp.json"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["ood"]["sets"] == "gaussian"

@@ -13,6 +13,8 @@ import pytest
 from odin_pl.report import tables as report
 from odin_pl.errors import OutputError, UserError
 from odin_pl.csv_cells import safe_cell
+from odin_pl import files
+from odin_pl.evaluation.outputs import remove_stale, write_config
 from odin_pl.files import atomic_write
 
 
@@ -76,3 +78,23 @@ def test_csv_cells_are_never_formulas_and_json_keeps_the_exact_names(tmp_path: P
     assert {row["auroc"] for row in rows} == {"-0.25"}
     assert [r["ood"] for r in json.loads((tmp_path / "results.json").read_text())["records"]] == names
     assert [safe_cell(v) for v in (-1.5, 3, None, True)] == [-1.5, 3, None, True]
+
+
+def test_config_yaml_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before issue 29 evaluate.py wrote config.yaml with ``write_text``: a full disk left it empty."""
+    assert write_config(tmp_path, "seed: 1\n").read_text() == "seed: 1\n"
+    monkeypatch.setattr(files.os, "fsync", _disk_full)
+    with pytest.raises(OutputError, match="config.yaml: the disk is full"):
+        write_config(tmp_path, "seed: 2\n")
+    assert (tmp_path / "config.yaml").read_text() == "seed: 1\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_stale_files_of_an_earlier_run_are_removed(tmp_path: Path) -> None:
+    """Before issue 29 a reused output folder kept another run's ``detectors/uniform.json`` and uniform figures
+    beside the new run's results."""
+    for name in ("gaussian.json", "uniform.json", "uniform.knn.json", ".hidden.json", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    removed = remove_stale(tmp_path, [tmp_path / "gaussian.json"], "*.json")
+    assert [p.name for p in removed] == ["uniform.json", "uniform.knn.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.json", "gaussian.json", "notes.txt"]
+    assert remove_stale(tmp_path / "absent", [], "*.png") == []

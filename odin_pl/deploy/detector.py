@@ -230,7 +230,11 @@ class ODINDetector(Detector):
 
 
 def _check_weights(path: Path, recorded: str | None, actual: str, allow_other_weights: bool) -> None:
-    """Refuse (or, allowed, warn about) a detector tuned with weights other than the model's."""
+    """Refuse (or, allowed, warn about) a detector tuned with weights other than the model's; warn about one that
+    does not say which weights it was tuned with."""
+    if recorded is None:
+        warnings.warn(f"detector {path} records no tuned_on.weights_sha256, so it cannot be checked against these "
+                      f"weights (SHA-256 {actual}): its threshold holds only if it was tuned with them", stacklevel=3)
     if recorded is None or recorded == actual:
         return
     message = (f"detector {path} was tuned with the weights of SHA-256 {recorded}, but the model's weights have "
