@@ -33,6 +33,7 @@ from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
+from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.deploy.detector import Detector
 from odin_pl.distributed import world
 from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
         for note in notes if rank_zero_only.rank == 0 else ():  # processes started by a launcher say it once
             print(f"Note: {note}", file=sys.stderr)
     parser, subparsers = build_parser()
-    parsed = parser.parse_args(argv)
+    with one_line_parse_errors(parser):
+        parsed = parser.parse_args(argv)
     command = parsed.command
     options, subparser = parsed[command], subparsers[command]
     if command == "analyses":

@@ -42,6 +42,7 @@ from lightning.pytorch.loggers import Logger
 from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
+from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.tracking.artifacts import artifact_name, log_checkpoint
 from odin_pl.training.checkpoint import run_progress, training_record
 from odin_pl.training.console import quiet_console
@@ -75,8 +76,9 @@ class TrainCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """Parse ``args``: train.py passes the command line itself, with its defaults added (LightningCLI's own
-        method warns about receiving both)."""
-        self.config = parser.parse_args(args)
+        method warns about receiving both); a parse error is one line (:mod:`odin_pl.cli_errors`)."""
+        with one_line_parse_errors(parser):
+            self.config = parser.parse_args(args)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints``, a

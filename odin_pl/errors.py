@@ -8,6 +8,7 @@ of a UserError too.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from typing import Callable, Iterable, Sequence
 
@@ -46,8 +47,11 @@ def without_debug_flag(argv: Sequence[str]) -> list[str]:
 def report_user_error(prog: str, err: UserError, argv: Sequence[str], rewrite: Callable[[str], str] = str,
                       process: str = "") -> int:
     """Print ``<prog>: error<process>: <message>`` (``rewrite`` applied to it) on stderr and return the exit status
-    2; with ``--debug`` in ``argv``, raise ``err`` again instead (its full traceback)."""
+    2; with ``--debug`` in ``argv``, raise ``err`` again instead (its full traceback). An error that is the same on
+    every process of a launched run (``same_on_every_process``: a bad option) is printed by process 0 only."""
     if DEBUG_FLAG in argv:
         raise err
+    if getattr(err, "same_on_every_process", False) and os.environ.get("RANK", "0") != "0":
+        return 2
     print(f"{prog}: error{process}: {rewrite(str(err))}", file=sys.stderr)
     return 2

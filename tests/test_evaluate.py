@@ -494,3 +494,42 @@ def test_a_reused_output_folder_keeps_nothing_of_the_earlier_run(quickstart_ckpt
     assert sorted(p.name for p in (out / "figures").iterdir()) == [f.format("gaussian") for f in figures]
     assert sorted(p.name for p in (out / "detectors").iterdir()) == ["gaussian.json", "msp.json"]
     assert yaml.safe_load((out / "config.yaml").read_text())["ood"]["sets"] == "gaussian"
+
+
+PARSE_ERRORS = [
+    (["--ckpt", "c", "--runtime.batch_sise", "3"],
+     "--runtime.batch_sise: unknown option (did you mean --runtime.batch_size?) (see --help)"),
+    (["--ckpt", "c", "--runtime.batch_size", "nan"], "--runtime.batch_size: expected int, got 'nan'"),
+    (["--ckpt", "c", "--seed=1.5"], "--seed: expected int, got '1.5'"),
+    (["--ckpt", "c", "--tuning.mode", "crosss"],
+     "--tuning.mode: must be one of paper, transfer, cross, fixed, got 'crosss' (did you mean cross?)"),
+    (["--ckpt", "c", "--output.resume", "maybe"], "--output.resume: expected bool, got 'maybe'"),
+    (["--config", "{tmp}/unknown_key.yaml"], "--config: unknown key 'runtime.batch_sise' (did you mean "
+                                             "runtime.batch_size?)"),
+    (["--config", "{tmp}/malformed.yaml"], "--config: the file is not valid YAML or JSON (while parsing a flow node"),
+    (["--config", "{tmp}/missing.yaml"], "--config: File does not exist: '{tmp}/missing.yaml'"),
+    (["protocl", "--ckpt", "c"], "unexpected argument(s) protocl (did you mean protocol?) (see --help)"),
+    (["aggregate", "a", "b"], "missing required option(s): --output"),
+    (["predict", "--ckpt", "c", "--detectr", "d"], "--detectr: unknown option (did you mean --detector?)"),
+    (["--ckpt"], "--ckpt: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", PARSE_ERRORS)
+def test_every_parse_error_is_one_line_naming_the_option(argv: list[str], expected: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Before issue 29 each of these printed jsonargparse's 47-54 line usage dump before its message."""
+    (tmp_path / "unknown_key.yaml").write_text("runtime:\n  batch_sise: 3\n")
+    (tmp_path / "malformed.yaml").write_text("runtime: [\n")
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *(a.format(tmp=tmp_path) for a in argv)])
+    assert evaluate.run_command_line() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"evaluate.py: error: {expected.format(tmp=tmp_path)}"), err
+    monkeypatch.setenv("RANK", "1")  # a launched run's other processes: process 0 alone says it
+    assert evaluate.run_command_line() == 2 and capsys.readouterr().err == ""
+
+
+def test_negative_num_workers_is_refused_by_name(tmp_path: Path) -> None:
+    """Before issue 29 a negative --runtime.num_workers reached PyTorch's DataLoader: a raw traceback."""
+    with pytest.raises(UserError, match=r"--runtime.num_workers must be >= 0 .*got -2"):
+        evaluate.main(["--ckpt", str(tmp_path / "c.ckpt"), "--runtime.num_workers", "-2"])

@@ -223,3 +223,19 @@ def test_debug_shows_a_user_errors_traceback(tmp_path: Path, monkeypatch: pytest
                                       "--trainer.logger", "false", "--debug"])
     with pytest.raises(UserError, match="--ckpt_path last: there is no checkpoint to resume"):
         train.run_command_line()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model.lr", "nan"], "--model.lr: expected float, got 'nan'"),
+    (["--trainer.max_epochz", "3"], "--trainer.max_epochz: unknown option (did you mean --trainer.max_epochs?)"),
+    (["fitt"], "unexpected argument(s) fitt (did you mean fit?)"),
+])
+def test_a_parse_error_is_one_line(argv: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys) -> None:
+    """Before issue 29 train.py printed LightningCLI's usage dump (dozens of lines) before the message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    assert train.run_command_line() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {expected}"), err
+    assert not (tmp_path / "runs").exists()  # nothing started

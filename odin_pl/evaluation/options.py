@@ -225,6 +225,9 @@ class RuntimeOptions:
                             "(scoring keeps a whole model on every process; it needs no sharded strategy)")
         if self.batch_size < 1:
             raise UserError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise UserError(f"--runtime.num_workers must be >= 0 (0: load in the main process), got "
+                            f"{self.num_workers}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r}: half-precision"
                             " softmax at T = 1000 ties scores that differ by 1e-4, so mixed precision is refused")
