@@ -91,7 +91,11 @@ class Detector:
     def _checked(self, threshold: float, tpr: float) -> tuple[float, float]:
         """(threshold, tpr) as floats, or a UserError: ``tpr`` in (0, 1] and a finite threshold within the method's
         score range (up to 4 units in the last place of float32 at the bounds)."""
-        tpr, threshold = float(tpr), float(threshold)
+        try:
+            tpr, threshold = float(tpr), float(threshold)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"the threshold ({threshold!r}) and tpr ({tpr!r}) of a detector must be numbers: a damaged "
+                            "or hand-edited detector file; write it again with evaluate.py") from err
         if not 0 < tpr <= 1:
             raise UserError(f"tpr must be in (0, 1] (the fraction of in-distribution images kept), got {tpr}")
         low, high = self.method.score_range(self.input_spec.num_classes or 1)
