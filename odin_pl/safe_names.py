@@ -20,12 +20,15 @@ from odin_pl.errors import TRUST_FLAG, UserError
 
 PROJECT_PACKAGE = "datamodules"
 def _project_module(module_name: str) -> bool:
-    """Whether ``module_name`` is the ``datamodules`` package or a module whose file lies inside it."""
+    """Whether ``module_name`` is the ``datamodules`` package or a module whose file lies inside it (a name there
+    that does not exist passes: importing it fails)."""
     if module_name.split(".")[0] != PROJECT_PACKAGE:
         return False
     package = importlib.util.find_spec(PROJECT_PACKAGE)
     spec = importlib.util.find_spec(module_name)  # imports the parent packages (the project's own) only
-    if package is None or spec is None or spec.origin is None:
+    if spec is None:
+        return True
+    if package is None or spec.origin is None:
         return False
     roots = [Path(p).resolve() for p in package.submodule_search_locations or ()]
     return any(Path(spec.origin).resolve().is_relative_to(root) for root in roots)

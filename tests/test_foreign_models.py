@@ -243,6 +243,8 @@ def test_a_checkpoint_cannot_make_odin_pl_run_code(tmp_path, monkeypatch) -> Non
         build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "d.ckpt", "datamodules..x", {})))
     with pytest.raises(UserError, match="cannot be imported"):
         build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "n.ckpt", "datamodules.digits.Nope", {})))
+    with pytest.raises(UserError, match="cannot be imported"):
+        build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "o.ckpt", "datamodules.nowhere.X", {})))
     built = build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "ok.ckpt", "datamodules.digits."
                                                               "DigitsDataModule", {"batch_size": 5})))
     assert isinstance(built, DigitsDataModule) and built.batch_size == 5

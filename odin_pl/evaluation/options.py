@@ -301,7 +301,8 @@ class ModelSource:
         ckpt: checkpoint written by train.py.
         model: instead of ``ckpt``: a model name registered in timm or by odin_pl.
         weights: the model's state_dict file (read with ``weights_only=True``).
-        trust_pickle: allow ``weights`` to be a whole pickled model (unpickling runs code from the file).
+        trust_pickle: trust the source of ``ckpt`` or ``weights``: unpickle whole objects (a pickled model;
+            unpickling runs code from the file) and import a checkpoint's DataModule from outside ``datamodules``.
         data: the in-distribution DataModule (``class_path`` + ``init_args``, as in train.py's configs).
         data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
         seed: seed of the tuning/test splits, of the generated noise sets and of image subsets.
