@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import fractions
 import json
-import struct
 import sys
 import types
-import zipfile
 
 import pytest
 import torch
 from torch import nn
 
 import evaluate
+from data_factories import flip_a_tensor_bit
 from datamodules import DigitsDataModule
 from odin_pl.errors import UserError
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
@@ -267,21 +266,11 @@ def test_a_checkpoints_unknown_or_bad_arguments_are_one_clear_error(tmp_path) ->
         load_model(checkpoint, "c.ckpt")
 
 
-def _flip_a_tensor_byte(path) -> None:
-    """Flip one bit inside the first tensor's data (the archive's directory stays intact)."""
-    with zipfile.ZipFile(path) as archive:
-        info = next(i for i in archive.infolist() if "/data/" in i.filename)
-    data = bytearray(path.read_bytes())
-    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
-    data[info.header_offset + 30 + name_length + extra_length + 5] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 def test_a_bit_flipped_checkpoint_or_weights_file_is_refused(tmp_path) -> None:
     """Before issue 29 such files were read without a word (torch does not check the zip's CRC-32)."""
     weights = tmp_path / "w.pth"
     torch.save({"fc.weight": torch.ones(64)}, weights)
-    _flip_a_tensor_byte(weights)
+    flip_a_tensor_bit(weights)
     assert not torch.equal(torch.load(weights, weights_only=True)["fc.weight"], torch.ones(64))  # torch is silent
     with pytest.raises(UserError, match=r"weights file .*w.pth is damaged: its member .*/data/0 does not match the "
                                         r"CRC-32"):
@@ -289,7 +278,7 @@ def test_a_bit_flipped_checkpoint_or_weights_file_is_refused(tmp_path) -> None:
     ckpt = tmp_path / "c.ckpt"
     torch.save({"state_dict": {"net.w": torch.ones(64)}, "hyper_parameters": {"image_spec": SPEC.to_dict()}}, ckpt)
     read_checkpoint(ckpt)
-    _flip_a_tensor_byte(ckpt)
+    flip_a_tensor_bit(ckpt)
     with pytest.raises(UserError, match=r"checkpoint .*c.ckpt is damaged"):
         read_checkpoint(ckpt)
 
