@@ -42,6 +42,8 @@ from lightning.pytorch.loggers import Logger
 from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
+from odin_pl.archives import check_archive
+from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.tracking.artifacts import artifact_name, log_checkpoint
 from odin_pl.training.checkpoint import run_progress, training_record
 from odin_pl.training.console import quiet_console
@@ -75,8 +77,9 @@ class TrainCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """Parse ``args``: train.py passes the command line itself, with its defaults added (LightningCLI's own
-        method warns about receiving both)."""
-        self.config = parser.parse_args(args)
+        method warns about receiving both); a parse error is one line (:mod:`odin_pl.cli_errors`)."""
+        with one_line_parse_errors(parser):
+            self.config = parser.parse_args(args)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints``, a
@@ -127,6 +130,9 @@ class TrainCLI(LightningCLI):
             raise UserError(f"--ckpt_path last: there is no checkpoint to resume "
                             f"({last or 'trainer.enable_checkpointing is off'}); start a new run without "
                             "--ckpt_path, or set --trainer.default_root_dir to the folder of the run to resume")
+        given = last if ckpt_path == "last" else Path(ckpt_path) if ckpt_path is not None else None
+        if given is not None and given.is_file():
+            check_archive(given, "checkpoint")  # Lightning's own loading does not check the CRC-32
         if self.subcommand != "fit" or ckpt_path is not None or last is None or self.trainer.fast_dev_run:
             return
         if last.is_file():

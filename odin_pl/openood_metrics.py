@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.errors import UserError
-from odin_pl.metrics import _as_scores, _take, _tie_groups
+from odin_pl.metrics import _take, _tie_groups, as_scores
 
 OPENOOD_METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 
@@ -146,7 +146,7 @@ def openood_metric_rows(id_conf: Any, ood_conf: Any, id_weights: Any = None, ood
 
 def openood_metrics(id_conf: Any, ood_conf: Any) -> dict[str, float]:
     """The metrics of :data:`OPENOOD_METRIC_NAMES` for one ID test set and one OOD set (fractions in [0, 1])."""
-    s_id, s_ood = _as_scores(id_conf, "id_conf"), _as_scores(ood_conf, "ood_conf")
+    s_id, s_ood = as_scores(id_conf, "id_conf"), as_scores(ood_conf, "ood_conf")
     return {name: float(values[0]) for name, values in openood_metric_rows(s_id[None], s_ood[None]).items()}
 
 

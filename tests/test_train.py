@@ -19,6 +19,7 @@ from lightning.fabric.plugins.io import torch_io
 
 import train
 from conftest import REPO
+from data_factories import flip_a_tensor_bit
 from odin_pl.training.checkpoint import run_progress
 from odin_pl.errors import UserError
 from odin_pl.training.rng import set_rng_states
@@ -76,6 +77,20 @@ def test_resuming_without_a_checkpoint_is_a_one_line_error(tmp_path: Path, monke
     error = capsys.readouterr().err
     assert error.startswith("train.py: error: --ckpt_path last: there is no checkpoint to resume")
     assert error.count("\n") == 1 and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_damaged_checkpoint_to_resume_is_a_one_line_error(quickstart_ckpt: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Before issue 29 Lightning resumed from a bit-flipped last.ckpt without a word (torch checks no CRC-32)."""
+    folder = tmp_path / "run"
+    shutil.copytree(Path(quickstart_ckpt).parents[1], folder)
+    flip_a_tensor_bit(folder / "checkpoints" / "last.ckpt")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--ckpt_path", "last", "--trainer.default_root_dir", str(folder),
+                                      "--trainer.logger", "false", "--trainer.max_epochs", "3"])
+    assert train.run_command_line() == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"train.py: error: checkpoint {folder / 'checkpoints' / 'last.ckpt'} is damaged: its "
+                            "member ") and error.count("\n") == 1
 
 
 def test_a_rerun_into_a_finished_run_replaces_its_checkpoint_and_prints_it(quickstart_ckpt: str, tmp_path: Path,
@@ -223,3 +238,19 @@ def test_debug_shows_a_user_errors_traceback(tmp_path: Path, monkeypatch: pytest
                                       "--trainer.logger", "false", "--debug"])
     with pytest.raises(UserError, match="--ckpt_path last: there is no checkpoint to resume"):
         train.run_command_line()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model.lr", "nan"], "--model.lr: expected float, got 'nan'"),
+    (["--trainer.max_epochz", "3"], "--trainer.max_epochz: unknown option (did you mean --trainer.max_epochs?)"),
+    (["fitt"], "unexpected argument(s) fitt (did you mean fit?)"),
+])
+def test_a_parse_error_is_one_line(argv: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys) -> None:
+    """Before issue 29 train.py printed LightningCLI's usage dump (dozens of lines) before the message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    assert train.run_command_line() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {expected}"), err
+    assert not (tmp_path / "runs").exists()  # nothing started

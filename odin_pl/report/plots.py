@@ -13,6 +13,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics.functional.classification import binary_roc  # noqa: E402
 
+from odin_pl.files import atomic_write  # noqa: E402
+
 MethodScores = Mapping[str, tuple[Tensor, Tensor]]  # method -> (in-distribution scores, OOD scores)
 COLORS = {"msp": "tab:red", "odin": "tab:blue"}
 LABELS = {"msp": "Baseline (MSP)", "odin": "ODIN"}
@@ -77,8 +79,12 @@ def plot_grid(fpr_grid: Sequence[Sequence[float]], temperatures: Sequence[float]
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Save ``fig`` as a PNG at ``path`` through :func:`~odin_pl.files.atomic_write` (never a truncated figure),
+    then close it."""
+    try:
+        fig.tight_layout()
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
