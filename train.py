@@ -32,9 +32,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lightning.pytorch import Trainer
+import lightning.pytorch as pl
+from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
@@ -44,7 +45,8 @@ from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
 from odin_pl.tracking.artifacts import artifact_name, log_checkpoint
 from odin_pl.training.checkpoint import run_progress, training_record
-from odin_pl.training.console import quiet_console
+from odin_pl.training.console import ProgressLines, quiet_console
+from odin_pl.training.precision import choose_precision
 from odin_pl.fingerprint import file_sha256
 from odin_pl.tracking.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
 from odin_pl.training.module import ImageClassifier
@@ -54,6 +56,16 @@ ROOT = Path(__file__).resolve().parent
 QUICKSTART_CONFIG = ROOT / "configs" / "experiment" / "quickstart.yaml"
 TRAINER_DEFAULTS = ROOT / "configs" / "trainer" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test")
+
+
+class Trainer(pl.Trainer):
+    """Lightning's Trainer, whose ``precision`` also takes ``auto``: :class:`TrainCLI` replaces it by the precision
+    this machine runs fast (``odin_pl.training.precision``) before the trainer is built."""
+
+    def __init__(self, *args: Any, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any) -> None:
+        if precision == "auto":
+            raise UserError("trainer.precision auto is resolved by train.py; give Trainer a Lightning precision")
+        super().__init__(*args, precision=precision, **kwargs)
 
 
 class TrainCLI(LightningCLI):
@@ -80,11 +92,17 @@ class TrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer with a :class:`RunCheckpoint` under ``<default_root_dir>/checkpoints``, a
-        :class:`TrainingRun` and, unless ``trainer.logger`` is set, the ``logger:`` group's logger (none with
-        fast_dev_run)."""
+        :class:`TrainingRun`, ``precision: auto`` resolved, progress as lines (:class:`ProgressLines`) where the
+        progress bar is off or stdout is not a terminal, and, unless ``trainer.logger`` is set, the ``logger:``
+        group's logger (none with fast_dev_run)."""
         config = self._get(self.config_init, "trainer", default={})
         configured = config.get("callbacks") or []
         callbacks: list[Callback] = list(configured) if isinstance(configured, list) else [configured]
+        if config.get("precision") == "auto":
+            kwargs["precision"] = self._auto_precision(config)
+        if not config.get("enable_progress_bar", True) or not sys.stdout.isatty():
+            kwargs["enable_progress_bar"] = False  # a bar writes hundreds of carriage returns into a log file
+            callbacks.append(ProgressLines())
         root = Path(config.get("default_root_dir") or os.getcwd())
         if config.get("enable_checkpointing") is not False:
             self.run_checkpoint = RunCheckpoint(str(root / "checkpoints"), getattr(self.datamodule, "val_split", 0) > 0)
@@ -93,10 +111,27 @@ class TrainCLI(LightningCLI):
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
         resolved = {key: value for key, value in (self.config[self.subcommand] if self.subcommand else self.config)
                     .as_dict().items() if key != "config" and not key.startswith("__")}  # not the files' names
+        if "precision" in kwargs:
+            resolved["trainer"]["precision"] = kwargs["precision"]  # what ran, not "auto"
         callbacks.append(TrainingRun(experiment, seed, resolved))
         if config.get("logger") is None:
             kwargs.setdefault("logger", False if config.get("fast_dev_run") else self._logger(root, experiment, seed))
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
+    def _auto_precision(self, config: dict[str, Any]) -> str:
+        """``trainer.precision: auto`` resolved for this model's backbone and data (one console line says which and
+        why)."""
+        spec = self.datamodule.image_spec
+        options = {k: v for k, v in self.model.hparams.items() if not k.startswith("_")}  # not Lightning's own
+        measured = type(self.model)(**{**options, "image_spec": spec.to_dict(), "compile": False})
+        devices = config.get("devices", 1)
+        devices = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 1
+        processes = devices * (config.get("num_nodes") or 1)
+        choice = choose_precision(str(config.get("accelerator") or "auto"), processes, measured,
+                                  (spec.channels, spec.size, spec.size), measured.hparams.num_classes)
+        if pl.utilities.rank_zero_only.rank == 0:
+            print(choice.line(), flush=True)
+        return choice.precision
 
     def _logger(self, root: Path, experiment: str, seed: int | None) -> Logger:
         """The ``logger:`` group's logger: run ``<experiment>-seed<seed>`` in group ``<experiment>``, job type
@@ -188,8 +223,9 @@ def build_cli(args: list[str], run: bool = True) -> TrainCLI:
     configuration and build model, data and trainer."""
     quiet_console()
     defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
-    return TrainCLI(ImageClassifier, ImageDataModule, subclass_mode_data=True, run=run, args=with_defaults(args, run),
-                    save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+    return TrainCLI(ImageClassifier, ImageDataModule, subclass_mode_data=True, trainer_class=Trainer, run=run,
+                    args=with_defaults(args, run), save_config_kwargs={"overwrite": True},
+                    auto_configure_optimizers=False,
                     parser_kwargs={name: defaults for name in SUBCOMMANDS} if run else defaults)
 
 

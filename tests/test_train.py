@@ -117,6 +117,31 @@ def test_missing_data_is_reported_with_train_flags_before_a_logger_run(tmp_path:
     assert not (tmp_path / "run" / "wandb").exists()
 
 
+def test_precision_auto_is_resolved_said_in_one_line_and_recorded(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``--trainer.precision auto``: the trainer runs the precision the console line names, and the run's config
+    (``TrainingRun``) records that precision, not "auto"."""
+    cli = train.build_cli(["--trainer.precision", "auto", "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision: auto -> ")]
+    chosen = line.split()[3]
+    assert chosen in ("32-true", "bf16-mixed") and cli.trainer.precision == chosen
+    (run,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "TrainingRun"]
+    assert run.config["trainer"]["precision"] == chosen
+
+
+def test_progress_is_one_line_per_epoch_without_carriage_returns(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """stdout is not a terminal here (as in a log file): no progress bar, one line per epoch with its numbers."""
+    train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3", "--trainer.logger",
+                "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "true", "--skip_test", "true",
+                "--trainer.check_val_every_n_epoch", "2"])
+    output = capsys.readouterr().out
+    assert "\r" not in output
+    epochs = [line for line in output.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(" loss " in line and " acc " in line and "left)" in line for line in epochs)
+    assert ["val/acc" in line for line in epochs] == [False, True, False]  # only where validation ran
 
 
 def test_with_defaults_adds_fit_and_the_quickstart_config() -> None:
