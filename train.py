@@ -45,7 +45,7 @@ from callbacks.training_run import TrainingRun
 from datamodules.base import ImageDataModule
 from odin_pl.tracking.artifacts import artifact_name, log_checkpoint
 from odin_pl.training.checkpoint import run_progress, training_record
-from odin_pl.training.console import ProgressLines, quiet_console
+from odin_pl.training.console import ProgressLines, one_line_warnings, quiet_console
 from odin_pl.training.precision import choose_precision
 from odin_pl.fingerprint import file_sha256
 from odin_pl.tracking.loggers import LoggerOptions, build_logger, describe_logger, finish_logger, wandb_run
@@ -241,7 +241,9 @@ def main(args: list[str] | None = None) -> str:
 
 def run_command_line() -> int:
     """``main()`` for the shell: a user error (:class:`~odin_pl.errors.UserError`) ends in one line on stderr and
-    exit status 2 (its traceback with ``--debug``); any other exception keeps its traceback."""
+    exit status 2 (its traceback with ``--debug``); any other exception keeps its traceback. Warnings print as
+    one line each."""
+    one_line_warnings()
     try:
         main()
     except UserError as err:

@@ -214,11 +214,17 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True), console
 
 
-def test_a_normal_run_prints_no_warning_a_user_cannot_act_on(uninterrupted: tuple[dict, str]) -> None:
+def test_a_normal_run_prints_no_warning_a_user_cannot_act_on_and_no_wandb_summary(
+        uninterrupted: tuple[dict, str]) -> None:
     console = uninterrupted[1]
-    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist"):
+    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist",
+                 "not supported by the model summary", "Warning:", "warnings.warn"):
         assert note not in console, note
     assert "W&B run saved offline" in console and "Checkpoint: " in console
+    # No W&B banner, history or summary: one line says where the run is and how to upload it.
+    assert not [line for line in console.splitlines() if line.startswith("wandb:")]
+    (where,) = [line for line in console.splitlines() if "wandb sync" in line]
+    assert where.startswith("W&B run saved offline in ") and "\r" not in console
 
 
 @pytest.mark.parametrize("workers", [0, 2])

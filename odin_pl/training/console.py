@@ -33,6 +33,16 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=SUMMARY_PRECISION_WARNING)
 
 
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
+def one_line_warnings() -> None:
+    """Show every warning as one line, ``warning: MESSAGE``, without the source file and line of code that
+    Python adds (which name a library's internals, not what the user can change)."""
+    warnings.formatwarning = _one_line
+
 
 def _seconds(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
