@@ -225,7 +225,7 @@ def _check_protocol_and_detector_round_trip(name: str, tmp_path) -> None:
     in_set = TensorDataset(torch.randn(40, 3, 4, 4, generator=g, dtype=torch.float64), torch.zeros(40))
     ood = {"ood": TensorDataset(3 * torch.randn(30, 3, 4, 4, generator=g, dtype=torch.float64), -torch.ones(30))}
     method = create_method(name)
-    grid = MethodGrid(name, tuple(method.grid()[:4]))
+    grid = MethodGrid(method, tuple(method.grid()[:4]))
     fits, saved = None, None
     if method.needs_fit:
         fits = make_fits(model, images(60, 4), labels(60), {name: grid.settings})

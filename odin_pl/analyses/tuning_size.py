@@ -19,7 +19,6 @@ from torch.utils.data import Subset
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.score_cache import Key, ScoreCache, key
-from odin_pl.methods import create_method
 from odin_pl.metrics import rates_at_tpr
 from odin_pl.protocol.run import score_plan
 from odin_pl.protocol.tuning import select_setting
@@ -88,7 +87,7 @@ def run(ctx: AnalysisContext) -> AnalysisOutput:
     in_tune, in_test = _protocol_indices(ctx, IN), ctx.test_indices(IN)
     chosen = {}  # set -> method -> selections per tuning size
     for grid in tuned:
-        method, keys = create_method(grid.name), [key(grid.name, s) for s in grid.settings]
+        method, keys = grid.method, [key(grid.name, s) for s in grid.settings]
         in_grid = caches[IN].get(in_tune, keys)
         for name, (tune, _) in splits.items():
             out_grid = caches[name].get(tune, keys)

@@ -28,7 +28,7 @@ from odin_pl.evaluation.environment import describe_environment
 from odin_pl.evaluation.options import ModelSource, ProtocolConfig
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.protocol.fits import RunFits, prepare_fits, training_set
-from odin_pl.methods import Plan, Setting, create_method
+from odin_pl.methods import Plan, Setting
 from odin_pl.training.module import ImageClassifier
 from odin_pl.protocol.run import MethodGrid, ProtocolResult, run_protocol, split_seed
 from odin_pl.report.tables import results_tables
@@ -161,7 +161,7 @@ def score_store(config: ProtocolConfig, target: EvaluationTarget, ood_datasets: 
         context["fits_sha256"] = fits.sha256
     sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
     num_classes = target.model.hparams.num_classes
-    ranges = {grid.name: create_method(grid.name).score_range(num_classes) for grid in config.tuning.method_grids()}
+    ranges = {grid.name: grid.method.score_range(num_classes) for grid in config.tuning.method_grids()}
     facts = {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset),
                     "images_sha256": images_sha256(dataset, hashes)}
              for name, dataset in sets.items()} if world()[0] == 0 else {}
@@ -236,7 +236,7 @@ def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: list[Met
     """The fits of the run's feature methods (None without any) on the DataModule's training split (a seeded
     ``--fit_images`` subset, its files hashed through ``hashes``), saved in ``<output_dir>/fits/``; with
     ``--output.resume`` (or ``saved_only``, which fails instead of fitting) a saved fit that matches is reused."""
-    if not any(create_method(grid.name).needs_fit for grid in methods):
+    if not any(grid.method.needs_fit for grid in methods):
         return None
     train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit"))
     return prepare_fits(target.model, methods, train, folder=config.output_dir / "fits",

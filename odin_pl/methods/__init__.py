@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from odin_pl.methods.features import Fits
 from odin_pl.methods.base import Method, Param, Setting
-from odin_pl.methods.registry import create_method, list_methods, register_method
+from odin_pl.methods.registry import create_method, default_methods, list_methods, method_with_role, register_method
 from odin_pl.methods.batch import Batch, StdLike
 
 from odin_pl.methods import msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn  # noqa: E402,F401,I001
@@ -50,5 +50,5 @@ def score_batch(model: nn.Module, x: Tensor, plan: Plan, input_std: StdLike = No
     return {name: method.score(batch, settings[name]) for name, method in methods.items()}
 
 
-__all__ = ["Method", "Param", "Plan", "Setting", "create_method", "list_methods", "method_batch", "register_method",
-           "score_batch"]
+__all__ = ["Method", "Param", "Plan", "Setting", "create_method", "default_methods", "list_methods", "method_batch",
+           "method_with_role", "register_method", "score_batch"]

@@ -45,6 +45,10 @@ class Method(ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     needs_input_gradient: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
+    #: What the run's reports ask the registry for (``odin_pl.methods.registry.method_with_role``):
+    #: ``baseline``: the reference of comparisons (the paper's "baseline / ODIN" cells, the paired difference
+    #: intervals); ``paper``: the method the ODIN paper studies (its T x epsilon figures and analyses).
+    roles: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:

@@ -14,6 +14,7 @@ from odin_pl.methods.batch import Batch, max_softmax
 @register_method
 class MSP(Method):
     name = "msp"
+    roles = frozenset({"baseline"})
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
         return max_softmax(batch.logits, 1.0).expand(len(settings), -1).clone()

@@ -22,6 +22,7 @@ PAPER_EPSILONS = tuple(0.004 * i / 20 for i in range(21))  # 21 evenly spaced va
 @register_method
 class ODIN(Method):
     name = "odin"
+    roles = frozenset({"paper"})
     params = (Param("temperature", "T", PAPER_TEMPERATURES), Param("epsilon", "epsilon", PAPER_EPSILONS, floor=0.0))
     needs_input_gradient = True
 

@@ -24,6 +24,19 @@ def list_methods() -> list[str]:
     return list(_METHODS)
 
 
+def method_with_role(role: str) -> str:
+    """The name of the registered method that declares ``role`` (see :attr:`Method.roles`)."""
+    names = [name for name, cls in _METHODS.items() if role in cls.roles]
+    if len(names) != 1:
+        raise LookupError(f"{len(names)} registered methods have the role {role!r} ({', '.join(names)}); expected 1")
+    return names[0]
+
+
+def default_methods() -> list[str]:
+    """The methods evaluated when none are named: the baseline and the paper's method, in that order."""
+    return [method_with_role("baseline"), method_with_role("paper")]
+
+
 def create_method(name: str) -> Method:
     """A new instance of the method registered as ``name``."""
     if name not in _METHODS:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
 from odin_pl.methods.features import FeatureModel, Fits
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
-from odin_pl.methods import Setting, create_method
+from odin_pl.methods import Setting
 from odin_pl.protocol.run import MethodGrid
 from odin_pl.files import save_atomically
 from odin_pl.protocol.tuning import split_indices
@@ -178,7 +178,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
     process's features come from its own shard.
     """
     feature_model = FeatureModel(model)  # refuses a model without the features first
-    fitted = [grid for grid in methods if create_method(grid.name).needs_fit]
+    fitted = [grid for grid in methods if grid.method.needs_fit]
     rank = world()[0]
     dtype = next(model.parameters()).dtype
     context = broadcast_from_zero({"weights_sha256": weights_sha256,
@@ -202,15 +202,15 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
         if rank == 0:
             features = features.double()
             for grid in missing:
-                tensors = create_method(grid.name).fit(features, labels, grid.settings)
+                tensors = grid.method.fit(features, labels, grid.settings)
                 made[grid.name] = save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context, tensors)
         saved.update(broadcast_from_zero(made if rank == 0 else None))
     grids = []
     for grid in methods:
         if grid.name in saved:
-            method = create_method(grid.name)
+            method = grid.method
             kept, note = method.settings_for_fit(grid.settings, saved[grid.name].tensors)
-            grid = MethodGrid(grid.name, tuple(kept), grid.fixed if grid.fixed in kept else
+            grid = MethodGrid(method, tuple(kept), grid.fixed if grid.fixed in kept else
                               min(kept, key=method.tie_key))
             notes += [note] if note else []
         grids.append(grid)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_indices, world
 from odin_pl.methods.features import Fits
-from odin_pl.methods import Plan, Setting, create_method, score_batch
+from odin_pl.methods import Method, Plan, Setting, create_method, score_batch
 from odin_pl.metrics import ood_metrics
 from odin_pl.report.tables import main_records
 from odin_pl.methods.batch import StdLike, check_model_in_eval, non_finite_error
@@ -98,12 +98,17 @@ def score_dataset(model: nn.Module, dataset: Dataset, settings: Sequence[Setting
 
 @dataclass(frozen=True)
 class MethodGrid:
-    """A method of a protocol run: the settings it is tuned over (its grid, in the product order of its
-    parameters) and the one it uses in fixed mode (default: the grid's first in the method's tie order)."""
+    """A method of a protocol run (created and checked once): the settings it is tuned over (its grid, in the
+    product order of its parameters) and the one it uses in fixed mode (default: the grid's first in the method's
+    tie order)."""
 
-    name: str
+    method: Method
     settings: tuple[Setting, ...]
     fixed: Setting | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
     @classmethod
     def of(cls, name: str, values: Mapping[str, Sequence[float]] | None = None,
@@ -111,7 +116,7 @@ class MethodGrid:
         """The method's grid (its default values, or ``values`` per parameter) and fixed setting."""
         method = create_method(name)
         settings = tuple(method.grid(values))
-        return cls(name, settings, method.check_setting(fixed) if fixed is not None else
+        return cls(method, settings, method.check_setting(fixed) if fixed is not None else
                    min(settings, key=method.tie_key))
 
     @property
@@ -295,7 +300,7 @@ def run_protocol(
             out_tune = score(name, "tune", tune_set, tuning_plan)
             for m in tuned:
                 result.tuning_scores[m.name][name] = out_tune[m.name]
-                result.selections[m.name][name] = select_setting(create_method(m.name), m.settings, in_tune[m.name],
+                result.selections[m.name][name] = select_setting(m.method, m.settings, in_tune[m.name],
                                                                  out_tune[m.name])
     # For each test set and method, the (tuned_on, setting) pairs to report; the first is its main-table entry.
     reported: dict[str, dict[str, list[tuple[str | None, Setting]]]] = {}
@@ -319,7 +324,7 @@ def run_protocol(
         out_test = {(m, s): scores[m][row] for m, settings in plan.items() for row, s in enumerate(settings)}
         result.ood_test_scores[name] = out_test
         for m in methods:
-            method = create_method(m.name)
+            method = m.method
             for tuned_on, setting in reported[name][m.name]:
                 key = (m.name, setting)
                 record = {"ood": name, "method": m.name, **ood_metrics(result.in_test_scores[key], out_test[key]),
