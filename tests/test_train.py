@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io import torch_io
+from lightning.pytorch.callbacks import Callback
 
 import train
 from conftest import REPO
@@ -117,6 +119,23 @@ def test_missing_data_is_reported_with_train_flags_before_a_logger_run(tmp_path:
     assert not (tmp_path / "run" / "wandb").exists()
 
 
+class FailsInSetup(Callback):
+    """Fails where a callback's check of its inputs would: in setup, after Lightning created the logger's run."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        raise UserError("this callback refuses to start")
+
+
+def test_a_failed_start_leaves_no_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(UserError, match="refuses to start"):
+        train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", json.dumps(
+            [{"class_path": "test_train.FailsInSetup"}])])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs == [] and "The failed start's W&B run was removed" in capsys.readouterr().out
+
+
 def test_precision_auto_is_resolved_said_in_one_line_and_recorded(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     """``--trainer.precision auto``: the trainer runs the precision the console line names, and the run's config
@@ -144,12 +163,19 @@ def test_progress_is_one_line_per_epoch_without_carriage_returns(tmp_path: Path,
     assert ["val/acc" in line for line in epochs] == [False, True, False]  # only where validation ran
 
 
-def test_with_defaults_adds_fit_and_the_quickstart_config() -> None:
+def test_with_defaults_adds_fit_and_the_quickstart_config_where_nothing_chooses_the_data(tmp_path: Path) -> None:
     quickstart = ["--config", str(train.QUICKSTART_CONFIG)]
+    mnist, csv = str(REPO / "configs" / "data" / "mnist.yaml"), str(REPO / "configs" / "logger" / "csv.yaml")
     assert train.with_defaults([]) == ["fit", *quickstart]
     assert train.with_defaults(["--trainer.max_epochs", "1"]) == ["fit", *quickstart, "--trainer.max_epochs", "1"]
-    assert train.with_defaults(["test", "--config", "x.yaml"]) == ["test", "--config", "x.yaml"]
-    assert train.with_defaults(["--config", "x.yaml"], run=False) == ["--config", "x.yaml"]
+    assert train.with_defaults(["test", "--config", mnist]) == ["test", "--config", mnist]
+    assert train.with_defaults([f"--config={mnist}"], run=False) == [f"--config={mnist}"]
+    assert train.with_defaults(["--config", csv]) == ["fit", *quickstart, "--config", csv]
+    assert train.with_defaults(["--data", "datamodules.MNISTDataModule"])[1:2] == ["--data"]
+    # Only a data class chooses the data: a batch size alone keeps the quickstart's data set.
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("data:\n  init_args:\n    batch_size: 8\n")
+    assert train.with_defaults(["--config", str(batch), "--data.init_args.data_root", "d"])[1:3] == quickstart
 
 
 def test_fit_is_the_default_subcommand_and_validate_and_test_load_the_checkpoint(tmp_path: Path,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import shutil
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -145,3 +146,24 @@ def finish_logger(logger: Logger | None) -> None:
     """End the W&B run of ``logger`` (its files are complete afterwards), if one was started."""
     if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0 and logger._experiment is not None:
         logger.experiment.finish()  # _experiment: Lightning starts the run on first use; do not start one here
+
+
+def discard_run(logger: Logger | None) -> str:
+    """Remove the W&B run of ``logger`` that a failed start created (offline: its folder; online: the run on the
+    server), so that a start that failed leaves no empty run; returns a line for the console ("" without a run).
+    Only for a new run: a resumed run holds earlier parts."""
+    if not isinstance(logger, WandbLogger) or rank_zero_only.rank != 0 or logger._experiment is None:
+        return ""
+    run = logger.experiment
+    run_dir, url, path = Path(run.dir).parent, run.url, run.path
+    run.finish(exit_code=1)
+    if getattr(logger, "_offline", False):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"The failed start's W&B run was removed ({run_dir})"
+    import wandb
+
+    try:
+        wandb.Api().run(path).delete()
+    except Exception as err:  # noqa: BLE001 - the server may refuse; say where the run is instead
+        return f"The failed start's W&B run could not be deleted ({err}); delete it at {url}"
+    return f"The failed start's W&B run was deleted ({url})"
