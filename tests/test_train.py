@@ -21,7 +21,10 @@ from lightning.pytorch.callbacks import Callback
 
 import train
 from conftest import REPO
+from datamodules import DigitsDataModule
 from odin_pl.training.checkpoint import run_progress
+from odin_pl.training.console import ProgressLines
+from odin_pl.training.module import ImageClassifier
 from odin_pl.errors import UserError
 from odin_pl.training.rng import set_rng_states
 
@@ -163,6 +166,18 @@ def test_progress_is_one_line_per_epoch_without_carriage_returns(tmp_path: Path,
     assert ["val/acc" in line for line in epochs] == [False, True, False]  # only where validation ran
 
 
+def test_a_slow_epoch_prints_a_line_at_each_tenth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With no quiet time (a slow epoch), a line at 10%, ..., 90% of the epoch's batches, then the epoch line."""
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[ProgressLines(0.0)],
+                         default_root_dir=tmp_path)
+    trainer.fit(ImageClassifier(optimizer="adam", lr=1e-3), datamodule=DigitsDataModule(batch_size=32))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1")]
+    total = trainer.num_training_batches
+    assert [line.split()[2] for line in lines[:-1]] == [f"{10 * k}%" for k in range(1, 10)]
+    assert all(f"/{total} batches" in line for line in lines[:-1]) and " loss " in lines[-1]
+
+
 def test_with_defaults_adds_fit_and_the_quickstart_config_where_nothing_chooses_the_data(tmp_path: Path) -> None:
     quickstart = ["--config", str(train.QUICKSTART_CONFIG)]
     mnist, csv = str(REPO / "configs" / "data" / "mnist.yaml"), str(REPO / "configs" / "logger" / "csv.yaml")
@@ -247,8 +262,11 @@ def test_a_normal_run_prints_no_warning_a_user_cannot_act_on_and_no_wandb_summar
                  "not supported by the model summary", "Warning:", "warnings.warn"):
         assert note not in console, note
     assert "W&B run saved offline" in console and "Checkpoint: " in console
-    # No W&B banner, history or summary: one line says where the run is and how to upload it.
-    assert not [line for line in console.splitlines() if line.startswith("wandb:")]
+    # No W&B history or summary at the end (wandb's start banner only): one line says where the run is and how
+    # to upload it.
+    lines = console.splitlines()
+    after_training = lines[next(i for i, line in enumerate(lines) if line.startswith("epoch ")):]
+    assert not [line for line in after_training if line.startswith("wandb:")]
     (where,) = [line for line in console.splitlines() if "wandb sync" in line]
     assert where.startswith("W&B run saved offline in ") and "\r" not in console
 

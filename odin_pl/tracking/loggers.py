@@ -78,7 +78,7 @@ def _wandb_can_sync(timeout: float = 1.5) -> bool:
 
 def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, group: str | None, job_type: str,
                  run_id: str | None = None) -> Logger:
-    """The logger ``options`` describe, saving under ``save_dir``: a silent WandbLogger (online when possible, else
+    """The logger ``options`` describe, saving under ``save_dir``: a quiet WandbLogger (online when possible, else
     offline; ``run_id`` continues that run; :func:`describe_logger` gives the one line to print), or a CSVLogger
     with ``backend: csv``, ``WANDB_MODE=disabled`` or without wandb. ``name``, ``group`` and ``job_type`` are the
     defaults of the options left unset."""
@@ -97,10 +97,11 @@ def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, gro
     resume = {"id": run_id, "resume": "allow"} if run_id else {}  # offline: a new part of the run, with its id
     import wandb  # only where W&B is used: importing it takes seconds
 
-    # silent: no banner and no 30-line history and summary at the end; describe_logger says where the run is.
+    # quiet: no 30-line history and summary at the end (describe_logger says where the run is and how to sync it);
+    # not silent, with which wandb 0.31 ends offline runs before their last artifact is written.
     logger = WandbLogger(project=options.project, name=name, save_dir=str(save_dir), offline=offline,
                          group=options.group or group, job_type=options.job_type or job_type,
-                         tags=options.tags or None, settings=wandb.Settings(silent=True), **resume)
+                         tags=options.tags or None, settings=wandb.Settings(quiet=True), **resume)
     logger._wandb_init.pop("anonymous")  # Lightning passes anonymous=None, which wandb warns has no effect
     return logger
 
