@@ -258,7 +258,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 def test_a_normal_run_prints_no_warning_a_user_cannot_act_on_and_no_wandb_summary(
         uninterrupted: tuple[dict, str]) -> None:
     console = uninterrupted[1]
-    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist",
+    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist", "TPU",
                  "not supported by the model summary", "Warning:", "warnings.warn"):
         assert note not in console, note
     assert "W&B run saved offline" in console and "Checkpoint: " in console

@@ -17,18 +17,24 @@ LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"  # torch'
 SUMMARY_PRECISION_WARNING = r"Precision .* is not supported by the model summary"  # the size estimate only
 
 
-class _NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: ..." advertisements (litlogger)."""
+#: Lightning's notes that say nothing a user can act on: its litlogger advertisement, and accelerators that are
+#: absent (the GPU line stays: it says whether the run uses one).
+DROPPED_NOTES = ("💡 Tip", "TPU available: False", "HPU available: False")
+
+
+class _DropNotes(logging.Filter):
+    """Drops the log records that start with one of :data:`DROPPED_NOTES`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip")
+        return not record.getMessage().startswith(DROPPED_NOTES)
 
 
 def quiet_console() -> None:
-    """Silence Lightning's litlogger tip, its note that the model summary's size estimate assumes 32 bits, and
-    torch's FutureWarning about Lightning's use of ``LeafSpec`` (calling it again adds nothing)."""
-    if not any(isinstance(f, _NoTips) for f in rank_zero.log.filters):
-        rank_zero.log.addFilter(_NoTips())
+    """Silence Lightning's notes in :data:`DROPPED_NOTES`, its note that the model summary's size estimate assumes
+    32 bits, and torch's FutureWarning about Lightning's use of ``LeafSpec`` (calling it again adds nothing)."""
+    for log in (rank_zero.log, logging.getLogger("lightning.pytorch.utilities.rank_zero")):
+        if not any(isinstance(f, _DropNotes) for f in log.filters):
+            log.addFilter(_DropNotes())
     warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
     warnings.filterwarnings("ignore", message=SUMMARY_PRECISION_WARNING)
 
