@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import pickle
@@ -16,13 +17,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from conftest import shared_dataset
 from data_factories import CIFAR10_NAMES, idx_bytes, write_cifar10, write_cifar10_folder, write_cifar100, write_mnist
 from datamodules import (CIFAR10DataModule, CIFAR80DataModule, CIFAR100DataModule, DatasetNotFoundError,
                          ImageFolderDataModule, MNISTDataModule, cifar80_split)
-from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, cifar100_test_images_of_classes
+from datamodules import sampling
+from datamodules.cifar import (CIFAR10, CIFAR10_MEAN, CIFAR10_STD, CIFAR100, CIFAR100_MEAN, cifar_class_names,
+                               cifar100_test_images_of_classes, load_cifar)
 from datamodules.download import (ChecksumError, RemoteDataset, Resource, UnsafeArchiveError, check_md5,
                                   download_url, extract_archive, require_files)
 from datamodules.image_folder import SpecArrayDataset, load_image
@@ -208,6 +213,49 @@ def test_mnist_idx_files(tmp_path, gz):
             assert torch.allclose(x[0], torch.from_numpy(images[i].astype(np.float32)) / 255)  # [0, 1], as is
     assert torch.equal(dm.train_set[0][0], dm.train_set[0][0])  # no augmentation
     assert next(iter(dm.train_dataloader()))[0].shape == (5, 1, 28, 28)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_equals_torchvisions_mnist_and_its_idx_reader(tmp_path, gz, monkeypatch):
+    """On generated idx files: ``read_idx`` gives torchvision's ``read_sn3_pascalvincent_tensor`` arrays (gzipped
+    files unpacked for it), every sample equals torchvision's ``MNIST`` with ``ToTensor()`` exactly, and a training
+    epoch yields each training image once with no per-sample seed drawn (nothing is augmented)."""
+    write_mnist(tmp_path, gz)
+    plain = tmp_path / "plain"
+    (plain / "MNIST" / "raw").mkdir(parents=True)
+    for path in (tmp_path / "MNIST" / "raw").iterdir():
+        name = path.name.removesuffix(".gz")
+        (plain / "MNIST" / "raw" / name).write_bytes(gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+        np.testing.assert_array_equal(read_idx(path), read_sn3_pascalvincent_tensor(
+            str(plain / "MNIST" / "raw" / name)).numpy())
+    dm = MNISTDataModule(data_root=str(tmp_path), batch_size=4)
+    dm.setup("fit")
+    for train, ours in ((True, dm.train_set), (False, dm.test_set)):
+        theirs = torchvision.datasets.MNIST(str(plain), train=train, transform=torchvision.transforms.ToTensor())
+        assert len(ours) == len(theirs)
+        for i in range(len(ours)):
+            (x, y), (tx, ty) = ours[i], theirs[i]
+            assert x.dtype == tx.dtype and torch.equal(x, tx) and y == ty
+    monkeypatch.setattr(sampling, "sample_seed", lambda *a: pytest.fail("a per-sample seed was drawn"))
+    images = torch.cat([x for x, _ in dm.train_dataloader()])
+    expected = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])
+    assert len(images) == len(expected) and sorted(map(bytes, images.numpy())) == sorted(map(bytes, expected.numpy()))
+
+
+def test_cifar_pickles_read_as_torchvisions_cifar_reads_them(tmp_path, monkeypatch):
+    """On generated pickles, ``load_cifar`` gives torchvision's ``CIFAR10``/``CIFAR100`` ``.data`` and ``.targets``
+    (their md5 check of the official release turned off: it refuses generated files) and the same class names."""
+    write_cifar10(tmp_path)
+    write_cifar100(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    for fmt, tv in ((CIFAR10, torchvision.datasets.CIFAR10), (CIFAR100, torchvision.datasets.CIFAR100)):
+        for train in (True, False):
+            images, labels = load_cifar(tmp_path, fmt, train)
+            theirs = tv(str(tmp_path), train=train)
+            np.testing.assert_array_equal(images, theirs.data)
+            np.testing.assert_array_equal(labels, np.asarray(theirs.targets, dtype=np.int64))
+            assert labels.dtype == np.int64 and images.dtype == np.uint8
+        assert list(cifar_class_names(tmp_path, fmt)) == theirs.classes
 
 
 def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torchvision.datasets.utils import calculate_md5 as file_md5
 from torchvision.transforms import functional as TF
 
 from conftest import shared_dataset
@@ -21,7 +22,7 @@ from data_factories import CIFAR10_NAMES, write_cifar10, write_cifar100
 from datamodules import DatasetNotFoundError, OODDataModule, available_ood_sets, build_ood_dataset, ood_set_name
 from datamodules import ood_sets
 from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar80_split
-from datamodules.download import ChecksumError, UnsafeArchiveError, file_md5
+from datamodules.download import ChecksumError, UnsafeArchiveError
 from datamodules.image_folder import load_image
 from datamodules.ood import find_images
 from datamodules.ood_natural import ODIN_FOLDER, PAPER_ARCHIVES, TINY_IMAGENET_TEST_IMAGES
