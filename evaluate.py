@@ -30,6 +30,7 @@ from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
+from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.deploy.detector import Detector
 from odin_pl.distributed import world
 from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
@@ -41,7 +42,7 @@ from odin_pl.fingerprint import file_sha256
 from odin_pl.deploy.prediction import detect_dataset, write_detections
 from odin_pl.evaluation.logs import log_run
 from odin_pl.report.tables import write_results
-from odin_pl.evaluation.outputs import SAVED_CONFIG, write_run
+from odin_pl.evaluation.outputs import SAVED_CONFIG, write_config, write_run
 from odin_pl.evaluation.runtime import start_processes
 from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, UserError, report_user_error,
                             without_debug_flag)
@@ -167,8 +168,7 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     target = load_target(config)
     suite = _suite(config, target)
     if resolved_config and fabric.global_rank == 0:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        (config.output_dir / SAVED_CONFIG).write_text(resolved_config)
+        write_config(config.output_dir, resolved_config)
     run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
                             tuning_only=suite.tuning_only, skipped=list(suite.skipped))
     if fabric.global_rank > 0:
@@ -185,6 +185,9 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
         print(f"Resumed: reused the saved fit(s) of {', '.join(run.fits.reused)} ({out / 'fits'})")
     print(f"Results: {', '.join(map(str, files.results))}; figures in {out / 'figures'}; detectors: "
           f"{', '.join(map(str, files.detectors))}")
+    if files.removed:
+        print(f"Removed {len(files.removed)} detector file(s) and figure(s) of an earlier run in {out}: "
+              f"{', '.join(p.name for p in files.removed)}")
     analyses = _run_analyses(run, target, suite)
     if config.output.logger and (where := log_run(out, run, files, analyses)):
         print(where)
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     if argv and argv[0] not in ("-h", "--help"):
         argv = expand_shorthands(argv)
     parser, subparsers = build_parser()
-    parsed = parser.parse_args(argv)
+    with one_line_parse_errors(parser):
+        parsed = parser.parse_args(argv)
     command = parsed.command
     options, subparser = parsed[command], subparsers[command]
     if command == "analyses":

@@ -61,7 +61,11 @@ class ODINEvalCallback(Callback):
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.name = name
-        self.prefix = f"ood/{name}/" if name else "ood/"
+
+    @property
+    def prefix(self) -> str:
+        """Where the metrics are logged: ``ood/`` or ``ood/<name>/``."""
+        return f"ood/{self.name}/" if self.name else "ood/"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if any(isinstance(c, ODINEvalCallback) and c is not self and c.prefix == self.prefix

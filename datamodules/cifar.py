@@ -65,7 +65,9 @@ def _unpickle(path: Path) -> dict:
 
 def load_cifar(data_root: str | Path, fmt: CIFARFormat, train: bool, download: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [N, 32, 32, 3] and int64 labels of the training or test pickles, in file order."""
+    """uint8 images [N, 32, 32, 3] and int64 labels of the training or test pickles, in file order: the arrays
+    of torchvision's ``CIFAR10``/``CIFAR100`` (``.data``, ``.targets``). Kept rather than those classes, which
+    refuse any batch whose md5 is not the official release's (a re-pickled or generated copy) before reading it."""
     folder = fmt.source.ensure(Path(data_root), download)
     images, labels = [], []
     for name in fmt.train_files if train else fmt.test_files:
@@ -93,6 +95,7 @@ def cifar80_split(seed: int = 0) -> tuple[list[int], list[int]]:
     [19, 37, 40, 42, 44, 53, 56, 63, 69, 71, 74, 76, 80, 81, 82, 85, 90, 91, 93, 95] = cattle, house, lamp,
     leopard, lizard, orange, palm_tree, porcupine, rocket, sea, shrew, skyscraper, squirrel, streetcar, sunflower,
     tank, train, trout, turtle, whale.
+    Here, not in a library: CIFAR-80 is the ODIN paper's split, which torchvision and others do not define.
     """
     order = seeded_permutation(100, seed).tolist()
     return sorted(order[20:]), sorted(order[:20])
@@ -197,6 +200,7 @@ class CIFAR10DataModule(_CIFARDataModule):
             spec = self.image_spec  # checks the 10 class folders first
             samples = self.folder.samples(train)
             labels = np.array([label for _, label in samples], dtype=np.int64)
+            # Decoded once into memory, not torchvision's ImageFolder, which decodes every file at every epoch.
             self._arrays[train] = decode_images([path for path, _ in samples], spec), labels
         return self._arrays[train]
 

@@ -8,7 +8,6 @@ says what to download, where to put it and how to set the data root.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -18,6 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from torchvision.datasets.utils import calculate_md5
 
 from datamodules.base import DATA_ROOT_ENV
 from odin_pl.errors import MissingFileError, UserError
@@ -47,18 +48,10 @@ class Resource:
     urls: tuple[str, ...]
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    """The md5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_md5(path: str | os.PathLike, md5: str) -> None:
-    """Raise :class:`ChecksumError` naming the file and both md5s when ``path``'s md5 is not ``md5``."""
-    actual = file_md5(path)
+    """Raise :class:`ChecksumError` naming the file and both md5s when ``path``'s md5 (torchvision's
+    ``calculate_md5``) is not ``md5`` (torchvision's ``check_integrity`` answers only yes or no)."""
+    actual = calculate_md5(path)
     if actual != md5.lower():
         raise ChecksumError(f"checksum mismatch for {path}: md5 is {actual}, expected {md5.lower()}; the file is "
                             f"corrupt, truncated or a different version: delete it and download it again")
@@ -68,7 +61,9 @@ def download_url(url: str, dest: str | os.PathLike, md5: str | None = None, time
     """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename it to ``dest``.
 
     Network errors propagate as ``urllib.error.URLError`` / ``OSError``; a wrong md5 raises :class:`ChecksumError`
-    and leaves no file behind.
+    and leaves no file behind. Kept rather than torchvision's ``download_url``, which writes to ``dest`` itself
+    (a failed or corrupt download stays there), retries an https URL over plain http, and ends in "File not found
+    or corrupted" without the two md5s.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +74,7 @@ def download_url(url: str, dest: str | os.PathLike, md5: str | None = None, time
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
             shutil.copyfileobj(response, out, _CHUNK)
         if md5 is not None:
-            actual = file_md5(tmp)
+            actual = calculate_md5(tmp)
             if actual != md5.lower():
                 raise ChecksumError(f"checksum mismatch for {dest} downloaded from {url}: md5 is {actual}, "
                                     f"expected {md5.lower()}")
@@ -117,7 +112,9 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     Absolute paths, ``..`` components, and symbolic or hard links pointing outside ``dest`` (also through links
     extracted earlier) raise :class:`UnsafeArchiveError`; so do device files and FIFOs. Members are checked and
-    extracted in order, so the members before a refused one stay extracted (inside ``dest``).
+    extracted in order, so the members before a refused one stay extracted (inside ``dest``). Kept rather than
+    torchvision's ``extract_archive``, which calls ``tarfile.extractall`` without a filter: before Python 3.14 a
+    member ``../x`` or a link out of ``dest`` is written outside it.
     """
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

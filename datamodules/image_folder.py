@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import DATA_ROOT_ENV, ImageDataModule, seeded_permutation
-from datamodules.transforms import ToSpec, pil_to_spec, pil_to_spec_mode
+from datamodules.transforms import ToSpec, pil_to_spec, pil_to_spec_mode, standard_mode
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 
 Transform = Callable[[Image.Image], Tensor]
 Sample = tuple[Path, int]
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)  # what Pillow raises for unreadable or truncated files
+#: The file name endings read as images: torchvision's list and GIF (its first frame; see :func:`load_image`).
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 
 
 def spec_transform(spec: ImageSpec, augment: bool = False) -> Transform:
@@ -102,11 +106,66 @@ class SpecArrayDataset(Dataset):
         return (x - self.mean) / self.std, int(self.labels[index])
 
 
+class SkippedFiles:
+    """Files of a folder walk that are not read, by reason; :meth:`warn` says so once per reason, counting them
+    (nothing is left out without a word; hidden files alone are passed over silently)."""
+
+    UNDECODABLE = "image file(s) that cannot be decoded"
+    NOT_REGULAR = "file(s) that are not regular files (named pipes, devices, broken links: only regular files are read)"
+    NOT_IMAGES = f"file(s) without an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+
+    def __init__(self) -> None:
+        self.files: dict[str, list[Path]] = {}
+
+    def add(self, reason: str, path: Path) -> None:
+        self.files.setdefault(reason, []).append(path)
+
+    def warn(self, folder: Path) -> None:
+        for reason, paths in self.files.items():
+            warnings.warn(f"skipped {len(paths)} {reason.replace('(s) ', f'(s) under {folder} ', 1)} (first: "
+                          f"{paths[0]})", stacklevel=3)
+
+
+def image_candidate(path: Path, skipped: SkippedFiles) -> bool:
+    """Whether ``path`` is to be read as an image: not hidden, an image extension, a regular file (following
+    links). Other files are recorded in ``skipped`` (hidden ones are not)."""
+    if path.name.startswith("."):
+        return False
+    if not path.name.lower().endswith(IMAGE_EXTENSIONS):
+        skipped.add(SkippedFiles.NOT_IMAGES, path)
+        return False
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken link
+        regular = False
+    if not regular:
+        skipped.add(SkippedFiles.NOT_REGULAR, path)
+    return regular
+
+
+@contextmanager
+def _regular_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for reading when it is a regular file (checked on the open file: a named pipe never blocks);
+    an OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
+
+
+def _bomb_error(path: Path, err: Exception) -> UserError:
+    return UserError(f"image {path} is too large to decode safely ({err}); remove it from the folder or shrink it")
+
+
 def _readable(path: Path) -> bool:
     try:
-        with Image.open(path) as image:
+        with _regular_file(path) as f, Image.open(f) as image:
             image.size  # noqa: B018  Image.open parses the header only
         return True
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err) from err
     except _PIL_ERRORS:
         return False
 
@@ -116,8 +175,9 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
     """Class names and ``(path, label)`` samples of an ImageFolder layout ``folder/<class>/**/<image>``.
 
     Classes are the sorted subfolder names, or ``class_names`` (labels are indices into it; a subfolder not in
-    it is an error). Files with an image extension whose header cannot be read are skipped with one warning that
-    counts them. A missing folder, or one without images, raises FileNotFoundError.
+    it is an error). Files that are not read (no image extension, not a regular file, a header that cannot be
+    read: :class:`SkippedFiles`) are skipped with one warning per reason that counts them. A missing folder, or one
+    without images, raises FileNotFoundError.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -131,36 +191,43 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
         raise UserError(f"{folder} has class folders {unknown} that are not among the classes {list(class_names)}")
     index = {name: i for i, name in enumerate(class_names)}
     samples: list[Sample] = []
-    unreadable: list[Path] = []
+    skipped = SkippedFiles()
     for name in found:
         for directory, subdirs, files in os.walk(folder / name, followlinks=True):
             subdirs.sort()
             for file in sorted(files):
                 path = Path(directory) / file
-                if not file.lower().endswith(IMG_EXTENSIONS):
+                if not image_candidate(path, skipped):
                     continue
                 if _readable(path):
                     samples.append((path, index[name]))
                 else:
-                    unreadable.append(path)
-    if unreadable:
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {folder} (first: {unreadable[0]})",
-                      stacklevel=2)
+                    skipped.add(SkippedFiles.UNDECODABLE, path)
+    skipped.warn(folder)
     if not samples:
         raise MissingFileError(f"no images found in {folder}: expected {folder}/<class>/<image> with one of the "
-                               f"extensions {', '.join(IMG_EXTENSIONS)}")
+                               f"extensions {', '.join(IMAGE_EXTENSIONS)}")
     return tuple(class_names), samples
 
 
 def load_image(path: Path) -> Image.Image:
-    """Read an image fully into memory; a clear OSError names the file when it cannot be decoded."""
+    """The picture a viewer shows of the file ``path``, fully in memory as 8-bit ``L`` or ``RGB``: the first frame
+    of an animated file (GIF, APNG, WebP), turned as its EXIF orientation says, in the mode given by
+    :func:`~datamodules.transforms.standard_mode`. A file that cannot be decoded (or is not a regular file) is an
+    OSError naming it; one over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``, a decompression bomb) or without
+    a rule for its values is a UserError naming it."""
     try:
-        with open(path, "rb") as f:
+        with _regular_file(path) as f:
             image = Image.open(f)
-            image.load()
-        return image
+            image.load()  # the first frame
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err) from err
     except _PIL_ERRORS as exc:
         raise OSError(f"cannot read image {path}: {exc}") from exc
+    try:
+        return standard_mode(ImageOps.exif_transpose(image))
+    except UserError as err:
+        raise UserError(f"image {path}: {err}") from err
 
 
 def decode_images(paths: Sequence[Path], spec: ImageSpec) -> np.ndarray:

@@ -11,11 +11,12 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.base import ImageDataModule
 from datamodules.download import RemoteDataset, Resource
-from datamodules.image_folder import ArrayImageDataset, spec_transform
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import UserError
 
@@ -42,7 +43,11 @@ MNIST_SOURCE = RemoteDataset(
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """An idx file (LeCun's format; ``.gz`` read transparently) as a numpy array of its shape and type."""
+    """An idx file (LeCun's format; ``.gz`` read transparently) as a numpy array of its shape and type.
+
+    Kept rather than torchvision's reader, which reads only unpacked files (its MNIST unpacks the .gz files when
+    it downloads them; a read-only gzipped copy cannot be used) and fails a truncated file with a bare assertion.
+    """
     path = Path(path)
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = f.read()
@@ -67,6 +72,25 @@ def load_mnist(data_root: str | Path, train: bool, download: bool = False) -> tu
         raise UserError(f"MNIST files in {folder} disagree: images of shape {images.shape}, labels of shape "
                         f"{labels.shape}")
     return images, labels
+
+
+class MNISTImages(Dataset):
+    """uint8 images [N, 28, 28] and labels in memory, yielding ``(image / 255 as float32 [1, 28, 28], label)``:
+    the values of torchvision's ``MNIST`` with ``ToTensor()`` (the spec's mean 0 and std 1 leave them as they are),
+    by one tensor operation instead of a PIL image per sample. Nothing is augmented, so nothing is random:
+    ``draws_random_numbers`` tells the training loader to skip per-sample seeding."""
+
+    draws_random_numbers = False
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images = np.array(images, dtype=np.uint8)  # a writable copy (the file's buffer is read-only)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return torch.from_numpy(self.images[index]).unsqueeze(0).float().div_(255), int(self.labels[index])
 
 
 class MNISTDataModule(ImageDataModule):
@@ -98,4 +122,4 @@ class MNISTDataModule(ImageDataModule):
 
     def load_split(self, train: bool, augment: bool) -> Dataset:
         """The split, never augmented (the recipe uses none)."""
-        return ArrayImageDataset(*load_mnist(self.data_root, train, self.download), spec_transform(self._spec))
+        return MNISTImages(*load_mnist(self.data_root, train, self.download))

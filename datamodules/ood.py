@@ -10,7 +10,6 @@ image can be drawn again alone and two seeds never share images.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -22,10 +21,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import resolve_data_root, seeded_permutation
-from datamodules.image_folder import ArrayImageDataset, ImageFolderDataset, Transform, load_image
+from datamodules.image_folder import (IMAGE_EXTENSIONS, ArrayImageDataset, ImageFolderDataset, SkippedFiles, Transform,
+                                     image_candidate, load_image)
 from datamodules.transforms import ToSpec, normalize
 from odin_pl.fingerprint import FileHashes, array_sha256
 from odin_pl.spec import ImageSpec
@@ -86,24 +85,41 @@ def _folder(name_or_path: str | os.PathLike) -> Path | None:
     return path
 
 
+#: The longest set name (bytes in the file system's encoding): output files are named after the set
+#: (``scores/<set>__test.pt``, ``detectors/<set>.<method>.json``, hidden temporary files ...) within 255 bytes.
+MAX_SET_NAME_BYTES = 120
+
+
 def ood_set_name(name_or_path: str | os.PathLike) -> str:
-    """The set's name in metric keys (``ood/<set>/...``): a registered name as is, else the folder's own name.
+    """The set's name in metric keys (``ood/<set>/...``): a registered name as is, else the folder's own name
+    (at most :data:`MAX_SET_NAME_BYTES`).
 
     Registered names win over folders of the same name; give such a folder as a path (``./gaussian``).
     """
     folder = _folder(name_or_path)
-    return str(name_or_path) if folder is None else folder.resolve().name
+    if folder is None:
+        return str(name_or_path)
+    name = Path(os.path.abspath(folder)).name  # a link's own name (link a folder to rename it)
+    if len(os.fsencode(name)) > MAX_SET_NAME_BYTES:
+        raise UserError(f"the OOD folder {folder} has a name of {len(os.fsencode(name))} bytes: output files are "
+                        f"named after the set, so its name may have at most {MAX_SET_NAME_BYTES}; link the folder "
+                        "under a shorter name (ln -s FOLDER short_name) and give that")
+    return name
 
 
 def check_distinct_names(sets: Sequence[str]) -> None:
-    """Refuse two sets with one name (``ood_set_name``: two folders named alike), whose results would share keys."""
-    first: dict[str, str] = {}
+    """Refuse two sets with one name (``ood_set_name``: two folders named alike), whose results would share keys,
+    and a set given twice (the same name, or the same folder however spelled)."""
+    first: dict[str, tuple[str, str]] = {}
     for source in sets:
-        name = ood_set_name(source)
-        if name in first and first[name] != str(source):
-            raise UserError(f"two OOD sets are named {name!r} ({first[name]} and {source}): results are keyed by "
+        name, folder = ood_set_name(source), _folder(source)
+        identity = str(source) if folder is None else str(folder.resolve())
+        if name in first and first[name][1] == identity:
+            raise UserError(f"the OOD set {name!r} is given twice ({first[name][0]} and {source}): give it once")
+        if name in first:
+            raise UserError(f"two OOD sets are named {name!r} ({first[name][0]} and {source}): results are keyed by "
                             f"the set's name, so rename one of the folders (or link it under another name)")
-        first[name] = str(source)
+        first[name] = (str(source), identity)
 
 
 def build_ood_dataset(name: str | os.PathLike, spec: ImageSpec, data_root: str | Path | None = None, seed: int = 0,
@@ -130,11 +146,12 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[Path] = ()) -> list
     """Image files under ``folder`` (recursively, sorted; hidden entries ignored), each decoded once here.
 
     Symbolic links are followed, but a directory reached twice (a link loop such as ``self -> .``, or two links
-    to one folder) is read once; the ``exclude`` folders (resolved paths) are not entered. Files with an image
-    extension that cannot be decoded (truncated or not an image) are skipped with one warning that counts them.
+    to one folder) is read once; the ``exclude`` folders (resolved paths) are not entered. Files that are not
+    read (:class:`~datamodules.image_folder.SkippedFiles`: no image extension, not a regular file, cannot be
+    decoded) are skipped with one warning per reason that counts them.
     """
     found: list[Path] = []
-    undecodable: list[Path] = []
+    skipped = SkippedFiles()
     excluded = {Path(e).resolve() for e in exclude}
     visited: set[tuple[int, int]] = set()
     for directory, subdirs, files in os.walk(folder, followlinks=True):
@@ -146,12 +163,12 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[Path] = ()) -> list
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for file in sorted(files):
             path = Path(directory) / file
-            if file.startswith(".") or not file.lower().endswith(IMG_EXTENSIONS):
-                continue
-            (found if _decodable(path) else undecodable).append(path)
-    if undecodable:
-        warnings.warn(f"skipped {len(undecodable)} image file(s) under {folder} that cannot be decoded "
-                      f"(first: {undecodable[0]})", stacklevel=2)
+            if image_candidate(path, skipped):
+                if _decodable(path):
+                    found.append(path)
+                else:
+                    skipped.add(SkippedFiles.UNDECODABLE, path)
+    skipped.warn(Path(folder))
     return found
 
 
@@ -186,7 +203,7 @@ def folder_dataset(folder: Path, req: OODRequest, prepare: Callable[[Image.Image
     paths = find_images(folder, req.exclude)
     if not paths:
         raise UserError(f"no decodable images in the folder {folder}: an OOD folder needs image files (any depth) "
-                        f"with one of the extensions {', '.join(IMG_EXTENSIONS)}")
+                        f"with one of the extensions {', '.join(IMAGE_EXTENSIONS)}")
     to_spec = ToSpec(req.spec)
     return image_files_dataset(req.pick(paths), to_spec if prepare is None else T.Compose([prepare, to_spec]))
 

@@ -54,7 +54,8 @@ class EpochSampler(DistributedSampler):
 class EpochSeededDataset(Dataset):
     """``dataset[index]`` drawn under torch, numpy and Python generators seeded with (seed, epoch, index); indexed
     by the ``(epoch, index)`` pairs of :class:`EpochSampler`. A dataset with a ``seeded_item(index, seed)`` method
-    (augmentation as a function of the seed alone) gets the seed directly, without touching the generators."""
+    (augmentation as a function of the seed alone) gets the seed directly, without touching the generators; one
+    whose ``draws_random_numbers`` is False is read as it is."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -64,6 +65,8 @@ class EpochSeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
+        if not getattr(self.dataset, "draws_random_numbers", True):  # nothing to seed (no augmentation)
+            return self.dataset[index]
         seed = sample_seed(self.seed, epoch, index)
         seeded_item = getattr(self.dataset, "seeded_item", None)
         if seeded_item is not None:

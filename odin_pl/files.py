@@ -34,10 +34,13 @@ def replace_atomically(staging: str | Path, path: str | Path) -> None:
 
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]:
-    """Open a hidden temporary file beside ``path`` for writing; when the block ends, put it in place with
-    :func:`replace_atomically`. If anything fails the temporary file is removed and ``path`` keeps its old content;
-    a full disk or missing permission becomes an :class:`~odin_pl.errors.OutputError` that names the file."""
+    """Open a hidden temporary file beside ``path`` for writing (text in UTF-8); when the block ends, put it in
+    place with :func:`replace_atomically`. If anything fails the temporary file is removed and ``path`` keeps its
+    old content; a full disk or missing permission becomes an :class:`~odin_pl.errors.OutputError` that names
+    the file."""
     path = Path(path)
+    if "b" not in mode:
+        open_args.setdefault("encoding", "utf-8")  # whatever the locale
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,10 +89,10 @@ def metric_rows(in_scores: Tensor, out_scores: Tensor, in_weights: Tensor | None
     w_in, w_out = weights * is_in, weights * ~is_in
     n_in, n_out = w_in.sum(dim=1, keepdim=True), w_out.sum(dim=1, keepdim=True)
     tp, fp = torch.cumsum(w_in, dim=1), torch.cumsum(w_out, dim=1)
-    end, start = _tie_groups(scores)
-    tp_end, fp_end = _take(tp, end), _take(fp, end)
+    end, start = tie_groups(scores)
+    tp_end, fp_end = take_per_row(tp, end), take_per_row(fp, end)
     has_before, before = start > 0, (start - 1).clamp(min=0)
-    tp_before, fp_before = _take(tp, before) * has_before, _take(fp, before) * has_before
+    tp_before, fp_before = take_per_row(tp, before) * has_before, take_per_row(fp, before) * has_before
     rest_in, rest_out = n_in - tp_before, n_out - fp_before  # weights at or below each group
     fraction = Fraction(tpr).limit_denominator(10**6)
     k_in = -(-fraction.numerator * n_in.long() // fraction.denominator)
@@ -111,12 +111,12 @@ def metric_rows(in_scores: Tensor, out_scores: Tensor, in_weights: Tensor | None
     }
 
 
-def _take(values: Tensor, index: Tensor) -> Tensor:
+def take_per_row(values: Tensor, index: Tensor) -> Tensor:
     """values[r, index[r, j]]; one index row serves every row of values (columns taken once)."""
     return values[:, index[0]] if len(index) == 1 else values.gather(1, index)
 
 
-def _tie_groups(scores: Tensor) -> tuple[Tensor, Tensor]:
+def tie_groups(scores: Tensor) -> tuple[Tensor, Tensor]:
     """For rows sorted in descending order: the index of the last and of the first element of each element's
     group of equal scores."""
     n = scores.shape[1]

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.errors import UserError
-from odin_pl.metrics import _as_scores, _take, _tie_groups
+from odin_pl.metrics import as_scores, take_per_row, tie_groups
 
 OPENOOD_METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 
@@ -113,11 +113,11 @@ def openood_metric_rows(id_conf: Any, ood_conf: Any, id_weights: Any = None, ood
     w_ood, w_id = weights * is_ood, weights * ~is_ood
     n_ood, n_id = w_ood.sum(dim=1, keepdim=True), w_id.sum(dim=1, keepdim=True)
     tp, fp = torch.cumsum(w_ood, dim=1), torch.cumsum(w_id, dim=1)
-    end, start = _tie_groups(conf)
+    end, start = tie_groups(conf)
     n = pooled.shape[1]
     last = end == torch.arange(n)
     has_before, before = start > 0, (start - 1).clamp(min=0)
-    tp_before, fp_before = _take(tp, before) * has_before, _take(fp, before) * has_before
+    tp_before, fp_before = take_per_row(tp, before) * has_before, take_per_row(fp, before) * has_before
     point = last & (tp + fp > tp_before + fp_before)  # roc_curve's points (before drop_intermediate)
 
     previous, following = _neighbour(point, before=True), _neighbour(point, before=False)
@@ -146,7 +146,7 @@ def openood_metric_rows(id_conf: Any, ood_conf: Any, id_weights: Any = None, ood
 
 def openood_metrics(id_conf: Any, ood_conf: Any) -> dict[str, float]:
     """The metrics of :data:`OPENOOD_METRIC_NAMES` for one ID test set and one OOD set (fractions in [0, 1])."""
-    s_id, s_ood = _as_scores(id_conf, "id_conf"), _as_scores(ood_conf, "ood_conf")
+    s_id, s_ood = as_scores(id_conf, "id_conf"), as_scores(ood_conf, "ood_conf")
     return {name: float(values[0]) for name, values in openood_metric_rows(s_id[None], s_ood[None]).items()}
 
 

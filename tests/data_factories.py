@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,14 @@ def write_mnist(root: Path, gz: bool) -> dict[bool, tuple[np.ndarray, np.ndarray
                 (raw / name).write_bytes(idx_bytes(array))
         data[train] = images, labels
     return data
+
+
+def flip_a_tensor_bit(path: Path) -> None:
+    """Flip one bit inside the first tensor's data of the torch zip archive ``path`` (its directory stays intact,
+    so only the member's CRC-32 tells)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_length + extra_length + 5] ^= 0x10
+    path.write_bytes(bytes(data))

@@ -17,7 +17,8 @@ ROOTS = ("odin_pl", "datamodules", "callbacks")
 ENTRY_POINTS = ("evaluate", "train")
 # Layer of a module by the longest matching name (low to high); a module may import its own layer and lower ones.
 LAYERS = {
-    **{f"odin_pl.{leaf}": 0 for leaf in ("errors", "files", "fingerprint", "distributed", "spec", "metrics")},
+    **{f"odin_pl.{leaf}": 0 for leaf in ("errors", "files", "fingerprint", "distributed", "spec", "metrics",
+                                         "openood_metrics", "archives", "safe_names", "csv_cells", "cli_errors")},
     "odin_pl.models": 1,
     "odin_pl.methods": 2,
     "odin_pl.protocol": 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ import train
 from callbacks import ODINEvalCallback
 from datamodules import MNISTDataModule
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
+from odin_pl.errors import UserError
 from odin_pl.training.module import ImageClassifier, one_cycle_factor
 
 CONFIGS = REPO / "configs"
@@ -63,10 +65,11 @@ def _parse(parser, *configs: str) -> dict:
     return namespace.as_dict()
 
 
-def _quick_args(tmp_path: Path, data_name: str) -> list[str]:
-    """Tiny generated data in the real format, batch 2, CPU, no logger, in ``tmp_path``."""
+def _quick_args(tmp_path: Path, data_name: str | None) -> list[str]:
+    """Tiny generated data in the real format (none for ``data_name`` None: the digits), batch 2, CPU, no logger,
+    in ``tmp_path``."""
     data_root = tmp_path / "data"
-    if not data_root.exists():
+    if data_name is not None and not data_root.exists():
         WRITERS[data_name](data_root)
     return ["--data.init_args.data_root", str(data_root), "--data.init_args.batch_size", "2",
             "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",
@@ -75,15 +78,113 @@ def _quick_args(tmp_path: Path, data_name: str) -> list[str]:
             "--trainer.num_sanity_val_steps", "0"]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_starts_training(experiment: str, tmp_path: Path) -> None:
-    """fast_dev_run: one training step, one validation and one test batch at batch 2; no checkpoint."""
-    cli = train.build_cli(["--config", _config("experiment", experiment), "--trainer.fast_dev_run", "true",
-                           *_quick_args(tmp_path, _data_name(experiment))])
-    assert cli.checkpoint_path == "" and not (tmp_path / "run" / "checkpoints").exists()
+#: Every file under configs/ that train.py reads (configs/evaluate/ is evaluate.py's), as "group/name".
+TRAIN_CONFIGS = sorted(f"{p.parent.name}/{p.stem}" for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "evaluate")
+#: Files that need what a test machine lacks or minutes to run: parsed and built (run=False) instead of trained.
+BUILD_ONLY = {"trainer/gpu": "needs a GPU", "trainer/ddp": "starts processes", "model/compile": "compiles for minutes"}
+#: The data format each DataModule class reads (the key of WRITERS); the quickstart's digits need no files.
+DATA_FORMATS = {"CIFAR10DataModule": "cifar10", "CIFAR100DataModule": "cifar100", "CIFAR80DataModule": "cifar80",
+                "MNISTDataModule": "mnist", "DigitsDataModule": None}
+
+
+def _data_format(config: dict) -> str | None:
+    data = config["data"]
+    if data["init_args"].get("image_folder"):
+        return "cifar10_jpeg"
+    return DATA_FORMATS[data["class_path"].rsplit(".", 1)[1]]
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": value}`` for every leaf of a nested mapping (lists are leaves)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _run_alone(parser, tmp_path: Path, *configs: str, extra: tuple[str, ...] = ()) -> train.TrainCLI:
+    """``train.py --config C ... --trainer.fast_dev_run true`` with generated data where the data need files."""
+    args = [a for c in configs for a in ("--config", c)]
+    data_format = _data_format(_parse(parser, *_config_files(args)))
+    return train.build_cli([*args, "--trainer.fast_dev_run", "true", *_quick_args(tmp_path, data_format), *extra])
+
+
+def _config_files(args: list[str]) -> list[str]:
+    """The config files train.py reads for ``args`` (the quickstart first where they choose no data)."""
+    return [a for a in train.with_defaults(args, run=False) if a != "--config"]
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS)
+def test_every_config_file_works_alone(parser, name: str, tmp_path: Path) -> None:
+    """``train.py --config configs/<group>/<file>.yaml`` alone trains (fast_dev_run: one step, one validation and
+    one test batch at batch 2, generated data in the real format): files that choose no data run the quickstart
+    with what they set."""
+    config = _config(*name.split("/"))
+    own = _yaml(*name.split("/"))
+    if name in BUILD_ONLY:
+        composed = _parse(parser, *_config_files(["--config", config]))
+        assert all(composed[group][key] == value for group in ("trainer", "model") for key, value in
+                   own.get(group, {}).items()), BUILD_ONLY[name]
+        assert composed["experiment"] == "quickstart" and composed["data"]["class_path"].endswith("DigitsDataModule")
+        return
+    cli = _run_alone(parser, tmp_path, config)
     assert cli.trainer.global_step == 1 and "test/acc" in cli.trainer.callback_metrics
-    assert cli.model.hparams.backbone == _yaml("experiment", experiment)["model"]["backbone"]
-    assert cli.model.hparams.num_classes == {"cifar80": 80, "cifar100": 100}.get(_data_name(experiment), 10)
+    assert cli.checkpoint_path == "" and not (tmp_path / "run" / "checkpoints").exists()
+    if "backbone" in own.get("model", {}):
+        assert cli.model.hparams.backbone == own["model"]["backbone"]
+    if "data" not in own:  # the quickstart's data and experiment, with this file's settings
+        assert type(cli.datamodule).__name__ == "DigitsDataModule" and cli.config.fit.experiment == "quickstart"
+    classes = {"CIFAR80DataModule": 80, "CIFAR100DataModule": 100}.get(type(cli.datamodule).__name__, 10)
+    assert cli.model.hparams.num_classes == classes
+
+
+@pytest.mark.parametrize("name", [n for n in TRAIN_CONFIGS if not n.startswith("experiment/")])
+def test_every_config_file_added_to_any_experiment_sets_what_it_names(parser, name: str) -> None:
+    """``--config experiment/E --config <group>/<file>``: every value the file names is the composed value (a later
+    file wins), the experiment keeps the rest; ``callbacks+`` appends to the experiment's callbacks."""
+    own = _yaml(*name.split("/"))
+    appended = own.get("trainer", {}).pop("callbacks+", [])
+    for experiment in sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")):
+        alone, composed = (_parse(parser, *_config_files(["--config", _config("experiment", experiment), *more]))
+                           for more in ([], ["--config", _config(*name.split("/"))]))
+        assert {k: v for k, v in _leaves(composed).items() if k in _leaves(own)} == _leaves(own), experiment
+        kept = {k: v for k, v in _leaves(alone).items() if k not in _leaves(own) and k != "trainer.callbacks"
+                and not k.startswith("data.")}  # a new data class keeps only the init_args it accepts
+        assert {k: _leaves(composed).get(k) for k in kept} == kept, experiment
+        before, after = alone["trainer"].get("callbacks") or [], composed["trainer"].get("callbacks") or []
+        if appended:
+            assert after[:len(before)] == before and len(after) == len(before) + len(appended), experiment
+            for added, given in zip(after[len(before):], appended):
+                assert added["class_path"] == given["class_path"]
+                assert {k: added["init_args"][k] for k in given["init_args"]} == given["init_args"]
+        elif "callbacks" not in own.get("trainer", {}):
+            assert after == before, experiment
+
+
+def test_documented_combinations_train(parser, tmp_path: Path) -> None:
+    """The combinations configs/README.md shows (fast_dev_run; GPU ones parsed above), and the callback one-liner
+    on the quickstart, which already has an ODINEvalCallback: the second is named automatically and logs."""
+    jpeg = _run_alone(parser, tmp_path / "jpeg", _config("experiment", "densenet_bc_100_cifar10"),
+                      _config("data", "cifar10_jpeg"))
+    assert jpeg.datamodule.folder is not None and jpeg.trainer.global_step == 1
+    wrn = _run_alone(parser, tmp_path / "wrn", _config("data", "cifar100"), _config("model", "wrn_40_4"),
+                     extra=("--trainer.max_epochs", "200", "--experiment", "wrn_40_4_c100_test"))
+    assert (wrn.model.hparams.backbone, wrn.model.hparams.num_classes) == ("wrn_40_4", 100)
+    one_liner = ("--trainer.callbacks+=callbacks.ODINEvalCallback", "--trainer.callbacks.every_n_epochs=1",
+                 "--trainer.callbacks.ood=[gaussian,uniform]", "--trainer.callbacks.num_images=50", "--skip_test",
+                 "true")
+    for extra in (one_liner, ("--config", _config("callbacks", "odin_eval"), "--trainer.callbacks.every_n_epochs=1",
+                              "--trainer.callbacks.num_images=50", "--skip_test", "true")):
+        cli = _run_alone(parser, tmp_path / str(len(extra)), str(train.QUICKSTART_CONFIG), extra=extra)
+        names = [c.name for c in cli.trainer.callbacks if isinstance(c, ODINEvalCallback)]
+        assert names == [None, "odin_eval2"]
+        assert 0 <= float(cli.trainer.callback_metrics["ood/odin_eval2/gaussian/odin/auroc"]) <= 1
+
+
+def test_evaluation_callbacks_with_one_name_are_refused_before_the_trainer(tmp_path: Path) -> None:
+    named = json.dumps([{"class_path": "callbacks.ODINEvalCallback", "init_args": {"name": "noise"}}] * 2)
+    with pytest.raises(UserError, match="several ODINEvalCallbacks are named noise .* distinct init_args.name"):
+        train.build_cli([*_quick_args(tmp_path, None), "--trainer.callbacks", named], run=False)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -277,17 +378,19 @@ def test_weight_decay_scope_hidden_weights_decays_only_hidden_weights(parser) ->
     assert all(torch.equal(p, b) for p, b in zip(rest["params"], before[1]))
 
 
-def test_resnet9_cifar10_jpeg_recipe_trains(tmp_path: Path) -> None:
+def test_resnet9_cifar10_jpeg_recipe_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The CPU recipe (configs/experiment/resnet9_cifar10_jpeg.yaml) trains a few batches on a class-folder copy:
-    half-width ResNet-9 in bfloat16 autocast with channels_last, SGD and the per-step one-cycle schedule."""
+    half-width ResNet-9 at the precision this CPU runs fast (``precision: auto``, said in one line) with
+    channels_last, SGD and the per-step one-cycle schedule."""
     cli = train.build_cli(["--config", _config("experiment", "resnet9_cifar10_jpeg"),
                            *_quick_args(tmp_path, "cifar10_jpeg"), "--data.init_args.batch_size", "4",
                            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
                            "--trainer.limit_val_batches", "0", "--skip_test", "true"], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     model, trainer = cli.model, cli.trainer
-    assert (model.hparams.backbone, trainer.precision, model.hparams.channels_last) == ("resnet9_half", "bf16-mixed",
-                                                                                        True)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision: auto -> ")]
+    assert (model.hparams.backbone, trainer.precision, model.hparams.channels_last) == ("resnet9_half",
+                                                                                        line.split()[3], True)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
     scheduler = trainer.lr_scheduler_configs[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import pickle
@@ -16,18 +17,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from conftest import shared_dataset
 from data_factories import CIFAR10_NAMES, idx_bytes, write_cifar10, write_cifar10_folder, write_cifar100, write_mnist
 from datamodules import (CIFAR10DataModule, CIFAR80DataModule, CIFAR100DataModule, DatasetNotFoundError,
                          ImageFolderDataModule, MNISTDataModule, cifar80_split)
-from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, cifar100_test_images_of_classes
+from datamodules import sampling
+from datamodules.cifar import (CIFAR10, CIFAR10_MEAN, CIFAR10_STD, CIFAR100, CIFAR100_MEAN, cifar_class_names,
+                               cifar100_test_images_of_classes, load_cifar)
 from datamodules.download import (ChecksumError, RemoteDataset, Resource, UnsafeArchiveError, check_md5,
                                   download_url, extract_archive, require_files)
-from datamodules.image_folder import SpecArrayDataset
+from datamodules.image_folder import SpecArrayDataset, load_image
+from datamodules.transforms import pil_to_spec_mode
+from odin_pl.errors import UserError
 from datamodules.mnist import read_idx
 from odin_pl.spec import ImageSpec
+
+RGB_SPEC = ImageSpec(size=3, channels=3, mean=(0,) * 3, std=(1,) * 3)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -206,6 +215,49 @@ def test_mnist_idx_files(tmp_path, gz):
     assert next(iter(dm.train_dataloader()))[0].shape == (5, 1, 28, 28)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_equals_torchvisions_mnist_and_its_idx_reader(tmp_path, gz, monkeypatch):
+    """On generated idx files: ``read_idx`` gives torchvision's ``read_sn3_pascalvincent_tensor`` arrays (gzipped
+    files unpacked for it), every sample equals torchvision's ``MNIST`` with ``ToTensor()`` exactly, and a training
+    epoch yields each training image once with no per-sample seed drawn (nothing is augmented)."""
+    write_mnist(tmp_path, gz)
+    plain = tmp_path / "plain"
+    (plain / "MNIST" / "raw").mkdir(parents=True)
+    for path in (tmp_path / "MNIST" / "raw").iterdir():
+        name = path.name.removesuffix(".gz")
+        (plain / "MNIST" / "raw" / name).write_bytes(gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+        np.testing.assert_array_equal(read_idx(path), read_sn3_pascalvincent_tensor(
+            str(plain / "MNIST" / "raw" / name)).numpy())
+    dm = MNISTDataModule(data_root=str(tmp_path), batch_size=4)
+    dm.setup("fit")
+    for train, ours in ((True, dm.train_set), (False, dm.test_set)):
+        theirs = torchvision.datasets.MNIST(str(plain), train=train, transform=torchvision.transforms.ToTensor())
+        assert len(ours) == len(theirs)
+        for i in range(len(ours)):
+            (x, y), (tx, ty) = ours[i], theirs[i]
+            assert x.dtype == tx.dtype and torch.equal(x, tx) and y == ty
+    monkeypatch.setattr(sampling, "sample_seed", lambda *a: pytest.fail("a per-sample seed was drawn"))
+    images = torch.cat([x for x, _ in dm.train_dataloader()])
+    expected = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])
+    assert len(images) == len(expected) and sorted(map(bytes, images.numpy())) == sorted(map(bytes, expected.numpy()))
+
+
+def test_cifar_pickles_read_as_torchvisions_cifar_reads_them(tmp_path, monkeypatch):
+    """On generated pickles, ``load_cifar`` gives torchvision's ``CIFAR10``/``CIFAR100`` ``.data`` and ``.targets``
+    (their md5 check of the official release turned off: it refuses generated files) and the same class names."""
+    write_cifar10(tmp_path)
+    write_cifar100(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    for fmt, tv in ((CIFAR10, torchvision.datasets.CIFAR10), (CIFAR100, torchvision.datasets.CIFAR100)):
+        for train in (True, False):
+            images, labels = load_cifar(tmp_path, fmt, train)
+            theirs = tv(str(tmp_path), train=train)
+            np.testing.assert_array_equal(images, theirs.data)
+            np.testing.assert_array_equal(labels, np.asarray(theirs.targets, dtype=np.int64))
+            assert labels.dtype == np.int64 and images.dtype == np.uint8
+        assert list(cifar_class_names(tmp_path, fmt)) == theirs.classes
+
+
 def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
     good = idx_bytes(np.zeros((3, 4, 4), dtype=np.uint8))
     (tmp_path / "short").write_bytes(good[:-5])
@@ -241,9 +293,12 @@ def _write_folder(root: Path) -> None:
 def test_image_folder_modes_sizes_stats_and_corrupt_file(tmp_path):
     _write_folder(tmp_path)
     dm = ImageFolderDataModule(data_root=str(tmp_path), image_size=8, batch_size=3)
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\)") as record:
+    with pytest.warns(UserWarning, match=r"skipped 1 image file\(s\) under .* that cannot be decoded") as record:
         spec = dm.image_spec
-    assert len([w for w in record if "unreadable" in str(w.message)]) == 1
+    assert len([w for w in record if "cannot be decoded" in str(w.message)]) == 1
+    assert [str(w.message).split(" (first")[0] for w in record if "without an image extension" in str(w.message)
+            ] == [f"skipped 1 file(s) under {tmp_path / 'train'} without an image extension (.jpg, .jpeg, .png, .ppm, "
+                  ".bmp, .pgm, .tif, .tiff, .webp, .gif)"]  # notes.txt: said, not silently dropped
     assert spec.class_names == ("gray", "palette", "rgba") and (spec.size, spec.channels) == (8, 3)
     assert spec.dataset == tmp_path.name
     with warnings.catch_warnings():
@@ -261,10 +316,83 @@ def test_image_folder_modes_sizes_stats_and_corrupt_file(tmp_path):
     assert next(iter(dm.train_dataloader()))[0].shape == (3, 3, 8, 8)
 
     gray = ImageFolderDataModule(data_root=str(tmp_path), image_size=8, channels=1, mean=[0.5], std=[0.25])
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="cannot be decoded"):
         gray.setup("test")
     x, _ = gray.test_set[1]
     assert x.shape == (1, 8, 8) and gray.image_spec.mean == (0.5,)
+
+
+def _decoded(path: Path) -> np.ndarray:
+    return np.asarray(load_image(path))
+
+
+def test_every_pil_mode_decodes_by_its_documented_rule(tmp_path):
+    """Each PIL mode against a numpy reference of the rule in ``datamodules.transforms.standard_mode`` (exact: the
+    rule rounds to nearest). Before issue 29, 16-bit images (I;16 PNG and TIFF, I) were divided by their own
+    maximum (a dark 16-bit image came out at full brightness) and CMYK went through Pillow's clipping."""
+    rng = np.random.default_rng(0)
+    sixteen = np.array([[0, 1, 128, 129], [257, 1000, 32767, 40000]], dtype=np.uint16)
+    for suffix in (".png", ".tif"):
+        Image.fromarray(sixteen).save(tmp_path / f"i16{suffix}")
+        assert Image.open(tmp_path / f"i16{suffix}").mode.startswith("I;16")
+        assert np.array_equal(_decoded(tmp_path / f"i16{suffix}"), np.rint(sixteen / 257.0).astype(np.uint8))
+    Image.fromarray(sixteen.astype(np.int32)).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    assert np.array_equal(_decoded(tmp_path / "i32.tif"), np.rint(sixteen / 257.0).astype(np.uint8))
+    Image.fromarray(np.array([[70000, 5]], dtype=np.int32)).save(tmp_path / "i32_big.tif")
+    with pytest.raises(UserError, match=r"image .*i32_big.tif: a 32-bit integer image with values in \[5, 70000\]"):
+        load_image(tmp_path / "i32_big.tif")
+
+    floats = rng.uniform(0, 1, (4, 5)).astype(np.float32)
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    assert np.array_equal(_decoded(tmp_path / "f.tif"), np.rint(floats.astype(np.float64) * 255).astype(np.uint8))
+    Image.fromarray(floats * 255).save(tmp_path / "f255.tif")
+    with pytest.raises(UserError, match=r"f255.tif: a floating-point image must hold finite intensities in \[0, 1\]"):
+        load_image(tmp_path / "f255.tif")
+
+    cmyk = rng.integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "cmyk.tif")
+    c = cmyk.astype(np.float64)
+    assert np.array_equal(_decoded(tmp_path / "cmyk.tif"), np.rint((255 - c[..., :3]) * (255 - c[..., 3:]) / 255))
+
+    rgba = rng.integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    x = rgba.astype(np.float64)
+    assert np.array_equal(_decoded(tmp_path / "rgba.png"), np.rint(x[..., :3] * x[..., 3:] / 255))
+    la = rgba[..., [0, 3]]
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    decoded = _decoded(tmp_path / "la.png")
+    assert decoded.shape == (3, 4) and np.array_equal(decoded, np.rint(x[..., 0] * x[..., 3] / 255))
+
+    palette = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+    indices = rng.integers(0, 4, (5, 6), dtype=np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette(palette.flatten().tolist())
+    image.save(tmp_path / "p.png")
+    assert np.array_equal(_decoded(tmp_path / "p.png"), palette[indices])
+    image.save(tmp_path / "p_alpha.png", transparency=bytes([255, 0, 128, 255]))
+    alpha = np.array([255, 0, 128, 255], dtype=np.float64)[indices][..., None]
+    assert np.array_equal(_decoded(tmp_path / "p_alpha.png"), np.rint(palette[indices] * alpha / 255))
+
+    bits = rng.integers(0, 2, (4, 8)).astype(bool)
+    Image.fromarray(bits).save(tmp_path / "one.png")
+    assert np.array_equal(_decoded(tmp_path / "one.png"), bits * 255)
+    # Then to the spec's channels: gray is copied to RGB; RGB to gray by the ITU-R 601-2 luma.
+    rgb = rng.integers(0, 256, (2, 3, 3), dtype=np.uint8)
+    gray = np.asarray(pil_to_spec_mode(Image.fromarray(rgb), ImageSpec(size=3, channels=1, mean=(0,), std=(1,))))
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    assert np.abs(gray - (299 * r + 587 * g + 114 * b) / 1000).max() <= 0.5 + 1e-9
+    assert np.array_equal(np.asarray(pil_to_spec_mode(Image.fromarray(rgb[..., 0]), RGB_SPEC)), rgb[..., [0, 0, 0]])
+
+
+def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path):
+    """Before issue 29 the stored pixels were read as they lie, ignoring the EXIF orientation (6: turn 90 degrees
+    clockwise to view)."""
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
+    assert np.array_equal(_decoded(tmp_path / "turned.png"), np.rot90(pixels, k=-1))
 
 
 def test_image_folder_clear_errors(tmp_path):

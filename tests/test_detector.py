@@ -245,3 +245,18 @@ def test_a_detector_file_fails_closed(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteScoresError, match=r"prediction: the model gives non-finite scores \(NaN or Inf\): "
                                                    r"23 of odin"):
         detector.predict(_images())
+
+
+def test_a_detector_file_that_names_no_weights_warns_and_text_thresholds_are_refused(tmp_path: Path) -> None:
+    """Before issue 29 a detector file without ``tuned_on.weights_sha256`` was used with any weights without a
+    word (its threshold may not hold for them), and a threshold that is not a number was a raw ValueError."""
+    model = _model()
+    path = ODINDetector.fit(model, 10.0, 0.001, SPEC, odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std),
+                            tuned_on={"ood_set": "x"}).save(tmp_path / "d.json")
+    with pytest.warns(UserWarning, match=r"d.json records no tuned_on.weights_sha256, so it cannot be checked "
+                                         f"against these weights \\(SHA-256 {'c' * 64}\\)"):
+        assert Detector.load(path, model, weights_sha256="c" * 64).threshold > 0
+    edited = {**json.loads(path.read_text()), "threshold": "abc"}  # before issue 29: a raw ValueError from float()
+    (tmp_path / "text.json").write_text(json.dumps(edited))
+    with pytest.raises(UserError, match=r"the threshold \('abc'\) and tpr \(0.95\) of a detector must be numbers"):
+        Detector.load(tmp_path / "text.json", model)

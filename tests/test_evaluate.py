@@ -489,3 +489,71 @@ def test_nan_weights_stop_the_protocol_at_the_first_batch(quickstart_ckpt: str, 
     with pytest.raises(NonFiniteScoresError, match=f"{broken}: in_distribution/tune .*non-finite scores"):
         evaluate.main(["--ckpt", str(broken), "--output.dir", str(tmp_path / "out"), "--output.logger", "false"])
     assert len(batches) == 1
+
+
+def test_a_reused_output_folder_keeps_nothing_of_the_earlier_run(quickstart_ckpt: str, tmp_path: Path) -> None:
+    """Before issue 29 a run into an earlier run's folder left that run's ``detectors/<set>.json`` and figures of
+    the sets it no longer evaluates beside its own results. Also: a folder named ``=1+1`` is no formula in
+    results.csv, its images with names that are not UTF-8 all count (6 images: 3 tune, 3 test), and config.yaml
+    is written through the atomic writer."""
+    folder = tmp_path / "=1+1"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in (b"a.png", b"b.png", b"c.png", b"\xe9.png", b"\xff1.png", b"\xff2.png"):
+        pixels = (torch.rand(8, 8, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out"
+    common = ["protocol", "--ckpt", quickstart_ckpt, "--output.dir", str(out), "--tuning.temperatures", "1,1000",
+              "--tuning.epsilons", "0,0.001", "--ood.num_images", "40", "--output.logger", "false",
+              "--bootstrap.resamples", "0"]
+    first = evaluate.main([*common, "--ood.sets", f"gaussian,{folder}"]).result
+    assert {r.ood: r.n_out for r in first.records} == {"gaussian": 20, "=1+1": 3}
+    assert "'=1+1" in (out / "results.csv").read_text()
+    figures = ["grid_{}.png", "roc_{}.png", "scores_{}.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f.format(s) for s in ("=1+1", "gaussian")
+                                                                         for f in figures)
+    assert sorted(p.name for p in (out / "detectors").iterdir()) == ["=1+1.odin.json", "fixed.msp.json",
+                                                                     "gaussian.odin.json"]
+    evaluate.main([*common, "--ood.sets", "gaussian"])
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [f.format("gaussian") for f in figures]
+    assert sorted(p.name for p in (out / "detectors").iterdir()) == ["fixed.msp.json", "gaussian.odin.json"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["ood"]["sets"] == "gaussian"
+
+
+PARSE_ERRORS = [
+    (["--ckpt", "c", "--runtime.batch_sise", "3"],
+     "--runtime.batch_sise: unknown option (did you mean --runtime.batch_size?) (see --help)"),
+    (["--ckpt", "c", "--runtime.batch_size", "nan"], "--runtime.batch_size: expected int, got 'nan'"),
+    (["--ckpt", "c", "--seed=1.5"], "--seed: expected int, got '1.5'"),
+    (["--ckpt", "c", "--tuning.mode", "crosss"],
+     "--tuning.mode: must be one of paper, transfer, cross, fixed, got 'crosss' (did you mean cross?)"),
+    (["--ckpt", "c", "--output.resume", "maybe"], "--output.resume: expected bool, got 'maybe'"),
+    (["--config", "{tmp}/unknown_key.yaml"], "--config: unknown key 'runtime.batch_sise' (did you mean "
+                                             "runtime.batch_size?)"),
+    (["--config", "{tmp}/malformed.yaml"], "--config: the file is not valid YAML or JSON (while parsing a flow node"),
+    (["--config", "{tmp}/missing.yaml"], "--config: File does not exist: '{tmp}/missing.yaml'"),
+    (["protocl", "--ckpt", "c"], "unexpected argument(s) protocl (did you mean protocol?) (see --help)"),
+    (["aggregate", "a", "b"], "missing required option(s): --output"),
+    (["predict", "--ckpt", "c", "--detectr", "d"], "--detectr: unknown option (did you mean --detector?)"),
+    (["--ckpt"], "--ckpt: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", PARSE_ERRORS)
+def test_every_parse_error_is_one_line_naming_the_option(argv: list[str], expected: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Before issue 29 each of these printed jsonargparse's 47-54 line usage dump before its message."""
+    (tmp_path / "unknown_key.yaml").write_text("runtime:\n  batch_sise: 3\n")
+    (tmp_path / "malformed.yaml").write_text("runtime: [\n")
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *(a.format(tmp=tmp_path) for a in argv)])
+    assert evaluate.run_command_line() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"evaluate.py: error: {expected.format(tmp=tmp_path)}"), err
+    monkeypatch.setenv("RANK", "1")  # a launched run's other processes: process 0 alone says it
+    assert evaluate.run_command_line() == 2 and capsys.readouterr().err == ""
+
+
+def test_negative_num_workers_is_refused_by_name(tmp_path: Path) -> None:
+    """Before issue 29 a negative --runtime.num_workers reached PyTorch's DataLoader: a raw traceback."""
+    with pytest.raises(UserError, match=r"--runtime.num_workers must be >= 0 .*got -2"):
+        evaluate.main(["--ckpt", str(tmp_path / "c.ckpt"), "--runtime.num_workers", "-2"])

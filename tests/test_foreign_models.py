@@ -8,6 +8,7 @@ release's classes no longer importable.
 
 from __future__ import annotations
 
+import fractions
 import json
 import sys
 import types
@@ -17,7 +18,10 @@ import torch
 from torch import nn
 
 import evaluate
-from odin_pl.training.checkpoint import load_model, read_checkpoint
+from data_factories import flip_a_tensor_bit
+from datamodules import DigitsDataModule
+from odin_pl.errors import UserError
+from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.training.convert import check_fits, convert_state_dict, load_foreign_model, read_weights
 from odin_pl.models import DenseNet, WideResNet
 from odin_pl.training.module import ImageClassifier
@@ -203,3 +207,89 @@ def test_evaluate_foreign_model_errors_are_clear(quickstart_ckpt: str, tmp_path)
         evaluate.main(["--model", "hendrycks_mlp", *weights, "--dataset", "svhn", *out])
     with pytest.raises(ValueError, match="unknown backbone 'no_such_net'"):
         evaluate.main(["--model", "no_such_net", *weights, "--dataset", "digits", *out])
+
+
+# --- Files name no code and are checked whole (issue 29) -------------------------------------------------------
+
+SPEC = ImageSpec(size=8, channels=1, mean=(0.5,), std=(0.25,), class_names=tuple("0123456789"))
+
+
+def _checkpoint_file(path, datamodule_class: str, init_args: dict, **hparams) -> str:
+    """A checkpoint that ``torch.load(weights_only=True)`` accepts, naming ``datamodule_class``."""
+    torch.save({"state_dict": {}, "hyper_parameters": {"backbone": "hendrycks_mlp", "image_spec": SPEC.to_dict(),
+                                                       **hparams},
+                "odin_pl": {"datamodule_class": datamodule_class}, "datamodule_hyper_parameters": init_args}, path)
+    return str(path)
+
+
+def test_a_checkpoint_cannot_make_odin_pl_run_code(tmp_path, monkeypatch) -> None:
+    """Before issue 29, ``build_datamodule`` imported and called any class path: this checkpoint ran
+    ``subprocess.Popen(['touch', FILE])``, and a module outside ``datamodules`` ran its import-time code."""
+    touched = tmp_path / "touched"
+    ckpt = _checkpoint_file(tmp_path / "popen.ckpt", "subprocess.Popen", {"args": ["touch", str(touched)]})
+    checkpoint = read_checkpoint(ckpt)
+    with pytest.raises(UserError, match=r"popen.ckpt names the DataModule class 'subprocess.Popen'.*outside the "
+                                        r"project's datamodules.*--trust_pickle true"):
+        build_datamodule(checkpoint, ckpt)
+    with pytest.raises(UserError, match="is not a LightningDataModule: refused"):  # trusted, still no Popen
+        build_datamodule(checkpoint, ckpt, trust=True)
+    (tmp_path / "side_effect29.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="outside the project's datamodules"):
+        build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "m.ckpt", "side_effect29.X", {})), "m.ckpt")
+    assert not touched.exists() and not (tmp_path / "imported").exists()  # refused before the import
+    with pytest.raises(UserError, match="not a class path"):
+        build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "d.ckpt", "datamodules..x", {})))
+    with pytest.raises(UserError, match="cannot be imported"):
+        build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "n.ckpt", "datamodules.digits.Nope", {})))
+    with pytest.raises(UserError, match="cannot be imported"):
+        build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "o.ckpt", "datamodules.nowhere.X", {})))
+    built = build_datamodule(read_checkpoint(_checkpoint_file(tmp_path / "ok.ckpt", "datamodules.digits."
+                                                              "DigitsDataModule", {"batch_size": 5})))
+    assert isinstance(built, DigitsDataModule) and built.batch_size == 5
+
+
+def test_a_checkpoints_unknown_or_bad_arguments_are_one_clear_error(tmp_path) -> None:
+    """Before issue 29: a raw TypeError (unknown hyperparameter or DataModule argument, a value of the wrong type)
+    from deep inside the constructors."""
+    digits = "datamodules.digits.DigitsDataModule"
+    checkpoint = read_checkpoint(_checkpoint_file(tmp_path / "a.ckpt", digits, {"batch_sise": 5}))
+    with pytest.raises(UserError, match=r"DigitsDataModule of a.ckpt has argument\(s\) 'batch_sise' that it does "
+                                        r"not take \(did you mean batch_size\?\)"):
+        build_datamodule(checkpoint, "a.ckpt")
+    checkpoint = read_checkpoint(_checkpoint_file(tmp_path / "b.ckpt", digits, {"test_fraction": "half"}))
+    with pytest.raises(UserError, match=r"cannot be built from its recorded arguments: TypeError"):
+        build_datamodule(checkpoint, "b.ckpt")
+    checkpoint = read_checkpoint(_checkpoint_file(tmp_path / "c.ckpt", digits, {}, num_clases=10))
+    with pytest.raises(UserError, match=r"ImageClassifier\) has argument\(s\) 'num_clases' .*did you mean "
+                                        r"num_classes\?"):
+        load_model(checkpoint, "c.ckpt")
+
+
+def test_a_bit_flipped_checkpoint_or_weights_file_is_refused(tmp_path) -> None:
+    """Before issue 29 such files were read without a word (torch does not check the zip's CRC-32)."""
+    weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.ones(64)}, weights)
+    flip_a_tensor_bit(weights)
+    assert not torch.equal(torch.load(weights, weights_only=True)["fc.weight"], torch.ones(64))  # torch is silent
+    with pytest.raises(UserError, match=r"weights file .*w.pth is damaged: its member .*/data/0 does not match the "
+                                        r"CRC-32"):
+        read_weights(weights)
+    ckpt = tmp_path / "c.ckpt"
+    torch.save({"state_dict": {"net.w": torch.ones(64)}, "hyper_parameters": {"image_spec": SPEC.to_dict()}}, ckpt)
+    read_checkpoint(ckpt)
+    flip_a_tensor_bit(ckpt)
+    with pytest.raises(UserError, match=r"checkpoint .*c.ckpt is damaged"):
+        read_checkpoint(ckpt)
+
+
+def test_a_pickled_object_in_a_checkpoint_names_trust_pickle(tmp_path) -> None:
+    """Before issue 29: "cannot read checkpoint ... UnpicklingError ..." with torch's advice, not our option."""
+    ckpt = tmp_path / "p.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"image_spec": SPEC.to_dict(), "f": fractions.Fraction(1, 2)}},
+               ckpt)
+    with pytest.raises(UserError, match=r"p.ckpt holds pickled Python objects \(fractions.Fraction\).*pass "
+                                        r"--trust_pickle true"):
+        read_checkpoint(ckpt)
+    with pytest.warns(UserWarning, match="arbitrary code"):
+        assert read_checkpoint(ckpt, trust_pickle=True)["hyper_parameters"]["f"] == fractions.Fraction(1, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torchvision.datasets.utils import calculate_md5 as file_md5
 from torchvision.transforms import functional as TF
 
 from conftest import shared_dataset
@@ -20,11 +22,12 @@ from data_factories import CIFAR10_NAMES, write_cifar10, write_cifar100
 from datamodules import DatasetNotFoundError, OODDataModule, available_ood_sets, build_ood_dataset, ood_set_name
 from datamodules import ood_sets
 from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar80_split
-from datamodules.download import ChecksumError, UnsafeArchiveError, file_md5
+from datamodules.download import ChecksumError, UnsafeArchiveError
 from datamodules.image_folder import load_image
 from datamodules.ood import find_images
 from datamodules.ood_natural import ODIN_FOLDER, PAPER_ARCHIVES, TINY_IMAGENET_TEST_IMAGES
 from datamodules.suite import build_ood_suite
+from odin_pl.errors import UserError
 from odin_pl.spec import ImageSpec
 
 CIFAR_SPEC = ImageSpec(size=32, channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -403,3 +406,77 @@ def test_real_cifar10bw_from_the_jpeg_copy():
     dataset = build_ood_dataset("cifar10bw", MNIST_SPEC, root)
     assert len(dataset) == 10_000
     _check(build_ood_dataset("cifar10bw", MNIST_SPEC, root, num_images=64), MNIST_SPEC, 64)
+
+
+# ----------------------------------------------------------------------------- what a folder may hold (issue 29)
+
+def test_a_named_pipe_in_a_folder_is_skipped_not_read(tmp_path):
+    """Before issue 29 a FIFO named like an image hung the run (``open`` waited for a writer)."""
+    folder = tmp_path / "pipes"
+    _write_images(folder, 2, suffix=".png")
+    os.mkfifo(folder / "stuck.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(UserWarning, match=r"skipped 2 file\(s\) under .*pipes that are not regular files") as record:
+        assert [p.name for p in find_images(folder)] == ["img_0.png", "img_1.png"]
+    assert len(record) == 1
+    with pytest.raises(OSError, match="stuck.png is not a regular file"):
+        load_image(folder / "stuck.png")  # and never waits
+
+
+def test_file_names_that_are_not_utf8_count_and_decode(tmp_path):
+    """Names whose bytes are not UTF-8 (read as surrogate escapes) are images like any other: every one is in the
+    set, exactly once. (Before issue 29 their CSV row crashed the writer: see test_predict.py.)"""
+    folder = tmp_path / "latin1"
+    _write_images(folder, 3, suffix=".png")
+    for i in range(4):
+        _noise_image(32, seed=10 + i).save(os.fsdecode(bytes(folder) + b"/\xe9t\xe9_" + str(i).encode() + b".png"))
+    paths = find_images(folder)
+    assert len(paths) == 7 and len(build_ood_dataset(folder, RAW_RGB)) == 7
+    assert sum("\udce9" in p.name for p in paths) == 4
+    first = next(p for p in paths if p.name == "\udce9t\udce9_0.png")
+    assert np.array_equal(np.asarray(load_image(first)), np.asarray(_noise_image(32, seed=10)))
+
+
+def test_gif_files_are_read_from_their_first_frame(tmp_path):
+    """Before issue 29 ``.gif`` was not an image extension: static and animated GIFs were left out of a folder
+    without a word. Now an animated file gives its first frame (the one a still viewer shows)."""
+    folder = tmp_path / "gifs"
+    folder.mkdir()
+    red, blue = (Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255)))
+    red.save(folder / "animated.gif", save_all=True, append_images=[blue], duration=100, loop=0)
+    blue.save(folder / "static.gif")
+    assert Image.open(folder / "animated.gif").n_frames == 2
+    dataset = build_ood_dataset(folder, RAW_RGB)
+    assert len(dataset) == 2
+    first, static = (dataset[i][0] for i in range(2))
+    assert torch.allclose(first, torch.tensor([1.0, 0, 0]).view(3, 1, 1).expand(3, 32, 32))
+    assert torch.allclose(static, torch.tensor([0, 0, 1.0]).view(3, 1, 1).expand(3, 32, 32))
+
+
+def test_a_decompression_bomb_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    """Before issue 29 Pillow's DecompressionBombError stopped the run raw, without the file's name."""
+    folder = tmp_path / "bombs"
+    _write_images(folder, 2, size=32, suffix=".png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # 32 x 32 = 1024 pixels > 2 x 400: a "bomb"
+    with pytest.raises(UserError, match=r"image .*bombs/img_0.png is too large to decode safely \(Image size \(1024 "
+                                        r"pixels\) exceeds limit"):
+        find_images(folder)
+
+
+def test_a_set_name_too_long_for_its_files_is_refused_before_scoring(tmp_path):
+    """Before issue 29 a 245-character folder name failed after scoring had started (``File name too long`` for
+    ``scores/<set>...``)."""
+    folder = tmp_path / ("x" * 245)
+    _write_images(folder, 2)
+    with pytest.raises(UserError, match=r"has a name of 245 bytes: .* at most 120; link the folder under a shorter"):
+        build_ood_suite([str(folder)], (), CIFAR_SPEC, tmp_path, 0, None, False, False)
+    (tmp_path / "short").symlink_to(folder, target_is_directory=True)
+    assert ood_set_name(tmp_path / "short") == "short"  # as the message says
+
+
+def test_the_same_folder_given_twice_is_named_as_such(tmp_path):
+    """Before issue 29 ``a/photos`` and ``a/photos/`` were refused as two folders with one name, to rename."""
+    _write_images(tmp_path / "photos", 2)
+    for twice in ([str(tmp_path / "photos"), f"{tmp_path / 'photos'}/"], ["gaussian", "gaussian"]):
+        with pytest.raises(UserError, match=r"the OOD set '(photos|gaussian)' is given twice .*: give it once"):
+            build_ood_suite(twice, (), CIFAR_SPEC, tmp_path, 0, 10, False, False)

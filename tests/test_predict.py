@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ import evaluate
 from datamodules.ood import find_images
 from datamodules.transforms import ToSpec
 from odin_pl import ODINDetector
+from odin_pl.deploy.detector import Detection
+from odin_pl.deploy.prediction import write_detections
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
 from odin_pl.errors import NonFiniteScoresError, UserError
 from odin_pl.fingerprint import file_sha256
@@ -143,3 +146,17 @@ def test_predict_fails_closed(setup, tmp_path) -> None:
     torch.save(checkpoint, broken)
     with pytest.raises(NonFiniteScoresError, match=f"{broken}: prediction: the model gives non-finite scores"):
         evaluate.main([*args, "--ckpt", str(broken), "--detector", detector_path])
+
+
+def test_prediction_csv_holds_any_file_name_as_text(tmp_path) -> None:
+    """Before issue 29 a path starting with ``=``, ``+``, ``-`` or ``@`` was written as it is (a spreadsheet ran
+    ``+SUM(1,2).png``), and a file name that is not valid UTF-8 crashed the writer after all scoring (no CSV)."""
+    paths = ["+SUM(1,2).png", "=HYPERLINK(1).png", "-x.png", "@y.png", "ok.png", os.fsdecode(b"\xe9t\xe9.png")]
+    n = len(paths)
+    detections = Detection(predicted_class=torch.zeros(n, dtype=torch.long), baseline=torch.full((n,), 0.5),
+                           score=torch.linspace(-1, 1, n), is_ood=torch.zeros(n, dtype=torch.bool))
+    path = write_detections(tmp_path / "p.csv", detections, "odin", paths, ("zero",))
+    rows = _rows(path)
+    assert [row["path"] for row in rows] == ["'+SUM(1,2).png", "'=HYPERLINK(1).png", "'-x.png", "'@y.png", "ok.png",
+                                             "\\xe9t\\xe9.png"]
+    assert float(rows[0]["odin"]) == -1.0 and rows[0]["class_name"] == "zero"

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io import torch_io
+from lightning.pytorch.callbacks import Callback
 
 import train
 from conftest import REPO
+from data_factories import flip_a_tensor_bit
+from datamodules import DigitsDataModule
 from odin_pl.training.checkpoint import run_progress
+from odin_pl.training.console import ProgressLines
+from odin_pl.training.module import ImageClassifier
 from odin_pl.errors import UserError
 from odin_pl.training.rng import set_rng_states
 
@@ -78,6 +84,20 @@ def test_resuming_without_a_checkpoint_is_a_one_line_error(tmp_path: Path, monke
     assert error.count("\n") == 1 and not (tmp_path / "checkpoints").exists()
 
 
+def test_a_damaged_checkpoint_to_resume_is_a_one_line_error(quickstart_ckpt: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Before issue 29 Lightning resumed from a bit-flipped last.ckpt without a word (torch checks no CRC-32)."""
+    folder = tmp_path / "run"
+    shutil.copytree(Path(quickstart_ckpt).parents[1], folder)
+    flip_a_tensor_bit(folder / "checkpoints" / "last.ckpt")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--ckpt_path", "last", "--trainer.default_root_dir", str(folder),
+                                      "--trainer.logger", "false", "--trainer.max_epochs", "3"])
+    assert train.run_command_line() == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"train.py: error: checkpoint {folder / 'checkpoints' / 'last.ckpt'} is damaged: its "
+                            "member ") and error.count("\n") == 1
+
+
 def test_a_rerun_into_a_finished_run_replaces_its_checkpoint_and_prints_it(quickstart_ckpt: str, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     """``--trainer.default_root_dir`` moves the checkpoints; a finished run's last.ckpt is replaced (no
@@ -117,14 +137,75 @@ def test_missing_data_is_reported_with_train_flags_before_a_logger_run(tmp_path:
     assert not (tmp_path / "run" / "wandb").exists()
 
 
+class FailsInSetup(Callback):
+    """Fails where a callback's check of its inputs would: in setup, after Lightning created the logger's run."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        raise UserError("this callback refuses to start")
 
 
-def test_with_defaults_adds_fit_and_the_quickstart_config() -> None:
+def test_a_failed_start_leaves_no_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(UserError, match="refuses to start"):
+        train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", json.dumps(
+            [{"class_path": "test_train.FailsInSetup"}])])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs == [] and "The failed start's W&B run was removed" in capsys.readouterr().out
+
+
+def test_precision_auto_is_resolved_said_in_one_line_and_recorded(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``--trainer.precision auto``: the trainer runs the precision the console line names, and the run's config
+    (``TrainingRun``) records that precision, not "auto"."""
+    cli = train.build_cli(["--trainer.precision", "auto", "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision: auto -> ")]
+    chosen = line.split()[3]
+    assert chosen in ("32-true", "bf16-mixed") and cli.trainer.precision == chosen
+    (run,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "TrainingRun"]
+    assert run.config["trainer"]["precision"] == chosen
+
+
+def test_progress_is_one_line_per_epoch_without_carriage_returns(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """stdout is not a terminal here (as in a log file): no progress bar, one line per epoch with its numbers."""
+    train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3", "--trainer.logger",
+                "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "true", "--skip_test", "true",
+                "--trainer.check_val_every_n_epoch", "2"])
+    output = capsys.readouterr().out
+    assert "\r" not in output
+    epochs = [line for line in output.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(" loss " in line and " acc " in line and "left)" in line for line in epochs)
+    assert ["val/acc" in line for line in epochs] == [False, True, False]  # only where validation ran
+
+
+def test_a_slow_epoch_prints_a_line_at_each_tenth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With no quiet time (a slow epoch), a line at 10%, ..., 90% of the epoch's batches, then the epoch line."""
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[ProgressLines(0.0)],
+                         default_root_dir=tmp_path)
+    trainer.fit(ImageClassifier(optimizer="adam", lr=1e-3), datamodule=DigitsDataModule(batch_size=32))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1")]
+    total = trainer.num_training_batches
+    assert [line.split()[2] for line in lines[:-1]] == [f"{10 * k}%" for k in range(1, 10)]
+    assert all(f"/{total} batches" in line for line in lines[:-1]) and " loss " in lines[-1]
+
+
+def test_with_defaults_adds_fit_and_the_quickstart_config_where_nothing_chooses_the_data(tmp_path: Path) -> None:
     quickstart = ["--config", str(train.QUICKSTART_CONFIG)]
+    mnist, csv = str(REPO / "configs" / "data" / "mnist.yaml"), str(REPO / "configs" / "logger" / "csv.yaml")
     assert train.with_defaults([]) == ["fit", *quickstart]
     assert train.with_defaults(["--trainer.max_epochs", "1"]) == ["fit", *quickstart, "--trainer.max_epochs", "1"]
-    assert train.with_defaults(["test", "--config", "x.yaml"]) == ["test", "--config", "x.yaml"]
-    assert train.with_defaults(["--config", "x.yaml"], run=False) == ["--config", "x.yaml"]
+    assert train.with_defaults(["test", "--config", mnist]) == ["test", "--config", mnist]
+    assert train.with_defaults([f"--config={mnist}"], run=False) == [f"--config={mnist}"]
+    assert train.with_defaults(["--config", csv]) == ["fit", *quickstart, "--config", csv]
+    assert train.with_defaults(["--data", "datamodules.MNISTDataModule"])[1:2] == ["--data"]
+    # Only a data class chooses the data: a batch size alone keeps the quickstart's data set.
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("data:\n  init_args:\n    batch_size: 8\n")
+    assert train.with_defaults(["--config", str(batch), "--data.init_args.data_root", "d"])[1:3] == quickstart
 
 
 def test_fit_is_the_default_subcommand_and_validate_and_test_load_the_checkpoint(tmp_path: Path,
@@ -189,11 +270,20 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True), console
 
 
-def test_a_normal_run_prints_no_warning_a_user_cannot_act_on(uninterrupted: tuple[dict, str]) -> None:
+def test_a_normal_run_prints_no_warning_a_user_cannot_act_on_and_no_wandb_summary(
+        uninterrupted: tuple[dict, str]) -> None:
     console = uninterrupted[1]
-    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist"):
+    for note in ("args parameter is intended", "tensorboardX", "litlogger", "anonymous", "LeafSpec", "sync_dist", "TPU",
+                 "not supported by the model summary", "Warning:", "warnings.warn"):
         assert note not in console, note
     assert "W&B run saved offline" in console and "Checkpoint: " in console
+    # No W&B history or summary at the end (wandb's start banner only): one line says where the run is and how
+    # to upload it.
+    lines = console.splitlines()
+    after_training = lines[next(i for i, line in enumerate(lines) if line.startswith("epoch ")):]
+    assert not [line for line in after_training if line.startswith("wandb:")]
+    (where,) = [line for line in console.splitlines() if "wandb sync" in line]
+    assert where.startswith("W&B run saved offline in ") and "\r" not in console
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -223,3 +313,19 @@ def test_debug_shows_a_user_errors_traceback(tmp_path: Path, monkeypatch: pytest
                                       "--trainer.logger", "false", "--debug"])
     with pytest.raises(UserError, match="--ckpt_path last: there is no checkpoint to resume"):
         train.run_command_line()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model.lr", "nan"], "--model.lr: expected float, got 'nan'"),
+    (["--trainer.max_epochz", "3"], "--trainer.max_epochz: unknown option (did you mean --trainer.max_epochs?)"),
+    (["fitt"], "unexpected argument(s) fitt (did you mean fit?)"),
+])
+def test_a_parse_error_is_one_line(argv: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys) -> None:
+    """Before issue 29 train.py printed LightningCLI's usage dump (dozens of lines) before the message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    assert train.run_command_line() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {expected}"), err
+    assert not (tmp_path / "runs").exists()  # nothing started

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
-from odin_pl.report.plots import COLORS
+from odin_pl.report.plots import method_styles
 
 
 def _off_diagonal_mean(matrix: Tensor) -> Tensor:
@@ -72,8 +72,9 @@ def _figure(sets: dict) -> plt.Figure:
     ax.bar(names, [s["mmd2"] for s in sets.values()], color="0.75", label="MMD^2")
     ax.set(ylabel="MMD^2 to in-distribution", title="FPR at 95% TPR against MMD^2")
     twin = ax.twinx()
-    for method in next(iter(sets.values()))["fpr_at_95_tpr"]:
-        twin.plot(names, [100 * s["fpr_at_95_tpr"][method] for s in sets.values()], "o-", color=COLORS.get(method),
+    methods = next(iter(sets.values()))["fpr_at_95_tpr"]
+    for method, style in method_styles(methods).items():
+        twin.plot(names, [100 * s["fpr_at_95_tpr"][method] for s in sets.values()], marker="o", **style,
                   label=f"{method} FPR")
     twin.set(ylabel="FPR at 95% TPR (%)")
     ax.tick_params(axis="x", rotation=30)

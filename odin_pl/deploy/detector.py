@@ -93,7 +93,11 @@ class Detector:
     def _checked(self, threshold: float, tpr: float) -> tuple[float, float]:
         """(threshold, tpr) as floats, or a UserError: ``tpr`` in (0, 1] and a finite threshold within the method's
         score range (up to 4 units in the last place of float32 at the bounds)."""
-        tpr, threshold = float(tpr), float(threshold)
+        try:
+            tpr, threshold = float(tpr), float(threshold)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"the threshold ({threshold!r}) and tpr ({tpr!r}) of a detector must be numbers: a damaged "
+                            "or hand-edited detector file; write it again with evaluate.py") from err
         if not 0 < tpr <= 1:
             raise UserError(f"tpr must be in (0, 1] (the fraction of in-distribution images kept), got {tpr}")
         low, high = self.method.score_range(self.input_spec.num_classes or 1)
@@ -239,7 +243,11 @@ class ODINDetector(Detector):
 
 
 def _check_weights(path: Path, recorded: str | None, actual: str, allow_other_weights: bool) -> None:
-    """Refuse (or, allowed, warn about) a detector tuned with weights other than the model's."""
+    """Refuse (or, allowed, warn about) a detector tuned with weights other than the model's; warn about one that
+    does not say which weights it was tuned with."""
+    if recorded is None:
+        warnings.warn(f"detector {path} records no tuned_on.weights_sha256, so it cannot be checked against these "
+                      f"weights (SHA-256 {actual}): its threshold holds only if it was tuned with them", stacklevel=3)
     if recorded is None or recorded == actual:
         return
     message = (f"detector {path} was tuned with the weights of SHA-256 {recorded}, but the model's weights have "

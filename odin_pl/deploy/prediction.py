@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from odin_pl.deploy.detector import Detection, Detector
 from odin_pl.distributed import agree_on_failure, gather_shards, shard_indices, world
 from odin_pl.errors import NonFiniteScoresError
+from odin_pl.csv_cells import safe_row
 from odin_pl.files import atomic_write
 from odin_pl.methods import method_with_role
 
@@ -53,15 +54,15 @@ def detect_dataset(detector: Detector, dataset: Dataset, *, batch_size: int = 25
 def write_detections(path: str | Path, detections: Detection, method: str,
                      paths: Sequence[str | Path] | None = None, class_names: Sequence[str] = ()) -> Path:
     """Write one row per image (columns :data:`COLUMNS`, the score's named after ``method``) atomically; ``paths``
-    (the images' files) and ``class_names`` fill the ``path`` and ``class_name`` columns when given. Returns the
-    path."""
+    (the images' files) and ``class_names`` fill the ``path`` and ``class_name`` columns when given; every cell
+    goes through :func:`odin_pl.csv_cells.safe_row` (no formula, any file name). Returns the path."""
     rows = zip(detections.predicted_class.tolist(), detections.baseline.tolist(), detections.score.tolist(),
                detections.is_ood.tolist())
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle)
         names = {"<method>": method, "<baseline>": method_with_role("baseline")}
         writer.writerow([names.get(column, column) for column in COLUMNS])
-        writer.writerows([index, paths[index] if paths is not None else "", label,
-                          class_names[label] if label < len(class_names) else "", baseline, score, is_ood]
+        writer.writerows(safe_row([index, str(paths[index]) if paths is not None else "", label,
+                                   class_names[label] if label < len(class_names) else "", baseline, score, is_ood])
                          for index, (label, baseline, score, is_ood) in enumerate(rows))
     return Path(path)

@@ -231,6 +231,9 @@ class RuntimeOptions:
                             "(scoring keeps a whole model on every process; it needs no sharded strategy)")
         if self.batch_size < 1:
             raise UserError(f"--runtime.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise UserError(f"--runtime.num_workers must be >= 0 (0: load in the main process), got "
+                            f"{self.num_workers}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--runtime.precision must be 32-true or 64-true, got {self.precision!r}: half-precision"
                             " softmax at T = 1000 ties scores that differ by 1e-4, so mixed precision is refused")
@@ -304,7 +307,8 @@ class ModelSource:
         ckpt: checkpoint written by train.py.
         model: instead of ``ckpt``: a model name registered in timm or by odin_pl.
         weights: the model's state_dict file (read with ``weights_only=True``).
-        trust_pickle: allow ``weights`` to be a whole pickled model (unpickling runs code from the file).
+        trust_pickle: trust the source of ``ckpt`` or ``weights``: unpickle whole objects (a pickled model;
+            unpickling runs code from the file) and import a checkpoint's DataModule from outside ``datamodules``.
         data: the in-distribution DataModule (``class_path`` + ``init_args``, as in train.py's configs).
         data_root: root folder of the data sets (default: $ODIN_PL_DATA, else ./data).
         seed: seed of the tuning/test splits, of the generated noise sets and of image subsets.

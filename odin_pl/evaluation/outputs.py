@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from odin_pl.deploy.detector import Detector
 from odin_pl.evaluation.run import ProtocolRun
+from odin_pl.files import atomic_write
 from odin_pl.methods import method_with_role
 from odin_pl.protocol.run import IN_DISTRIBUTION
 from odin_pl.training.module import ImageClassifier
@@ -23,14 +25,36 @@ class RunFiles:
     results: list[Path]
     figures: list[Path]
     detectors: list[Path]
+    removed: list[Path]
+
+
+def write_config(out: Path, resolved: str) -> Path:
+    """evaluate.py's resolved configuration (YAML) as ``config.yaml`` in ``out``, atomically."""
+    with atomic_write(out / SAVED_CONFIG) as handle:
+        handle.write(resolved)
+    return out / SAVED_CONFIG
+
+
+def remove_stale(folder: Path, written: Sequence[Path], pattern: str) -> list[Path]:
+    """Remove the files ``pattern`` of ``folder`` (not hidden ones) that this run did not write (an earlier run's,
+    into the same output folder: they would pass for this run's); returns them."""
+    keep = {Path(p).resolve() for p in written}
+    stale = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(".")
+                   and p.resolve() not in keep) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def write_run(run: ProtocolRun, model: ImageClassifier, out: Path) -> RunFiles:
     """Results, one detector per tuning (``detectors/``), then figures (``figures/``) into ``out``: the results and
-    detectors (each file written atomically) are on disk before any plotting, which could fail."""
+    detectors (each file written atomically) are on disk before any plotting, which could fail. Detector files and
+    figures of an earlier run into ``out`` that this run does not write again are removed (``RunFiles.removed``)."""
     results = write_results(out, run.result.records, run.meta, run.table)
     detectors = write_detectors(run, model, out / "detectors")
-    return RunFiles(results, write_figures(run, out / "figures"), detectors)
+    removed = remove_stale(out / "detectors", detectors, "*.json")
+    figures = write_figures(run, out / "figures")
+    return RunFiles(results, figures, detectors, removed + remove_stale(out / "figures", figures, "*.png"))
 
 
 def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:

@@ -68,8 +68,9 @@ def load_target(source: ModelSource) -> EvaluationTarget:
     """The model and DataModule of a checkpoint (``source.data`` replaces the checkpoint's DataModule), or of a
     foreign model's weights and ``source.data``."""
     if source.ckpt is not None:
-        checkpoint = read_checkpoint(source.ckpt)
-        datamodule = source.data or build_datamodule(checkpoint, data_root=source.data_root)
+        checkpoint = read_checkpoint(source.ckpt, source.trust_pickle)
+        datamodule = source.data or build_datamodule(checkpoint, source.ckpt, source.trust_pickle,
+                                                     data_root=source.data_root)
         return EvaluationTarget(load_model(checkpoint, source.ckpt), datamodule, Path(source.ckpt))
     model = load_foreign_model(source.model, source.weights, source.data.image_spec, source.trust_pickle)
     return EvaluationTarget(model, source.data, Path(source.weights))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from odin_pl.csv_cells import safe_row
 from odin_pl.files import atomic_write
 from odin_pl.methods import method_with_role
 from odin_pl.protocol.records import ProtocolResult, Record
@@ -122,7 +123,7 @@ def write_results(output_dir: str | Path, records: Sequence[Record], meta: dict[
     with atomic_write(paths[1], newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=csv_columns(records), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(r.to_dict() for r in records)
+        writer.writerows(safe_row(r.to_dict()) for r in records)
     with atomic_write(paths[2]) as handle:
         handle.write(table + "\n")
     return paths

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import shutil
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -77,9 +78,10 @@ def _wandb_can_sync(timeout: float = 1.5) -> bool:
 
 def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, group: str | None, job_type: str,
                  run_id: str | None = None) -> Logger:
-    """The logger ``options`` describe, saving under ``save_dir``: a WandbLogger (online when possible, else
-    offline; ``run_id`` continues that run), or a CSVLogger with ``backend: csv``, ``WANDB_MODE=disabled`` or
-    without wandb. ``name``, ``group`` and ``job_type`` are the defaults of the options left unset."""
+    """The logger ``options`` describe, saving under ``save_dir``: a quiet WandbLogger (online when possible, else
+    offline; ``run_id`` continues that run; :func:`describe_logger` gives the one line to print), or a CSVLogger
+    with ``backend: csv``, ``WANDB_MODE=disabled`` or without wandb. ``name``, ``group`` and ``job_type`` are the
+    defaults of the options left unset."""
     env_mode = os.environ.get("WANDB_MODE", "").lower()
     name = options.name or name
     if options.backend == "csv" or env_mode == "disabled" or importlib.util.find_spec("wandb") is None:
@@ -93,9 +95,13 @@ def build_logger(options: LoggerOptions, save_dir: str | Path, *, name: str, gro
         offline = options.mode == "offline" or (options.mode == "auto" and not _wandb_can_sync())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     resume = {"id": run_id, "resume": "allow"} if run_id else {}  # offline: a new part of the run, with its id
+    import wandb  # only where W&B is used: importing it takes seconds
+
+    # quiet: no 30-line history and summary at the end (describe_logger says where the run is and how to sync it);
+    # not silent, with which wandb 0.31 ends offline runs before their last artifact is written.
     logger = WandbLogger(project=options.project, name=name, save_dir=str(save_dir), offline=offline,
                          group=options.group or group, job_type=options.job_type or job_type,
-                         tags=options.tags or None, **resume)
+                         tags=options.tags or None, settings=wandb.Settings(quiet=True), **resume)
     logger._wandb_init.pop("anonymous")  # Lightning passes anonymous=None, which wandb warns has no effect
     return logger
 
@@ -134,3 +140,24 @@ def finish_logger(logger: Logger | None) -> None:
     """End the W&B run of ``logger`` (its files are complete afterwards), if one was started."""
     if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0 and logger._experiment is not None:
         logger.experiment.finish()  # _experiment: Lightning starts the run on first use; do not start one here
+
+
+def discard_run(logger: Logger | None) -> str:
+    """Remove the W&B run of ``logger`` that a failed start created (offline: its folder; online: the run on the
+    server), so that a start that failed leaves no empty run; returns a line for the console ("" without a run).
+    Only for a new run: a resumed run holds earlier parts."""
+    if not isinstance(logger, WandbLogger) or rank_zero_only.rank != 0 or logger._experiment is None:
+        return ""
+    run = logger.experiment
+    run_dir, url, path = Path(run.dir).parent, run.url, run.path
+    run.finish(exit_code=1)
+    if getattr(logger, "_offline", False):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"The failed start's W&B run was removed ({run_dir})"
+    import wandb
+
+    try:
+        wandb.Api().run(path).delete()
+    except Exception as err:  # noqa: BLE001 - the server may refuse; say where the run is instead
+        return f"The failed start's W&B run could not be deleted ({err}); delete it at {url}"
+    return f"The failed start's W&B run was deleted ({url})"

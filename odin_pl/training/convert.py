@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from odin_pl.archives import load_torch_file
 from odin_pl.training.module import ImageClassifier
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
@@ -45,25 +45,13 @@ _PICKLE_MODULE = SimpleNamespace(Unpickler=_ModuleTreeUnpickler, load=pickle.loa
 
 def read_weights(path: str | Path, trust_pickle: bool = False) -> StateDict:
     """The state_dict in ``path``: a plain state_dict (read with ``weights_only=True``), or with ``trust_pickle``
-    also a whole pickled model (as the ODIN release's files are)."""
+    also a whole pickled model (as the ODIN release's files are); a zip archive's checksums are verified first."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"weights file {path} does not exist")
-    if trust_pickle:
-        warnings.warn(f"--trust_pickle: unpickling {path}, which can run arbitrary code; do this only with files "
-                      "from a source you trust", UserWarning, stacklevel=2)
-        loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE_MODULE)
-    else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "Unsupported global" not in str(err):  # damaged, or no pickle at all
-                raise UserError(f"cannot read weights from {path}: {err}") from err
-            raise UserError(f"{path} holds pickled Python objects, not only tensors (a whole pickled model, such "
-                            "as the ODIN release's densenet10.pth, or another object); if you trust its source, "
-                            "pass --trust_pickle true to load it") from err
-        except Exception as err:  # torch raises many types for a damaged or foreign file
-            raise UserError(f"cannot read weights from {path}: {err.__class__.__name__}: {err}") from err
+    loaded = load_torch_file(path, "weights file", trust_pickle, pickle_module=_PICKLE_MODULE,
+                             hint=" (a plain state_dict, or with --trust_pickle true a whole pickled model such as the "
+                                  "ODIN release's densenet10.pth)")
     state_dict = loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
                                                    for k, v in state_dict.items()):
