@@ -39,7 +39,7 @@ from odin_pl.evaluation.options import RuntimeOptions  # noqa: E402
 from odin_pl.methods import create_method  # noqa: E402
 from odin_pl.protocol.run import score_plan  # noqa: E402
 from odin_pl.evaluation.runtime import start_processes  # noqa: E402
-from odin_pl.methods.batch import msp_score, odin_score, score_settings  # noqa: E402
+from odin_pl.methods.odin import msp_score, odin_score, score_settings  # noqa: E402
 
 STD = (0.2470, 0.2435, 0.2616)
 T, EPS = 1000.0, 0.0014

@@ -1,5 +1,5 @@
-"""``ODINEvalCallback``: OOD detection metrics of the MSP baseline, ODIN (and any other method of
-``odin_pl.methods``) after each validation epoch."""
+"""``ODINEvalCallback``: OOD detection metrics of the baseline and the paper's method (the registry's
+``default_methods()``; any other method of ``odin_pl.methods``) after each validation epoch."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.ood import OODDataModule, check_distinct_names
 from odin_pl.distributed import shard_indices
-from odin_pl.methods import Setting, create_method, score_batch
+from odin_pl.methods import Setting, create_method, default_methods, method_with_role, score_batch
 from odin_pl.training.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
 from odin_pl.errors import UserError
 
 
 class ODINEvalCallback(Callback):
-    """Scores the validation set and each OOD set with ``methods`` at fixed settings (ODIN at ``temperature`` and
-    ``epsilon``); logs ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`, or
+    """Scores the validation set and each OOD set with ``methods`` (default: ``default_methods()``, the baseline
+    and the paper's method) at fixed settings (the paper's method at ``temperature`` and ``epsilon``); logs
+    ``ood/<set>/<method>/<metric>`` for every metric of :func:`odin_pl.metrics.ood_metrics`, or
     ``ood/<name>/<set>/<method>/<metric>`` with a ``name``. Several callbacks in one run need distinct names
     (refused at setup otherwise: their numbers would share keys).
 
@@ -37,14 +38,16 @@ class ODINEvalCallback(Callback):
     def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
                  epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
                  every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0, name: str | None = None,
-                 methods: Sequence[str] = ("msp", "odin"), params: dict[str, dict[str, float]] | None = None) -> None:
-        params = {"odin": {"temperature": temperature, "epsilon": epsilon}, **(params or {})}
+                 methods: Sequence[str] | None = None, params: dict[str, dict[str, float]] | None = None) -> None:
+        methods = default_methods() if methods is None else list(methods)
+        paper = method_with_role("paper")
+        params = {paper: {"temperature": temperature, "epsilon": epsilon}, **(params or {})}
         self.settings = {method: _fixed_setting(method, params.get(method, {})) for method in methods}
-        unknown = sorted(set(params) - set(methods) - {"odin"})
+        unknown = sorted(set(params) - set(methods) - {paper})
         if unknown:
             raise UserError(f"params names {', '.join(unknown)}, not among methods ({', '.join(methods)})")
         if not self.settings:
-            raise UserError("ODINEvalCallback needs at least one method (e.g. methods=['msp', 'odin'])")
+            raise UserError(f"ODINEvalCallback needs at least one method (e.g. methods={default_methods()})")
         if every_n_epochs < 1:
             raise UserError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if name is not None and (not name or "/" in name):

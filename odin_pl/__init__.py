@@ -3,7 +3,7 @@
 from odin_pl import models  # noqa: F401  (registers the project's models with timm)
 from odin_pl.deploy.detector import Detector, ODINDetector
 from odin_pl.methods import create_method, list_methods, register_method
-from odin_pl.methods.batch import msp_score, odin_score
+from odin_pl.methods.odin import msp_score, odin_score
 from odin_pl.spec import ImageSpec
 
 __version__ = "0.1.0"

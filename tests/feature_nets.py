@@ -7,8 +7,12 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from odin_pl.methods.features import FeatureModel, Fits
+from torch.utils.data import TensorDataset
+
+from odin_pl.methods.base import FitData
+from odin_pl.methods.features import Classifier, Fits
 from odin_pl.methods import Setting, create_method
+from odin_pl.protocol.fits import fit_data
 
 N_CLASSES = 6
 FEATURES = 5
@@ -69,10 +73,15 @@ def labels(n: int) -> Tensor:
     return torch.arange(n) % N_CLASSES
 
 
+def features_fit_data(h: Tensor, y: Tensor) -> FitData:
+    """Fit data of features alone (float64; an identity classifier, so the logits are h), for the methods that fit
+    on h and the labels only."""
+    h = h.double()
+    return FitData(h, y.long(), h, Classifier(nn.Identity()))
+
+
 def make_fits(model: nn.Module, x_train: Tensor, y_train: Tensor, plan: Mapping[str, Sequence[Setting]]) -> Fits:
-    """The fits of the plan's fitted methods on the training images (their features in float64)."""
-    feature_model = FeatureModel(model)
-    with torch.no_grad():
-        h = feature_model.features(x_train).double()
-    return Fits(feature_model, {name: create_method(name).fit(h, y_train, settings) for name, settings in plan.items()
-                                if create_method(name).needs_fit})
+    """The fits of the plan's fitted methods on the training images (one pass of odin_pl.protocol.fits.fit_data)."""
+    data = fit_data(model, TensorDataset(x_train, y_train), batch_size=len(x_train))
+    return Fits({name: create_method(name).fit(data, settings) for name, settings in plan.items()
+                 if create_method(name).needs_fit})

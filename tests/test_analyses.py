@@ -25,7 +25,7 @@ from odin_pl.analyses.taylor import convergence_order, expansion_error, proposit
 from odin_pl.analyses.tuning_size import appendix_h_split, tuning_sizes
 from odin_pl.metrics import ood_metrics
 from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
-from odin_pl.methods.batch import max_softmax
+from odin_pl.methods.msp import max_softmax
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

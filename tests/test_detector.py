@@ -61,7 +61,7 @@ def test_predict_matches_the_scoring_functions(epsilon: float) -> None:
         is_ood, predicted = detector.predict(x)
     expected = odin_score(model, x, 100.0, epsilon, SPEC.std)
     assert torch.equal(detection.score, expected) and torch.equal(detector.score(x), expected)
-    assert torch.equal(detection.msp, msp_score(model, x))
+    assert torch.equal(detection.baseline, msp_score(model, x))
     assert torch.equal(predicted, model(x).argmax(dim=1)) and torch.equal(detection.predicted_class, predicted)
     assert torch.equal(is_ood, expected < detector.threshold) and 0 < int(is_ood.sum()) < len(x)
 
@@ -101,18 +101,18 @@ def test_save_and_load_round_trip_and_errors(tmp_path) -> None:
     (tmp_path / "v3.json").write_text(json.dumps({**data, "format_version": 3}))
     with pytest.raises(ValueError, match="format version 3"):
         ODINDetector.load(tmp_path / "v3.json", model)
-    # A file of format version 1 (before the method registry: ODIN's temperature and epsilon) still loads.
+    # Format version 1 (ODIN's temperature and epsilon, before the method registry; never released) is refused.
     version1 = {**{k: v for k, v in data.items() if k not in ("method", "params")}, "format_version": 1,
                 "temperature": 1000.0, "epsilon": 0.0014}
     (tmp_path / "v1.json").write_text(json.dumps(version1))
-    old = ODINDetector.load(tmp_path / "v1.json", model)
-    assert (old.method.name, old.setting, old.threshold) == ("odin", (1000.0, 0.0014), detector.threshold)
+    with pytest.raises(ValueError, match="format version 1; this odin_pl reads version 2"):
+        ODINDetector.load(tmp_path / "v1.json", model)
     (tmp_path / "energy.json").write_text(json.dumps({**data, "method": "energy", "params": {"epsilon": 0.1}}))
     with pytest.raises(ValueError, match=r"method 'energy' takes the parameters \(temperature\)"):
         Detector.load(tmp_path / "energy.json", model)
     (tmp_path / "energy.json").write_text(json.dumps({**data, "method": "energy", "params": {"temperature": 1}}))
     assert Detector.load(tmp_path / "energy.json", model).setting == (1.0,)
-    with pytest.raises(ValueError, match="method 'energy', not ODIN: load it with Detector.load"):
+    with pytest.raises(ValueError, match="method 'energy', not of the paper's \\(odin\\): load it with Detector.load"):
         ODINDetector.load(tmp_path / "energy.json", model)
     (tmp_path / "partial.json").write_text(json.dumps({k: v for k, v in data.items() if k != "threshold"}))
     with pytest.raises(ValueError, match="lacks the field 'threshold'"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from feature_nets import N_CLASSES, images, labels, make_fits, tiny_net
+from feature_nets import N_CLASSES, features_fit_data, images, labels, make_fits, tiny_net
 from pytorch_ood.detector import KNN as TheirKNN
 from pytorch_ood.detector import Mahalanobis as TheirMahalanobis
 from pytorch_ood.detector import MahalanobisODIN
@@ -69,7 +69,8 @@ def _reference_m(h: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.
 def test_mahalanobis_fit_and_preprocessed_scores_equal_the_definition(setup) -> None:
     s = setup
     means, precision = _reference_gaussian(s["h_train"], s["y"])
-    fit = create_method("mahalanobis").fit(torch.from_numpy(s["h_train"]), s["y_train"], [(0.0,)])
+    fit = create_method("mahalanobis").fit(features_fit_data(torch.from_numpy(s["h_train"]), s["y_train"]),
+                                           [(0.0,)])
     np.testing.assert_allclose(fit["means"].numpy(), means, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fit["precision"].numpy(), precision, rtol=1e-9, atol=1e-9 * np.abs(precision).max())
     # The step: sign+ of the gradient of the nearest class's distance at the clean input, divided by std.
@@ -101,7 +102,8 @@ def _linear_percentile(values: np.ndarray, p: float) -> float:
 def test_react_thresholds_and_scores_equal_the_definition(setup) -> None:
     s = setup
     percentiles = [85.0, 90.0, 95.0, 99.0]
-    fit = create_method("react").fit(torch.from_numpy(s["h_train"]), s["y_train"], [(p,) for p in percentiles])
+    fit = create_method("react").fit(features_fit_data(torch.from_numpy(s["h_train"]), s["y_train"]),
+                                     [(p,) for p in percentiles])
     thresholds = [_linear_percentile(s["h_train"].ravel(), p) for p in percentiles]
     np.testing.assert_allclose(fit["thresholds"].numpy(), thresholds, rtol=1e-12)
     weight, bias = (t.detach().numpy() for t in (s["model"].fc.weight, s["model"].fc.bias))
@@ -117,7 +119,7 @@ def test_knn_scores_equal_sorted_distances_to_the_normalized_bank(setup) -> None
     s = setup
     ks = [1, 2, 10, 60]
     bank = s["h_train"] / np.linalg.norm(s["h_train"], axis=1, keepdims=True)
-    fit = create_method("knn").fit(torch.from_numpy(s["h_train"]), s["y_train"], [(k,) for k in ks])
+    fit = create_method("knn").fit(features_fit_data(torch.from_numpy(s["h_train"]), s["y_train"]), [(k,) for k in ks])
     np.testing.assert_allclose(fit["bank"].numpy(), bank, rtol=1e-12, atol=1e-15)
     # The test images and two training images (their nearest neighbour is themselves, at distance ~0).
     x = torch.cat([s["x"], s["x_train"][[3, 17]]])
@@ -235,20 +237,21 @@ def test_fit_errors_say_what_is_wrong(setup) -> None:
     s = setup
     h = torch.from_numpy(s["h_train"])
     with pytest.raises(ValueError, match="has rank 4, below the feature dimension 5 \\(from 60 training images"):
-        create_method("mahalanobis").fit(torch.cat([h[:, :4], h[:, :1]], dim=1), s["y_train"], [(0.0,)])
+        create_method("mahalanobis").fit(features_fit_data(torch.cat([h[:, :4], h[:, :1]], dim=1), s["y_train"]),
+                                         [(0.0,)])
     with pytest.raises(ValueError, match="class\\(es\\) \\[2\\] have no image"):
         keep = s["y_train"] != 2
-        create_method("mahalanobis").fit(h[keep], s["y_train"][keep], [(0.0,)])
+        create_method("mahalanobis").fit(features_fit_data(h[keep], s["y_train"][keep]), [(0.0,)])
     with pytest.raises(ValueError, match="training images \\[1\\] have all-zero penultimate features"):
-        create_method("knn").fit(torch.cat([h[:1], torch.zeros(1, 5)]), s["y_train"][:2], [(1.0,)])
-    react_fit = create_method("react").fit(h, s["y_train"], [(90.0,)])
+        create_method("knn").fit(features_fit_data(torch.cat([h[:1], torch.zeros(1, 5)]), s["y_train"][:2]), [(1.0,)])
+    react_fit = create_method("react").fit(features_fit_data(h, s["y_train"]), [(90.0,)])
     with pytest.raises(ValueError, match="thresholds for p in \\[90.0\\], not p = 95"):
         create_method("react").settings_for_fit([(95.0,)], react_fit)
 
 
 def test_knn_drops_grid_values_larger_than_the_bank_and_refuses_an_explicit_one(setup) -> None:
     knn = create_method("knn")
-    fit = knn.fit(torch.from_numpy(setup["h_train"]), setup["y_train"], knn.grid())
+    fit = knn.fit(features_fit_data(torch.from_numpy(setup["h_train"]), setup["y_train"]), knn.grid())
     kept, note = knn.settings_for_fit(knn.grid(), fit)
     assert kept == [(1.0,), (10.0,), (20.0,), (50.0,)] and note == (
         "knn: k = 100, 200 dropped from the grid: larger than the feature bank of 60 training images")

@@ -20,9 +20,9 @@ from torch.utils.data import Subset, TensorDataset
 import evaluate
 from datamodules import CIFAR10DataModule, DigitsDataModule
 from odin_pl.deploy.detector import Detector
-from odin_pl.methods.features import FeatureModel
+from odin_pl.training.checkpoint import load_model, read_checkpoint
 from odin_pl.fingerprint import dataset_sha256, file_sha256
-from odin_pl.protocol.fits import load_fit, prepare_fits, save_fit, training_features, training_set
+from odin_pl.protocol.fits import fit_data, load_fit, prepare_fits, save_fit, training_set
 from odin_pl.methods import create_method
 from odin_pl.protocol.plan import MethodGrid
 from odin_pl.protocol.tuning import split_indices
@@ -74,13 +74,13 @@ def test_one_pass_gives_every_fit_saved_with_its_fingerprints(tmp_path) -> None:
     calls = _count_passes(model)
     run = _prepare(tmp_path, model=model)
     assert calls == [16, 16, 16, 16, 13]  # the check's model(x) on the first batch, then 4 batches: one pass
-    features, y = training_features(FeatureModel(model), _training(), batch_size=16, dtype=torch.float64)
+    data = fit_data(model, _training(), batch_size=16)
     for grid in _grids()[1:]:
         saved = load_fit(tmp_path / f"{grid.name}.pt")
         assert saved.sha256 == file_sha256(tmp_path / f"{grid.name}.pt") == run.sha256[grid.name]
         assert saved.context == {"weights_sha256": "w1", "train_images_sha256": dataset_sha256(_training()),
                                  "n_images": N, "dtype": "float64"}
-        expected = create_method(grid.name).fit(features.double(), y, grid.settings)
+        expected = create_method(grid.name).fit(data, grid.settings)
         assert saved.tensors.keys() == expected.keys()
         assert all(torch.equal(saved.tensors[key], expected[key]) for key in expected)
         assert all(torch.equal(run.fits.of(grid.name)[key], expected[key]) for key in expected)
@@ -153,13 +153,14 @@ def test_evaluate_records_the_fits_and_detectors_refuse_a_changed_fit(quickstart
     rows = evaluate.main(["predict", "--ckpt", quickstart_ckpt, "--images", "gaussian", "--num_images", "5",
                           "--detector", str(detector_file), "--output_dir", str(tmp_path / "predict")])
     assert rows.read_text().splitlines()[0] == "index,path,predicted_class,class_name,msp,knn,is_ood"
+    model = load_model(read_checkpoint(quickstart_ckpt))
     with pytest.raises(ValueError, match="tuned with the weights of SHA-256 .*, but the model's weights have SHA-256 "
                                          "other"):
-        Detector.load(detector_file, run.fits.fits.model.model, weights_sha256="other")
+        Detector.load(detector_file, model, weights_sha256="other")
     knn = load_fit(out / "fits" / "knn.pt")
     save_fit(out / "fits" / "knn.pt", "knn", [(1.0,)], knn.context, {"bank": knn.tensors["bank"][:-1]})
     with pytest.raises(ValueError, match=f"knn.pt has SHA-256 .*, not the {shas['knn']} it was used with"):
-        Detector.load(detector_file, run.fits.fits.model.model)
+        Detector.load(detector_file, model)
 
 
 def test_fit_images_is_checked_before_any_work(quickstart_ckpt: str, tmp_path) -> None:

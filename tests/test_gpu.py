@@ -11,7 +11,7 @@ from conftest import requires_gpu
 from datamodules import DigitsDataModule
 from odin_pl import odin_score
 from odin_pl.training.module import ImageClassifier
-from odin_pl.methods.batch import score_settings
+from odin_pl.methods.odin import score_settings
 from odin_pl.methods import create_method
 
 

@@ -20,12 +20,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from odin_pl.deploy.detector import Detector
-from odin_pl.methods.features import FeatureModel, Fits
+from odin_pl.methods.features import Fits
 from odin_pl.protocol.fits import save_fit
 from odin_pl.methods import Method, create_method, list_methods, register_method, score_batch
 from odin_pl.methods import registry as method_registry
 from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
-from odin_pl.methods.batch import Batch, max_softmax, score_settings
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.msp import max_softmax
+from odin_pl.methods.odin import score_settings
 from odin_pl.spec import ImageSpec
 
 N_CLASSES = 6
@@ -208,7 +210,7 @@ def test_contract_shapes_direction_range_inference_mode_and_precision(name: str)
     width = high - low
     atol = 1e-6 * width if math.isfinite(width) else 1e-4
     single_model = tiny_net(torch.float32)
-    single_fits = Fits(FeatureModel(single_model), fits.tensors) if fits is not None else None
+    single_fits = fits
     single = _fitted_scores(name, single_model, x.float(), settings, train, single_fits)
     torch.testing.assert_close(single.double(), scores, rtol=1e-4, atol=atol)
 

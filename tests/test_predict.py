@@ -70,7 +70,7 @@ def test_predict_writes_one_row_per_image_in_input_order(setup, tmp_path) -> Non
     x = torch.stack([to_spec(Image.open(f)) for f in files])
     detection = detector.predict_all(x)
     torch.testing.assert_close(torch.tensor([float(r["odin"]) for r in rows]), detection.score, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), detection.msp, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), detection.baseline, rtol=1e-6, atol=1e-7)
     assert [int(r["predicted_class"]) for r in rows] == detection.predicted_class.tolist()
     assert [r["class_name"] for r in rows] == [r["predicted_class"] for r in rows]  # digits are named "0".."9"
     assert [r["is_ood"] == "True" for r in rows] == detection.is_ood.tolist()
@@ -153,7 +153,7 @@ def test_prediction_csv_holds_any_file_name_as_text(tmp_path) -> None:
     ``+SUM(1,2).png``), and a file name that is not valid UTF-8 crashed the writer after all scoring (no CSV)."""
     paths = ["+SUM(1,2).png", "=HYPERLINK(1).png", "-x.png", "@y.png", "ok.png", os.fsdecode(b"\xe9t\xe9.png")]
     n = len(paths)
-    detections = Detection(predicted_class=torch.zeros(n, dtype=torch.long), msp=torch.full((n,), 0.5),
+    detections = Detection(predicted_class=torch.zeros(n, dtype=torch.long), baseline=torch.full((n,), 0.5),
                            score=torch.linspace(-1, 1, n), is_ood=torch.zeros(n, dtype=torch.bool))
     path = write_detections(tmp_path / "p.csv", detections, "odin", paths, ("zero",))
     rows = _rows(path)

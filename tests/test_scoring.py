@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from odin_pl import msp_score, odin_score
-from odin_pl.methods.batch import Batch, perturbed_scores, score_settings
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.odin import perturbed_scores, score_settings, temperature_loss
 
 STD = (0.2, 0.5, 1.3)
 SETTINGS = [(1.0, 0.0), (1000.0, 0.0014), (10.0, 0.004), (2.0, 0.0), (1.0, 0.002), (1000.0, 0.0)]
@@ -129,8 +130,8 @@ def test_odin_float64_matches_reference_exactly(model, x, temperature, epsilon):
 def test_odin_steps_equal_reference_signs_in_float64(model, x, std):
     model64, x64 = copy.deepcopy(model).double(), x.double()
     temperatures = [1.0, 10.0, 1000.0]
-    batch = Batch(model64, x64, std, temperatures)
-    logits, steps = batch.logits, [batch.step(t) for t in temperatures]
+    batch = Batch(model64, x64, std, needs=Needs(logits=True, losses=tuple(map(temperature_loss, temperatures))))
+    logits, steps = batch.logits, [batch.step(temperature_loss(t)) for t in temperatures]
     with torch.no_grad():
         torch.testing.assert_close(logits, model64(x64), atol=0, rtol=0)
     ref_std = None if std is None else STD
@@ -144,7 +145,7 @@ def test_odin_steps_equal_reference_signs_in_float64(model, x, std):
 
 def test_perturbed_scores_several_epsilons_and_chunks(model, x):
     model64, x64 = copy.deepcopy(model).double(), x.double()
-    step = Batch(model64, x64, STD, [10.0]).step(10.0)
+    step = Batch(model64, x64, STD, needs=Needs(losses=(temperature_loss(10.0),))).step(temperature_loss(10.0))
     eps = [0.0, 0.001, 0.002, 0.004]
     for fbs in (None, 6, 12, 18, 100):
         out = perturbed_scores(model64, x64, step, 10.0, eps, forward_batch_size=fbs)

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
 from odin_pl.analyses.stats import binned_mean, centers, density, shared_edges
-from odin_pl.methods.batch import StdLike, check_model_in_eval, max_softmax, std_view
+from odin_pl.methods.batch import StdLike, check_model_in_eval, std_view
+from odin_pl.methods.msp import max_softmax
 
 TEMPERATURES = (1.0, 1000.0)
 

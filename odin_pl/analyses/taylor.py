@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.analyses.context import IN, AnalysisContext, AnalysisOutput
-from odin_pl.methods.batch import max_softmax
+from odin_pl.methods.msp import max_softmax
 
 TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
 SCATTER_TEMPERATURES = (10.0, 100.0, 1000.0)

@@ -3,10 +3,10 @@
 ``Detector.fit(...)`` sets the threshold at a target TPR on in-distribution scores
 (:func:`odin_pl.metrics.threshold_at_tpr`: the largest delta with mean(scores >= delta) >= tpr), ``predict(x)``
 flags ``score < threshold`` as OOD, and ``save`` / ``load`` keep everything but the model's weights in a small,
-human-readable JSON file (format version 2 names the method; version 1 files are ODIN detectors and still load).
-A detector of a method fitted on training features (mahalanobis, react, knn) records its fit file (relative to the
-detector file) and that file's SHA-256, and refuses to load when the file changed.
-:class:`ODINDetector` is the ODIN detector with (T, epsilon) as its arguments.
+human-readable JSON file (format version 2: the method's name and its parameters by name, as the method declares
+them). A detector of a fitted method records its fit file (relative to the detector file) and that file's SHA-256,
+and refuses to load when the file changed. :class:`ODINDetector` is the detector of the paper's method (the
+registry's role ``paper``) with its parameters (T, epsilon) as arguments.
 """
 
 from __future__ import annotations
@@ -22,25 +22,26 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from odin_pl.methods.features import FeatureModel, Fits
+from odin_pl.methods.features import Fits
 from odin_pl.files import atomic_write
 from odin_pl.protocol.fits import SavedFit, load_fit
-from odin_pl.methods import Setting, create_method, method_batch
+from odin_pl.methods import Batch, Needs, Setting, create_method, method_with_role
 from odin_pl.metrics import as_scores, threshold_at_tpr
-from odin_pl.methods.batch import Batch, max_softmax, non_finite_error
+from odin_pl.methods.batch import non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 
 FORMAT = "odin_pl.detector"
-FORMAT_VERSION = 2  # 2: "method" and "params"; 1: ODIN's "temperature" and "epsilon"
+FORMAT_VERSION = 2  # "method" and "params"
 
 
 @dataclass(frozen=True)
 class Detection:
-    """Per-image outputs of :meth:`Detector.predict_all`: class, MSP, the method's score, OOD flag."""
+    """Per-image outputs of :meth:`Detector.predict_all`: class, the baseline's score (MSP), the method's score,
+    OOD flag."""
 
     predicted_class: Tensor
-    msp: Tensor
+    baseline: Tensor
     score: Tensor
     is_ood: Tensor
 
@@ -71,6 +72,7 @@ class Detector:
         self.threshold, self.tpr = self._checked(threshold, tpr)
         self.tuned_on = dict(tuned_on or {})
         self.fit_file, self.fits = fit, self._fits(model, fit)
+        self.baseline = create_method(method_with_role("baseline"))
 
     def _fits(self, model: nn.Module, fit: SavedFit | None) -> Fits | None:
         """The fit of a fitted method on ``model``'s features (None for other methods), checked to match."""
@@ -86,7 +88,7 @@ class Detector:
             raise UserError(f"the fit file {fit.path} is the fit of {fit.method!r}, not of {name!r}")
         self.method.settings_for_fit([self.setting], fit.tensors)
         device = next(model.parameters()).device
-        return Fits(FeatureModel(model), {name: {key: t.to(device) for key, t in fit.tensors.items()}})
+        return Fits({name: {key: t.to(device) for key, t in fit.tensors.items()}})
 
     def _checked(self, threshold: float, tpr: float) -> tuple[float, float]:
         """(threshold, tpr) as floats, or a UserError: ``tpr`` in (0, 1] and a finite threshold within the method's
@@ -125,25 +127,30 @@ class Detector:
         self.threshold, self.tpr = self._checked(threshold_at_tpr(as_scores(in_scores, "in_scores"), tpr), tpr)
         return self.threshold
 
-    def _batch(self, x: Tensor) -> Batch:
-        return method_batch(self.model, x, {self.method.name: (self.method, [self.setting])}, self.input_spec.std,
-                            fits=self.fits)
+    def _batch(self, x: Tensor, *, baseline: bool = False) -> Batch:
+        """The batch of x for the method (and, with ``baseline``, the baseline's score and the clean logits)."""
+        fit = self.fits.of(self.method.name) if self.fits is not None else None
+        needs = self.method.needs([self.setting], fit)
+        if baseline:
+            needs = needs | self.baseline.needs([self.baseline.default_setting()]) | Needs(logits=True)
+        return Batch(self.model, x, self.input_spec.std, needs=needs, fits=self.fits)
 
     def score(self, x: Tensor) -> Tensor:
         """The method's scores [B] of a normalized batch (higher = more in-distribution)."""
         return self.method.score(self._batch(x), [self.setting])[0]
 
     def predict_all(self, x: Tensor) -> Detection:
-        """Class from the clean logits, MSP, the method's score and OOD flag of each image; one forward pass on x
-        (and the method's own, such as ODIN's on the perturbed x)."""
-        batch = self._batch(x)
+        """Class from the clean logits, the baseline's score, the method's score and OOD flag of each image; one
+        forward pass on x (and the method's own, such as the perturbed x)."""
+        batch = self._batch(x, baseline=True)
         if self.input_spec.num_classes and batch.logits.shape[1] != self.input_spec.num_classes:
             raise UserError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
                             f"{self.input_spec.num_classes} classes")
         score = self.method.score(batch, [self.setting])[0]
         if (error := non_finite_error({self.method.name: score}, "prediction")) is not None:
             raise error
-        return Detection(batch.logits.argmax(dim=1), max_softmax(batch.logits, 1.0), score, score < self.threshold)
+        baseline = self.baseline.score(batch, [self.baseline.default_setting()])[0]
+        return Detection(batch.logits.argmax(dim=1), baseline, score, score < self.threshold)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(is_ood [B] bool, predicted class [B]) of a normalized batch."""
@@ -173,8 +180,8 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, weights_sha256: str | None = None,
              allow_other_weights: bool = False) -> "Detector":
-        """The detector saved at ``path`` (format version 1 or 2), on ``model`` (whose spec and class count must
-        match): an :class:`ODINDetector` for ODIN, else a :class:`Detector` of its method (which
+        """The detector saved at ``path``, on ``model`` (whose spec and class count must match): an
+        :class:`ODINDetector` for the paper's method, else a :class:`Detector` of its method (which
         ``ODINDetector.load`` refuses). Given ``weights_sha256`` (of the model's weights file), the detector must
         have been tuned with those weights (and a fitted method's fit made with them), else it is refused;
         ``allow_other_weights`` turns the refusal into a warning that names both. A fitted method's fit file must
@@ -190,12 +197,11 @@ class Detector:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path} is not an odin_pl detector file (no \"format\": \"{FORMAT}\")")
         version = data.get("format_version")
-        if version not in (1, FORMAT_VERSION):
-            raise UserError(f"{path} has detector format version {version!r}; this odin_pl reads versions 1 and "
+        if version != FORMAT_VERSION:
+            raise UserError(f"{path} has detector format version {version!r}; this odin_pl reads version "
                             f"{FORMAT_VERSION} (re-run evaluate.py to write it again)")
         try:
-            method, params = (("odin", {"temperature": data["temperature"], "epsilon": data["epsilon"]})
-                              if version == 1 else (data["method"], data["params"]))
+            method, params = data["method"], data["params"]
             spec, rest = ImageSpec.from_dict(data["input_spec"]), (data["threshold"], data["tpr"], data.get("tuned_on"))
             if weights_sha256 is not None:
                 _check_weights(path, (data.get("tuned_on") or {}).get("weights_sha256"), weights_sha256,
@@ -204,19 +210,22 @@ class Detector:
                 else None
         except KeyError as err:
             raise UserError(f"{path} lacks the field {err}: not a complete detector file") from err
-        if method == "odin" and isinstance(params, dict) and set(params) == {"temperature", "epsilon"}:
-            return ODINDetector(model, params["temperature"], params["epsilon"], spec, *rest)
+        detector = Detector(model, method, params, spec, *rest, fit=fit)
+        if method == method_with_role("paper"):
+            return ODINDetector(model, *detector.setting, spec, *rest)
         if cls is ODINDetector:
-            raise UserError(f"{path} is a detector of the method {method!r}, not ODIN: load it with Detector.load")
-        return Detector(model, method, params, spec, *rest, fit=fit)
+            raise UserError(f"{path} is a detector of the method {method!r}, not of the paper's "
+                            f"({method_with_role('paper')}): load it with Detector.load")
+        return detector
 
 
 class ODINDetector(Detector):
-    """The ODIN detector at (T, epsilon)."""
+    """The detector of the paper's method (ODIN) at (T, epsilon)."""
 
     def __init__(self, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,
                  threshold: float, tpr: float = 0.95, tuned_on: dict[str, Any] | None = None) -> None:
-        super().__init__(model, "odin", (temperature, epsilon), input_spec, threshold, tpr, tuned_on)
+        super().__init__(model, method_with_role("paper"), (temperature, epsilon), input_spec, threshold, tpr,
+                         tuned_on)
 
     @classmethod
     def fit(cls, model: nn.Module, temperature: float, epsilon: float, input_spec: ImageSpec,  # type: ignore[override]

@@ -21,8 +21,10 @@ from odin_pl.distributed import agree_on_failure, gather_shards, shard_indices, 
 from odin_pl.errors import NonFiniteScoresError
 from odin_pl.csv_cells import safe_row
 from odin_pl.files import atomic_write
+from odin_pl.methods import method_with_role
 
-COLUMNS = ("index", "path", "predicted_class", "class_name", "msp", "<method>", "is_ood")  # <method>: its score
+#: <baseline>: the baseline's score, named after it (``method_with_role("baseline")``); <method>: the method's score
+COLUMNS = ("index", "path", "predicted_class", "class_name", "<baseline>", "<method>", "is_ood")
 
 
 def detect_dataset(detector: Detector, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0
@@ -54,12 +56,13 @@ def write_detections(path: str | Path, detections: Detection, method: str,
     """Write one row per image (columns :data:`COLUMNS`, the score's named after ``method``) atomically; ``paths``
     (the images' files) and ``class_names`` fill the ``path`` and ``class_name`` columns when given; every cell
     goes through :func:`odin_pl.csv_cells.safe_row` (no formula, any file name). Returns the path."""
-    rows = zip(detections.predicted_class.tolist(), detections.msp.tolist(), detections.score.tolist(),
+    rows = zip(detections.predicted_class.tolist(), detections.baseline.tolist(), detections.score.tolist(),
                detections.is_ood.tolist())
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([method if column == "<method>" else column for column in COLUMNS])
+        names = {"<method>": method, "<baseline>": method_with_role("baseline")}
+        writer.writerow([names.get(column, column) for column in COLUMNS])
         writer.writerows(safe_row([index, str(paths[index]) if paths is not None else "", label,
-                                   class_names[label] if label < len(class_names) else "", msp, score, is_ood])
-                         for index, (label, msp, score, is_ood) in enumerate(rows))
+                                   class_names[label] if label < len(class_names) else "", baseline, score, is_ood])
+                         for index, (label, baseline, score, is_ood) in enumerate(rows))
     return Path(path)

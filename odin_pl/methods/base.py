@@ -1,30 +1,65 @@
-"""The contract of a detection method: its parameters, score range, tie order and batch scoring.
+"""The contract of a detection method: its parameters, what it needs of a batch, its fit, score range, tie order
+and batch scoring.
 
 A method scores a :class:`~odin_pl.methods.batch.Batch` for a list of settings at once (a tensor [n_settings, B],
-higher = more in-distribution), so that work shared between settings stays shared (ODIN's one gradient per T),
-and the batch carries what all methods share (one clean forward pass). A setting is a tuple of floats, one per
-parameter in the order of ``params``; a method without parameters has the one setting ``()``.
+higher = more in-distribution), so that work shared between settings stays shared (ODIN's one gradient per T).
+:meth:`Method.needs` declares what the batch must provide for the settings (clean logits, penultimate features
+and the classifier, input gradients of declared losses, intermediate layers, seeded stochastic passes); the batch
+of a plan computes the union once, lazily. A setting is a tuple of floats, one per parameter in the order of
+``params``; a method without parameters has the one setting ``()``.
 
-A method with ``needs_fit`` scores the penultimate features h with statistics of the in-distribution training
-split: :meth:`Method.fit` computes them (its fit, a few named tensors) from the training features, once per run
-(``odin_pl.protocol.fits``), and the batch hands them back (``batch.fit(name)``).
+A method with ``needs_fit`` scores with statistics of in-distribution images: :meth:`Method.fit` computes them
+(its fit, a few named tensors) from a :class:`FitData` (features, labels, logits,
+predictions, the classifier, further passes), once per run (``odin_pl.protocol.fits``), on the training split or,
+with ``fit_split = "heldout"``, on a labelled held-out split; the batch hands them back (``batch.fit(name)``).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
-from typing import ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Mapping, Sequence
 
 from torch import Tensor
 
-from odin_pl.methods.features import Fit
-from odin_pl.methods.batch import Batch, FeatureLoss
+from odin_pl.methods.features import Classifier, Fit
+from odin_pl.methods.batch import Batch, Needs
 from odin_pl.errors import UserError
 
 Setting = tuple[float, ...]
+Scan = Callable[[Needs, Sequence[int] | None], Iterator[tuple[Batch, Tensor]]]  # FitData.scan
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What a method fits on: one pass over its split's images (the training split, or a labelled held-out split
+    for a method whose ``fit_split`` is ``"heldout"``), in index order, row i = image i.
+
+    ``features``: h [n, D] (float64); ``labels`` [n] (int64); ``logits``: the model's [n, N] (float64);
+    ``classifier``: g with W and b; ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
+    that yields (a :class:`~odin_pl.methods.batch.Batch` providing ``needs``, the labels) per batch, for a fit that
+    needs more than h and the logits (intermediate layers, a second pass over held-out images); its batches know
+    no input std (input steps in normalized units) and no seed (no stochastic passes).
+    """
+
+    features: Tensor
+    labels: Tensor
+    logits: Tensor
+    classifier: Classifier
+    scan: Scan | None = field(default=None, repr=False)
+
+    @property
+    def predictions(self) -> Tensor:
+        """argmax of the logits (the first class on ties) [n]."""
+        return self.logits.argmax(dim=1)
+
+    def batches(self, needs: Needs, indices: Sequence[int] | None = None) -> Iterator[tuple[Batch, Tensor]]:
+        """(batch, labels) of a further pass over the images (see the class docstring)."""
+        if self.scan is None:
+            raise UserError("this fit has no images to pass over again (fit data made from features alone)")
+        return self.scan(needs, indices)
 
 
 @dataclass(frozen=True)
@@ -43,8 +78,10 @@ class Method(ABC):
 
     name: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
-    needs_input_gradient: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
+    #: The images a fitted method fits on: the training split, or a labelled held-out in-distribution split (the
+    #: DataModule's validation split, else the in-distribution tuning split).
+    fit_split: ClassVar[Literal["train", "heldout"]] = "train"
     #: What the run's reports ask the registry for (``odin_pl.methods.registry.method_with_role``):
     #: ``baseline``: the reference of comparisons (the paper's "baseline / ODIN" cells, the paired difference
     #: intervals); ``paper``: the method the ODIN paper studies (its T x epsilon figures and analyses).
@@ -62,24 +99,19 @@ class Method(ABC):
         """Sort key among settings that tune equally well (FPR at 95% TPR, then AUROC): smallest first."""
         return tuple(setting)
 
-    def gradient_temperatures(self, settings: Sequence[Setting]) -> list[float]:
-        """The temperatures whose input gradient the batch must hold for these settings."""
-        return []
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        """What the batch must provide to score these settings (``fit``: the method's, for a fitted method); by
+        default the clean logits."""
+        return Needs(logits=True)
 
-    def fit(self, features: Tensor, labels: Tensor, settings: Sequence[Setting]) -> dict[str, Tensor]:
-        """The method's fit for these settings from the training features h [N, D] (float64) and labels [N]
-        (methods with ``needs_fit``)."""
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """The method's fit for these settings from its split's fit data (methods with ``needs_fit``)."""
         raise NotImplementedError(f"method {self.name!r} needs no fit")
 
     def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
         """The settings this fit can score and a note on those it drops (a ValueError where it cannot score a
         setting that was asked for explicitly); by default all of them, no note."""
         return list(settings), None
-
-    def feature_loss(self, settings: Sequence[Setting], fit: Fit) -> FeatureLoss | None:
-        """A function of the features h whose input gradient the batch must hold for these settings (the batch's
-        ``feature_step(name)``), or None."""
-        return None
 
     def check_setting(self, setting: Sequence[float]) -> Setting:
         """The setting as a tuple of floats, or a ValueError that names the method's parameters."""

@@ -1,43 +1,89 @@
-"""ODIN scoring: temperature scaling plus input perturbation (Liang, Li, Srikant, ICLR 2018, section 3).
+"""The batch: a normalized batch x and what the methods that score it declare they need, each computed once and
+only when first used (``Method.needs`` gives a :class:`Needs`; the batch of a plan holds their union).
 
-For logits f(x) of a batch x that is already normalized with per-channel (mean, std):
-
-    y_hat   = argmax_i f_i(x)
-    g       = d/dx  sum_b CE(f(x_b) / T, y_hat_b)              (= -grad_x log S_y_hat(x; T))
-    s       = +1 where g >= 0 else -1, divided channel-wise by std when it is known
-    x_tilde = x - epsilon * s
-    score   = max_i softmax(f(x_tilde) / T)_i                   (higher = more in-distribution)
-
-epsilon = 0 needs no gradient; T = 1, epsilon = 0 is the MSP baseline of Hendrycks & Gimpel (2017).
-The functions work under ``torch.inference_mode()`` and ``torch.no_grad()`` (Lightning's validate and test
-loops) and never write ``.grad`` on parameters.
+* The clean forward pass: ``logits`` f(x); with ``features``, through the penultimate features
+  (``odin_pl.methods.features``): ``features`` h(x), ``classifier`` g (W, b, the module) and logits = g(h).
+* On that same forward graph, for every declared :class:`Loss` (equal keys: one loss, one backward), the input step
+      step = sign+(d loss / dx) / std      (sign+ maps 0 to +1, as ODIN's reference code; no std: unscaled)
+  (``step(loss)``), so that x_tilde = x - epsilon * step for any epsilon; ``perturbed(loss, epsilons, score, of)``
+  scores the logits or the features of every x_tilde in stacked forward batches.
+* ``layers(spec)``: the outputs of the modules a :class:`Layers` names, in call order, from forward hooks on that
+  forward.
+* ``stochastic_logits(n)``: n seeded stochastic passes (the model in eval mode except its dropout modules with
+  p > 0), seeded from the run seed and the batch's first global index only.
+The batch works under ``torch.inference_mode()`` and ``torch.no_grad()`` (Lightning's validate and test loops)
+and never writes ``.grad`` on parameters.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from odin_pl.methods.features import Fit, Fits
+from odin_pl.methods.features import Classifier, Fit, Fits, feature_model
 from odin_pl.errors import NonFiniteScoresError, UserError
 
 StdLike = Sequence[float] | Tensor | None
-FeatureLoss = Callable[[Tensor], Tensor]  # penultimate features h [B, D] -> a scalar summed over the batch
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+FORWARD_FEATURES = "forward_features"  # in the recorded layers: the output of the model's forward_features
 
 
-def check_temperature(temperature: float) -> None:
-    if not (float(temperature) > 0 and torch.isfinite(torch.tensor(float(temperature)))):
-        raise UserError(f"temperature must be a finite number > 0, got {temperature!r} "
-                        "(the paper's grid is 1, 2, 5, ..., 1000; T = 1 is no scaling)")
+@dataclass(frozen=True)
+class Outputs:
+    """The clean forward's outputs on the graph from x, which a :class:`Loss` is a function of: the logits and,
+    when the batch goes through the features, h."""
+
+    logits: Tensor
+    features: Tensor | None
 
 
-def check_epsilon(epsilon: float) -> None:
-    if not (float(epsilon) >= 0 and torch.isfinite(torch.tensor(float(epsilon)))):
-        raise UserError(f"epsilon must be a finite number >= 0, got {epsilon!r} "
-                        "(the perturbation size in [0, 1] pixel units; 0 turns perturbation off)")
+@dataclass(frozen=True)
+class Loss:
+    """A scalar of the clean forward (summed over the batch) whose input gradient a method steps against; losses
+    with equal ``key`` are one loss (one backward serves every method and setting that declares it), so equal keys
+    must mean equal functions."""
+
+    key: Hashable
+    of: Callable[[Outputs], Tensor] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Intermediate outputs a method reads: those of every module that is an instance of one of ``types`` and, with
+    ``forward_features``, the output of the model's forward_features, in call order."""
+
+    types: tuple[type[nn.Module], ...] = ()
+    forward_features: bool = False
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs of a batch: the clean ``logits``, the penultimate ``features`` (and classifier), the input
+    step of each of ``losses``, intermediate ``layers``, and ``passes`` seeded stochastic passes."""
+
+    logits: bool = False
+    features: bool = False
+    losses: tuple[Loss, ...] = ()
+    layers: tuple[Layers, ...] = ()
+    passes: int = 0
+
+    def __or__(self, other: "Needs") -> "Needs":
+        return Needs(self.logits or other.logits, self.features or other.features,
+                     tuple(dict.fromkeys(self.losses + other.losses)), tuple(dict.fromkeys(self.layers + other.layers)),
+                     max(self.passes, other.passes))
+
+    @property
+    def through_features(self) -> bool:
+        """Whether the clean forward goes through the penultimate features."""
+        return self.features or any(spec.forward_features for spec in self.layers)
+
+    @property
+    def clean_forward(self) -> bool:
+        return self.logits or self.through_features or bool(self.losses) or bool(self.layers)
 
 
 def non_finite_error(scores: Mapping[str, Tensor], where: str) -> NonFiniteScoresError | None:
@@ -54,7 +100,7 @@ def non_finite_error(scores: Mapping[str, Tensor], where: str) -> NonFiniteScore
 def check_model_in_eval(model: nn.Module) -> None:
     if model.training:
         raise UserError("the model is in training mode: call model.eval() before scoring "
-                        "(ODIN scores the deployed network; dropout and batch-norm updates would change them)")
+                        "(methods score the deployed network; dropout and batch-norm updates would change the scores)")
 
 
 def check_images(x: Tensor, model: nn.Module | None = None) -> None:
@@ -94,12 +140,8 @@ def std_view(input_std: StdLike, x: Tensor) -> Tensor | None:
     return std.view(1, -1, 1, 1)
 
 
-def max_softmax(logits: Tensor, temperature: float) -> Tensor:
-    """S(x; T) = max_i softmax(f(x) / T)_i for each row of logits."""
-    return torch.softmax(logits / temperature, dim=1).amax(dim=1)
-
-
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
+def model_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """model(x), or a UserError when the model cannot take x."""
     try:
         return model(x)
     except RuntimeError as err:
@@ -119,17 +161,13 @@ def sign_steps(x_leaf: Tensor, losses: Sequence[Tensor], std: Tensor | None) -> 
     return steps
 
 
-def odin_loss(logits: Tensor, temperature: float) -> Tensor:
-    """sum_b CE(f(x_b) / T, y_hat_b) with y_hat = argmax f(x): the loss whose input gradient ODIN steps against."""
-    return F.cross_entropy(logits / temperature, logits.argmax(dim=1), reduction="sum")
-
-
 @torch.no_grad()
 def perturbed_rows(
     score: Callable[[Tensor], Tensor], x: Tensor, step: Tensor, epsilons: Sequence[float],
     forward_batch_size: int | None = None,
 ) -> Tensor:
-    """score(x - epsilon * step) (a score per image) for every epsilon, as a tensor [len(epsilons), B].
+    """score(x - epsilon * step) (a function of images: a score per image) for every epsilon, as a tensor
+    [len(epsilons), B].
 
     The perturbed copies of several epsilons are stacked into forward batches of up to
     ``forward_batch_size`` images (default: the batch size) to keep the device busy.
@@ -145,130 +183,164 @@ def perturbed_rows(
     return torch.cat(out) if out else x.new_zeros(0, batch)
 
 
-def perturbed_scores(
-    model: nn.Module, x: Tensor, step: Tensor, temperature: float, epsilons: Sequence[float],
-    forward_batch_size: int | None = None,
-) -> Tensor:
-    """S(x - epsilon * step; T) for every epsilon, as a tensor [len(epsilons), B] (see :func:`perturbed_rows`)."""
-    return perturbed_rows(lambda z: max_softmax(_forward(model, z), temperature), x, step, epsilons,
-                          forward_batch_size)
+@dataclass(frozen=True)
+class _Clean:
+    """The clean forward's results (detached): logits, h (or None), the steps by loss key, the layer outputs."""
+
+    logits: Tensor
+    features: Tensor | None
+    steps: Mapping[Hashable, Tensor]
+    layers: Sequence[tuple[nn.Module | str, Tensor]]
 
 
 class Batch:
-    """A normalized batch x and the work that scoring methods share on it (see ``odin_pl.methods``).
+    """A normalized batch x and what ``needs`` declares (see the module docstring), computed on first use.
 
-    ``logits``: f(x) from one forward pass, for every method and setting that scores the clean input.
-    ``step(T)``: ODIN's input step for temperature T (one backward each, on that same forward's graph), for the
-    ``gradient_temperatures`` asked for when the batch was made.
     ``forward_batch_size``: the most images per forward pass of perturbed copies (default: the batch size).
-
-    With ``fits`` (for the methods fitted on training features), the forward pass goes through the penultimate
-    features: ``features`` is h(x) and ``logits`` the classifier applied to it (``fits.model`` checks once that
-    they reproduce the model); ``feature_step(name)`` is the input step sign+(d loss / dx) / std of each of the
-    ``feature_losses`` (functions of h), on the same graph; ``fit(name)`` is a method's fit.
+    ``fits``: the fits of the plan's fitted methods (``fit(name)``). ``seed`` and ``start`` (the run seed and the
+    batch's first global index) seed the stochastic passes.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, input_std: StdLike = None,
-                 gradient_temperatures: Sequence[float] = (), forward_batch_size: int | None = None, *,
-                 fits: Fits | None = None, feature_losses: Mapping[str, FeatureLoss] | None = None) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, input_std: StdLike = None, forward_batch_size: int | None = None,
+                 *, needs: Needs = Needs(logits=True), fits: Fits | None = None, seed: int | None = None,
+                 start: int | None = None) -> None:
         check_model_in_eval(model)
         check_images(x, model)
         self.model, self.x, self.input_std, self.forward_batch_size = model, x, input_std, forward_batch_size
-        self.fits = fits
-        temperatures = list(dict.fromkeys(float(t) for t in gradient_temperatures))
-        feature_losses = dict(feature_losses or {})
-        if feature_losses and fits is None:
-            raise UserError("feature losses need the model's features: pass fits")
-        std = std_view(input_std, x)
+        self.needs, self.fits, self.seed, self.start = needs, fits, seed, start
+        self._std = std_view(input_std, x)
+        self._clean: _Clean | None = None
+        self._passes: Tensor | None = None
 
-        def forward(z: Tensor) -> tuple[Tensor | None, Tensor]:
-            return fits.model(z) if fits is not None else (None, _forward(model, z))
+    def _declared(self, what: str, declared: bool) -> None:
+        if not declared:
+            raise KeyError(f"the batch was not asked for {what}: declare it in the method's needs()")
 
-        if temperatures or feature_losses:
-            with torch.inference_mode(False), torch.enable_grad():
-                x_leaf = x.clone().requires_grad_(True)
-                h, logits = forward(x_leaf)
-                losses = [odin_loss(logits, t) for t in temperatures] + [loss(h) for loss in feature_losses.values()]
-                steps = sign_steps(x_leaf, losses, std)
-        else:
-            with torch.no_grad():
-                h, logits = forward(x)
-            steps = []
-        self.logits = logits.detach()
-        self._features = h.detach() if h is not None else None
-        self._steps = dict(zip(temperatures, steps))
-        self._feature_steps = dict(zip(feature_losses, steps[len(temperatures):]))
-
-    def step(self, temperature: float) -> Tensor:
-        if float(temperature) not in self._steps:
-            raise KeyError(f"no input gradient at T = {temperature}: pass it in gradient_temperatures")
-        return self._steps[float(temperature)]
+    @property
+    def logits(self) -> Tensor:
+        """f(x) [B, N] of the clean forward."""
+        self._declared("the logits", self.needs.clean_forward)
+        return self._forward().logits
 
     @property
     def features(self) -> Tensor:
-        """The penultimate features h(x) [B, D] (a batch made with ``fits``)."""
-        if self._features is None:
-            raise KeyError("this batch has no penultimate features: make it with fits")
-        return self._features
+        """The penultimate features h(x) [B, D] of the clean forward."""
+        self._declared("the penultimate features", self.needs.through_features)
+        return self._forward().features
 
-    def feature_step(self, name: str) -> Tensor:
-        if name not in self._feature_steps:
-            raise KeyError(f"no input gradient of the feature loss {name!r}: pass it in feature_losses")
-        return self._feature_steps[name]
+    @property
+    def classifier(self) -> Classifier:
+        """The model's classifier g (logits = g(h)), with W and b."""
+        self._declared("the classifier", self.needs.through_features)
+        return feature_model(self.model).classifier
+
+    def step(self, loss: Loss) -> Tensor:
+        """sign+(d loss / dx) / std, shaped as x."""
+        self._declared(f"the input gradient of the loss {loss.key!r}", loss in self.needs.losses)
+        return self._forward().steps[loss.key]
+
+    def layers(self, spec: Layers) -> list[Tensor]:
+        """The outputs of the modules ``spec`` names, in call order (detached)."""
+        self._declared(f"the layers {spec}", spec in self.needs.layers)
+        return [out for module, out in self._forward().layers
+                if (spec.forward_features if isinstance(module, str) else isinstance(module, spec.types))]
+
+    def perturbed(self, loss: Loss, epsilons: Sequence[float], score: Callable[[Tensor], Tensor],
+                  of: Literal["logits", "features"] = "logits") -> Tensor:
+        """score(the logits, or h, of x - epsilon * step(loss)) (a score per image) for every epsilon, as a tensor
+        [len(epsilons), B] (see :func:`perturbed_rows`)."""
+        step = self.step(loss)
+        if of == "features":
+            self._declared("the penultimate features", self.needs.through_features)
+            forward = feature_model(self.model).features
+        else:
+            def forward(z: Tensor) -> Tensor:
+                return model_forward(self.model, z)
+        return perturbed_rows(lambda z: score(forward(z)), self.x, step, epsilons, self.forward_batch_size)
+
+    def stochastic_logits(self, passes: int) -> Tensor:
+        """Logits [passes, B, N] of the first ``passes`` seeded stochastic passes (see :func:`stochastic_logits`);
+        every method gets the same passes."""
+        self._declared(f"{passes} stochastic passes", 0 < passes <= self.needs.passes)
+        if self._passes is None:
+            self._passes = stochastic_logits(self.model, self.x, self.needs.passes, self.seed, self.start)
+        return self._passes[:passes]
 
     def fit(self, method: str) -> Fit:
-        """The fit of ``method`` on the training features (a batch made with ``fits``)."""
+        """The fit of ``method`` (a batch made with ``fits``)."""
         if self.fits is None:
             raise KeyError(f"method {method!r} needs its fit on the training images: make the batch with fits")
         return self.fits.of(method)
 
+    def _forward(self) -> _Clean:
+        if self._clean is None:
+            self._clean = self._clean_forward()
+        return self._clean
 
-def odin_gradient_temperatures(settings: Sequence[tuple[float, float]]) -> list[float]:
-    """The distinct temperatures of the settings that perturb the input (epsilon > 0)."""
-    return list(dict.fromkeys(float(t) for t, e in settings if e > 0))
+    def _clean_forward(self) -> _Clean:
+        """One forward of x (through the features when needed, with hooks on the layers asked for) and one backward
+        per loss on its graph."""
+        needs, model = self.needs, self.model
+        features = feature_model(model) if needs.through_features else None
+        types = tuple(dict.fromkeys(t for spec in needs.layers for t in spec.types))
+        recorded: list[tuple[nn.Module | str, Tensor]] = []
+        maps = any(spec.forward_features for spec in needs.layers)
 
+        def forward(z: Tensor) -> tuple[Tensor | None, Tensor]:
+            hooks = [module.register_forward_hook(lambda module, args, out: recorded.append((module, out)))
+                     for module in model.modules() if types and isinstance(module, types)]
+            try:
+                if features is None:
+                    return None, model_forward(model, z)
+                return features.forward(z, (lambda out: recorded.append((FORWARD_FEATURES, out))) if maps else None)
+            finally:
+                for hook in hooks:
+                    hook.remove()
 
-def odin_rows(batch: Batch, settings: Sequence[tuple[float, float]]) -> Tensor:
-    """ODIN scores [len(settings), B] of a batch: epsilon = 0 from its clean logits, every other setting from
-    the perturbed input along its temperature's step (one gradient per T serves all its epsilons)."""
-    out = batch.x.new_empty(len(settings), batch.x.shape[0])
-    for row, (temperature, epsilon) in enumerate(settings):
-        if epsilon == 0:
-            out[row] = max_softmax(batch.logits, temperature)
-    for temperature in odin_gradient_temperatures(settings):
-        rows = [i for i, (t, e) in enumerate(settings) if float(t) == temperature and e > 0]
-        out[rows] = perturbed_scores(batch.model, batch.x, batch.step(temperature), temperature,
-                                     [settings[i][1] for i in rows], batch.forward_batch_size)
-    return out
-
-
-def score_settings(
-    model: nn.Module, x: Tensor, settings: Sequence[tuple[float, float]], input_std: StdLike = None,
-    forward_batch_size: int | None = None,
-) -> Tensor:
-    """Scores of the batch x for several (T, epsilon) settings at once, as a tensor [len(settings), B].
-
-    Work is shared: one forward pass gives the clean logits (all settings with epsilon = 0) and the graph
-    for one input gradient per distinct T with some epsilon > 0; each such gradient serves all its epsilons.
-    """
-    for temperature, epsilon in settings:
-        check_temperature(temperature)
-        check_epsilon(epsilon)
-    batch = Batch(model, x, input_std, odin_gradient_temperatures(settings), forward_batch_size)
-    return odin_rows(batch, settings)
-
-
-def odin_score(
-    model: nn.Module, x: Tensor, temperature: float = 1000.0, epsilon: float = 0.0014,
-    input_std: StdLike = None,
-) -> Tensor:
-    """ODIN score S(x_tilde; T) of each image in the normalized batch x (shape [B]); higher = in-distribution.
-
-    ``input_std``: the per-channel std used to normalize x, so that epsilon is a step in [0, 1] pixel units.
-    """
-    return score_settings(model, x, [(temperature, epsilon)], input_std)[0]
+        if needs.losses:
+            with torch.inference_mode(False), torch.enable_grad():
+                x_leaf = self.x.clone().requires_grad_(True)
+                h, logits = forward(x_leaf)
+                outputs = Outputs(logits, h)
+                steps = sign_steps(x_leaf, [loss.of(outputs) for loss in needs.losses], self._std)
+        else:
+            with torch.no_grad():
+                h, logits = forward(self.x)
+            steps = []
+        if features is not None:
+            features.check_once(self.x, logits)
+        return _Clean(logits.detach(), h.detach() if h is not None else None,
+                      {loss.key: step for loss, step in zip(needs.losses, steps)},
+                      [(module, out.detach() if isinstance(out, Tensor) else out) for module, out in recorded])
 
 
-def msp_score(model: nn.Module, x: Tensor) -> Tensor:
-    """Maximum softmax probability (Hendrycks & Gimpel, 2017): ODIN with T = 1 and epsilon = 0."""
-    return odin_score(model, x, temperature=1.0, epsilon=0.0)
+def stochastic_seed(seed: int, start: int) -> int:
+    """The seed of a batch's stochastic passes: a function of the run seed and the batch's first global index
+    only (numpy's SeedSequence of the two), so that scores do not depend on what ran before."""
+    if seed < 0 or start < 0:
+        raise UserError(f"the seed and the batch's first index must be >= 0, got {seed} and {start}")
+    return int(np.random.SeedSequence([seed, start]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@torch.no_grad()
+def stochastic_logits(model: nn.Module, x: Tensor, passes: int, seed: int | None, start: int | None) -> Tensor:
+    """Logits [passes, B, N] of ``passes`` forward passes of x, one after another, with the model in eval mode except
+    its dropout modules with p > 0 (in training mode), the default generator of x's device forked and seeded
+    with :func:`stochastic_seed` (the caller's random state is left as it was)."""
+    if seed is None or start is None:
+        raise UserError("stochastic passes need the run seed and the batch's first global index: pass seed= and "
+                        "start= (score_batch), as the protocol does")
+    dropouts = [m for m in model.modules() if isinstance(m, DROPOUT) and m.p > 0]
+    if not dropouts:
+        raise UserError(f"{type(model).__name__} has no dropout module (nn.Dropout*, p > 0): the stochastic passes "
+                        "of Monte Carlo dropout would all be the same; drop the method from --methods for this model")
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(stochastic_seed(seed, start))
+        for module in dropouts:
+            module.train()
+        try:
+            return torch.stack([model_forward(model, x) for _ in range(passes)])
+        finally:
+            for module in dropouts:
+                module.eval()

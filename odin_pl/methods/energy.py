@@ -12,8 +12,8 @@ from torch import Tensor
 
 from odin_pl.methods.base import Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.methods.batch import Batch, check_temperature
-from odin_pl.methods.odin import PAPER_TEMPERATURES
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.odin import PAPER_TEMPERATURES, check_temperature
 
 
 @register_method

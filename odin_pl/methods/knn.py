@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from odin_pl.methods.features import Fit
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.methods.batch import Batch
+from odin_pl.methods.batch import Batch, Needs
 from odin_pl.errors import UserError
 
 PAPER_K = 50.0
@@ -41,8 +41,11 @@ class KNN(Method):
     params = (Param("k", "k", (1.0, 10.0, 20.0, 50.0, 100.0, 200.0), floor=1.0),)
     needs_fit = True
 
-    def fit(self, features: Tensor, labels: Tensor, settings: Sequence[Setting]) -> dict[str, Tensor]:
-        return {"bank": normalized(features, "training images")}
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return {"bank": normalized(data.features, "training images")}
 
     def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
         n = len(fit["bank"])

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from odin_pl.methods.features import Fit
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.methods.batch import Batch, FeatureLoss, check_epsilon, perturbed_rows
-from odin_pl.methods.odin import PAPER_EPSILONS
+from odin_pl.methods.batch import Batch, Loss, Needs, Outputs
+from odin_pl.methods.odin import PAPER_EPSILONS, check_epsilon
 from odin_pl.errors import UserError
 
 
@@ -35,14 +35,24 @@ def distances(h: Tensor, fit: Fit) -> Tensor:
     return ((diff @ fit["precision"]) * diff).sum(dim=-1)
 
 
+def nearest_class_loss(fit: Fit) -> Loss:
+    """sum_b d_c_hat(x_b), c_hat = the nearest class at the clean input: the loss of the input preprocessing."""
+
+    def loss(outputs: Outputs) -> Tensor:
+        d = distances(outputs.features, fit)
+        return d.gather(1, d.detach().argmin(dim=1, keepdim=True)).sum()
+
+    return Loss("mahalanobis", loss)
+
+
 @register_method
 class Mahalanobis(Method):
     name = "mahalanobis"
     params = (Param("epsilon", "epsilon", PAPER_EPSILONS, floor=0.0),)
-    needs_input_gradient = True
     needs_fit = True
 
-    def fit(self, features: Tensor, labels: Tensor, settings: Sequence[Setting]) -> dict[str, Tensor]:
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        features, labels = data.features, data.labels
         n, dim = features.shape
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
         if bool((counts == 0).any()):
@@ -61,15 +71,13 @@ class Mahalanobis(Method):
                             "feature constant over the training images")
         return {"means": means, "precision": torch.linalg.pinv(scatter, hermitian=True)}
 
-    def feature_loss(self, settings: Sequence[Setting], fit: Fit) -> FeatureLoss | None:
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
         if not any(epsilon > 0 for (epsilon,) in settings):
-            return None
-
-        def nearest_class_distance(h: Tensor) -> Tensor:
-            d = distances(h, fit)
-            return d.gather(1, d.detach().argmin(dim=1, keepdim=True)).sum()
-
-        return nearest_class_distance
+            return Needs(features=True)
+        if fit is None:
+            raise UserError("mahalanobis: the input preprocessing (epsilon > 0) steps along the gradient of the "
+                            "distance to the fitted class means: pass the method's fit")
+        return Needs(features=True, losses=(nearest_class_loss(fit),))
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
         fit = batch.fit(self.name)
@@ -79,10 +87,8 @@ class Mahalanobis(Method):
                 out[row] = -distances(batch.features, fit).amin(dim=1)
         rows = [row for row, (epsilon,) in enumerate(settings) if epsilon > 0]
         if rows:
-            features = batch.fits.model.features
-            out[rows] = perturbed_rows(lambda z: -distances(features(z), fit).amin(dim=1), batch.x,
-                                       batch.feature_step(self.name), [settings[row][0] for row in rows],
-                                       batch.forward_batch_size).to(out.dtype)
+            out[rows] = batch.perturbed(nearest_class_loss(fit), [settings[row][0] for row in rows],
+                                        lambda h: -distances(h, fit).amin(dim=1), of="features").to(out.dtype)
         return out
 
     def score_range(self, num_classes: int) -> tuple[float, float]:

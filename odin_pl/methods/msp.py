@@ -1,14 +1,23 @@
-"""msp: the maximum softmax probability, max_i softmax(f(x))_i (Hendrycks & Gimpel, ICLR 2017), the baseline."""
+"""msp: the maximum softmax probability, max_i softmax(f(x))_i (Hendrycks & Gimpel, ICLR 2017), the baseline.
+
+:func:`max_softmax` is S(x; T) = max_i softmax(f(x) / T)_i, which ODIN scores at its temperature.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from odin_pl.methods.base import Method, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.methods.batch import Batch, max_softmax
+from odin_pl.methods.batch import Batch
+
+
+def max_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """S(x; T) = max_i softmax(f(x) / T)_i for each row of logits."""
+    return torch.softmax(logits / temperature, dim=1).amax(dim=1)
 
 
 @register_method

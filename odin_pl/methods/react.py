@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from odin_pl.methods.features import Fit
-from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.base import FitData, Method, Param, Setting
 from odin_pl.methods.registry import register_method
-from odin_pl.methods.batch import Batch
+from odin_pl.methods.batch import Batch, Needs
 from odin_pl.errors import UserError
 
 PAPER_PERCENTILE = 90.0
@@ -38,9 +38,12 @@ class ReAct(Method):
     params = (Param("percentile", "p", (85.0, 90.0, 95.0, 99.0)),)
     needs_fit = True
 
-    def fit(self, features: Tensor, labels: Tensor, settings: Sequence[Setting]) -> dict[str, Tensor]:
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
         percentiles = sorted({p for (p,) in settings})
-        values = np.percentile(features.cpu().numpy().ravel(), percentiles, method="linear")
+        values = np.percentile(data.features.cpu().numpy().ravel(), percentiles, method="linear")
         return {"percentiles": torch.tensor(percentiles, dtype=torch.float64),
                 "thresholds": torch.as_tensor(values, dtype=torch.float64)}
 
@@ -50,7 +53,7 @@ class ReAct(Method):
         return list(settings), None
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
-        fit, h, classifier = batch.fit(self.name), batch.features, batch.fits.model.classifier
+        fit, h, classifier = batch.fit(self.name), batch.features, batch.classifier
         with torch.no_grad():
             return torch.stack([torch.logsumexp(classifier(h.clamp(max=threshold(fit, p))), dim=1)
                                 for (p,) in settings])

@@ -1,13 +1,15 @@
-"""The fits of a run's feature methods (``needs_fit``: mahalanobis, react, knn): one pass over the training
-images gives every fit, computed once, saved beside the run and reused only where it matches.
+"""The fits of a run's fitted methods (``needs_fit``): one pass over the training images gives what every fit on
+the training split receives, computed once, saved beside the run and reused only where it matches.
 
 * :func:`training_set`: the DataModule's training split with the test-time transform
-  (``load_split(train=True, augment=False)``), or a seeded subset of it (``--fit_images``);
-* :func:`training_features`: h [N, D] and labels [N] of every training image in index order, on any number of
-  processes (each its shard, gathered: exactly one process's features);
-* :func:`prepare_fits`: process 0 fits each method on the gathered features (float64), saves
+  (``load_split(train=True, augment=False)``), or a seeded subset of it (``--fit_images``); :func:`heldout_set`:
+  the labelled held-out split of the methods that fit there (``fit_split = "heldout"``);
+* :func:`fit_data`: one pass over a split on any number of processes (each its shard, gathered: exactly one
+  process's result): h [N, D], the logits and labels in index order, with the classifier and ``scan`` for a
+  method's further passes (:class:`~odin_pl.methods.base.FitData`);
+* :func:`prepare_fits`: process 0 fits each method on its split's fit data (float64), saves
   ``<folder>/<method>.pt`` and sends the fits to the other processes; a saved fit is reused (``reuse``) only when
-  its method, settings and context (weights and training images' SHA-256, image count, dtype) equal the run's.
+  its method, settings and context (weights and the split's images' SHA-256, image count, dtype) equal the run's.
 
 A fit file holds ``{"format": "odin_pl.fit", "method", "settings", "context", "fit": {name: Tensor}}``; its own
 SHA-256 (:class:`SavedFit`) goes into the score files' context, results.json and the detectors that use it.
@@ -17,17 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
-from odin_pl.methods.features import FeatureModel, Fits
+from odin_pl.methods.features import FeatureModel, Fits, feature_model
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
-from odin_pl.methods import Setting
+from odin_pl.methods import Batch, FitData, Needs, Setting
 from odin_pl.protocol.plan import MethodGrid
 from odin_pl.files import save_atomically
 from odin_pl.protocol.tuning import split_indices
@@ -70,7 +72,7 @@ def load_fit(path: str | Path, sha256: str | None = None) -> SavedFit:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"fit file {path} does not exist; evaluate.py writes <output_dir>/fits/<method>.pt "
-                               "for the feature methods")
+                               "for the fitted methods")
     digest = file_sha256(path)
     if sha256 is not None and digest != sha256:
         raise UserError(f"fit file {path} has SHA-256 {digest}, not the {sha256} it was used with: it was "
@@ -89,17 +91,17 @@ def training_set(datamodule: Any, fit_images: int | None = None, seed: int = 0) 
     its images (kept in index order)."""
     load_split = getattr(datamodule, "load_split", None)
     if not callable(load_split):
-        raise UserError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training images, "
+        raise UserError(f"the fitted methods of --methods fit on the in-distribution training images, "
                         f"and the DataModule {type(datamodule).__name__} has no training split "
                         "(load_split(train=True, augment=False)): give --data a DataModule of datamodules.* that "
                         "has one, or drop these methods from --methods")
     try:
         train = load_split(train=True, augment=False)
     except FileNotFoundError as err:
-        raise MissingFileError(f"the feature methods (mahalanobis, react, knn) fit on the in-distribution training "
-                               f"images, which are not available: {err}") from err
+        raise MissingFileError(f"the fitted methods of --methods fit on the in-distribution training images, which "
+                               f"are not available: {err}") from err
     if len(train) == 0:
-        raise UserError("the in-distribution training split is empty: the feature methods have nothing to fit on")
+        raise UserError("the in-distribution training split is empty: the fitted methods have nothing to fit on")
     if fit_images is None:
         return train
     if fit_images > len(train):
@@ -108,29 +110,69 @@ def training_set(datamodule: Any, fit_images: int | None = None, seed: int = 0) 
     return Subset(train, split_indices(len(train), fit_images, seed)[0].tolist())
 
 
+def heldout_set(datamodule: Any, in_tuning: Dataset) -> Dataset:
+    """The labelled held-out in-distribution split of the methods with ``fit_split = "heldout"``: the DataModule's
+    validation split where it holds one out of the training images (``val_split`` > 0), else ``in_tuning`` (the
+    in-distribution tuning split of the protocol)."""
+    if getattr(datamodule, "val_split", 0) > 0:
+        datamodule.setup("validate")
+        return datamodule.val_set
+    return in_tuning
+
+
+class Features(NamedTuple):
+    """One pass over a split: h [N, D] and the logits [N, C] (in the model's dtype) and labels [N] (int64)."""
+
+    features: Tensor
+    logits: Tensor
+    labels: Tensor
+
+
 @torch.no_grad()
 def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
-                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                      desc: str | None = None) -> tuple[Tensor, Tensor]:
-    """h [N, D] (in ``dtype``) and labels [N] (int64) of every image of ``dataset``, on the CPU in index order;
-    in a process group every process passes its shard and all get the gathered features."""
-    features, labels = [], []
+                      device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
+                      desc: str | None = None) -> Features:
+    """h, the logits and labels of every image of ``dataset``, on the CPU in index order; in a process group
+    every process passes its shard and all get the gathered result."""
+    features, logits, labels = [], [], []
     for images, targets in tqdm(shard_loader(dataset, batch_size, num_workers), desc=desc,
                                 disable=desc is None or world()[0] > 0, leave=False):
-        h, _ = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
+        h, f = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
         features.append(h.cpu())
+        logits.append(f.cpu())
         labels.append(torch.as_tensor(targets, dtype=torch.long))
-    if not features:  # an empty shard (fewer images than processes): the feature dimension from one image
-        dim = model.features(dataset[0][0][None].to(device=device, dtype=dtype)).shape[1]
-        features, labels = [torch.empty(0, dim, dtype=dtype)], [torch.empty(0, dtype=torch.long)]
+    if not features:  # an empty shard (fewer images than processes): the dimensions from one image
+        h, f = model.forward(dataset[0][0][None].to(device=device, dtype=dtype))
+        features, logits = [h.new_empty(0, h.shape[1]).cpu()], [f.new_empty(0, f.shape[1]).cpu()]
+        labels = [torch.empty(0, dtype=torch.long)]
     n = len(dataset)
-    return gather_shards(torch.cat(features).T.contiguous(), n).T, gather_shards(torch.cat(labels), n)
+    return Features(*(gather_shards(torch.cat(parts).T.contiguous(), n).T for parts in (features, logits)),
+                    gather_shards(torch.cat(labels), n))
+
+
+def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
+             device: str | torch.device = "cpu", desc: str | None = None) -> FitData:
+    """The :class:`FitData` of ``dataset`` (yielding (normalized image, label)): one pass of
+    :func:`training_features` (sharded over a process group), features and logits in float64, and ``scan``
+    over the same images (on the calling process alone, in index order) for further passes."""
+    parameter = next(model.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else None  # a model without weights takes the images as they are
+    features = feature_model(model)
+    passed = training_features(features, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
+                               dtype=dtype, desc=desc)
+
+    def scan(needs: Needs, indices: Sequence[int] | None) -> Iterator[tuple[Batch, Tensor]]:
+        images = Subset(dataset, list(indices)) if indices is not None else dataset
+        for x, targets in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+            yield Batch(model, x.to(device=device, dtype=dtype), needs=needs), torch.as_tensor(targets).long()
+
+    return FitData(passed.features.double(), passed.labels, passed.logits.double(), features.classifier, scan)
 
 
 @dataclass
 class RunFits:
     """The fits of a run: what scoring uses (``fits``), the saved files by method, the method grids the fits can
-    score (a KNN grid without its k larger than the bank), notes for the user and the methods whose saved fit was
+    score (a grid without the values its fit cannot score), notes for the user and the methods whose saved fit was
     reused."""
 
     fits: Fits
@@ -166,45 +208,54 @@ def _saved_fits(folder: Path, grids: Sequence[MethodGrid], context: Mapping[str,
     return found, stale
 
 
-def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dataset, *, folder: Path,
+def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dataset | None, *, folder: Path,
                  weights_sha256: str, hashes: FileHashes | None = None, reuse: bool = False,
                  fit_missing: bool = True, batch_size: int = 256, num_workers: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = False) -> RunFits:
-    """The fits of the methods with ``needs_fit`` among ``methods`` on ``train_set``, saved to ``folder``.
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 heldout: Dataset | None = None) -> RunFits:
+    """The fits of the methods with ``needs_fit`` among ``methods``, saved to ``folder``: on ``train_set``, or on
+    ``heldout`` (:func:`heldout_set`) for those with ``fit_split = "heldout"``.
 
-    One pass over the training images gives every missing fit; their files are hashed through ``hashes``.
-    ``reuse``: take a saved fit that matches (resume); ``fit_missing=False``: fail instead of fitting (work on a
-    finished run). In a process group, process 0 reads, fits and saves, and sends the fits to the others; each
-    process's features come from its own shard.
+    One pass over each split's images gives every missing fit there (a method may take further passes of its own);
+    their files are hashed through ``hashes``. ``reuse``: take a saved fit that matches (resume);
+    ``fit_missing=False``: fail instead of fitting (work on a finished run). In a process group, process 0 reads,
+    fits and saves, and sends the fits to the others; each process's part of the shared pass comes from its own
+    shard.
     """
-    feature_model = FeatureModel(model)  # refuses a model without the features first
-    fitted = [grid for grid in methods if grid.method.needs_fit]
+    feature_model(model)  # refuses a model without the features first
     rank = world()[0]
-    dtype = next(model.parameters()).dtype
-    context = broadcast_from_zero({"weights_sha256": weights_sha256,
-                                   "train_images_sha256": dataset_sha256(train_set, hashes),
-                                   "n_images": len(train_set), "dtype": str(dtype).removeprefix("torch.")}
-                                  if rank == 0 else None)
-    saved, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))
-    reused = list(saved)
-    missing = [grid for grid in fitted if grid.name not in saved]
-    if missing and not fit_missing:
-        files = ", ".join(str(folder / f"{grid.name}.pt") for grid in missing)
-        raise UserError(f"{files}: missing, or made with other weights, training images or settings; run the "
-                        "protocol (again) into this folder with --output.resume true first")
-    notes = [f"{', '.join(stale)} in {folder}: made with other weights, training images or settings; fitted "
-             "again"] if stale else []
-    if missing:
-        features, labels = training_features(feature_model, train_set, batch_size=batch_size,
-                                             num_workers=num_workers, device=device, dtype=dtype,
-                                             desc="training features" if progress else None)
-        made = {}
-        if rank == 0:
-            features = features.double()
-            for grid in missing:
-                tensors = grid.method.fit(features, labels, grid.settings)
-                made[grid.name] = save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context, tensors)
-        saved.update(broadcast_from_zero(made if rank == 0 else None))
+    splits = {"train": ("train_images_sha256", train_set, "training"),
+              "heldout": ("heldout_images_sha256", heldout, "held-out")}
+    saved: dict[str, SavedFit] = {}
+    reused, notes = [], []
+    for split, (key, dataset, what) in splits.items():
+        fitted = [grid for grid in methods if grid.method.needs_fit and grid.method.fit_split == split]
+        if not fitted:
+            continue
+        if dataset is None:
+            raise UserError(f"method(s) {', '.join(grid.name for grid in fitted)} fit on the {split} split, which "
+                            "this run does not have")
+        context = broadcast_from_zero({"weights_sha256": weights_sha256, key: dataset_sha256(dataset, hashes),
+                                       "n_images": len(dataset),
+                                       "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+                                      if rank == 0 else None)
+        found, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))
+        saved.update(found)
+        reused += list(found)
+        missing = [grid for grid in fitted if grid.name not in found]
+        if missing and not fit_missing:
+            files = ", ".join(str(folder / f"{grid.name}.pt") for grid in missing)
+            raise UserError(f"{files}: missing, or made with other weights, training images or settings; run the "
+                            "protocol (again) into this folder with --output.resume true first")
+        notes += [f"{', '.join(stale)} in {folder}: made with other weights, training images or settings; fitted "
+                  "again"] if stale else []
+        if missing:
+            data = fit_data(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
+                            desc=f"{what} features" if progress else None)
+            made = {grid.name: save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context,
+                                        grid.method.fit(data, grid.settings))
+                    for grid in missing} if rank == 0 else None
+            saved.update(broadcast_from_zero(made))
     grids = []
     for grid in methods:
         if grid.name in saved:
@@ -215,4 +266,4 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
             notes += [note] if note else []
         grids.append(grid)
     tensors = {name: {key: t.to(device) for key, t in fit.tensors.items()} for name, fit in saved.items()}
-    return RunFits(Fits(feature_model, tensors), saved, grids, notes, reused)
+    return RunFits(Fits(tensors), saved, grids, notes, reused)
