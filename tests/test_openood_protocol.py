@@ -207,6 +207,49 @@ def _write_suite(root: Path, seed: int = 0) -> dict[str, str]:
     return lists
 
 
+def _digit_sets(root: Path, spec) -> OpenOODSets:
+    """The generated digits benchmark (:func:`_write_suite`) as the protocol's sets."""
+    lists = _write_suite(root)
+
+    def listed(name: str) -> ListedGrayImages:
+        return ListedGrayImages(root, lists[name], spec)
+
+    return OpenOODSets("digits", listed("val_digits"), listed("test_digits"), "val_noise", listed("val_noise"),
+                       near={"inverted": listed("test_inverted")},
+                       far={"noise": listed("test_noise"), "blobs": listed("test_blobs")},
+                       id_train=listed("train_digits"), listed={"near": ("inverted",), "far": ("noise", "blobs")})
+
+
+def test_both_protocols_in_one_command(quickstart_ckpt, tmp_path, monkeypatch):
+    """evaluate.py with --tuning.mode paper,openood: the paper's protocol in the output folder, OpenOOD's in
+    openood/ (its suite: the generated digits benchmark in place of a named one), both logged."""
+    import evaluate
+
+    calls = []
+
+    class Suite:
+        def __init__(self, benchmark, data_root, spec, download, **kwargs):
+            calls.append((benchmark, kwargs["train"]))
+            self.spec = spec
+
+        def sets(self) -> OpenOODSets:
+            return _digit_sets(tmp_path / "data", self.spec)
+
+    monkeypatch.setattr(evaluate, "build_openood_suite", Suite)
+    out = tmp_path / "out"
+    run = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.mode", "paper,openood", "--openood.benchmark",
+                         "digits", "--methods", "msp,odin,knn", "--ood.sets", "gaussian", "--ood.num_images", "100",
+                         "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002", "--bootstrap.resamples",
+                         "20", "--logger.backend", "csv", "--output.dir", str(out)])
+    assert calls == [("digits", True)] and run.mode == "paper"
+    assert json.loads((out / "results.json").read_text())["protocol"] == "odin"
+    assert json.loads((out / "openood" / "results.json").read_text())["protocol"] == "openood"
+    assert "(paper mode)" in (out / "table.md").read_text()
+    assert "| **farood** |" in (out / "openood" / "table.md").read_text()
+    logged = "".join(p.read_text() for p in (out / "openood").rglob("metrics.csv"))
+    assert "eval/openood/far/knn/auroc" in logged and "eval/openood/noise/odin/aupr_out" in logged
+
+
 def test_full_path_on_the_quickstart_model(quickstart_ckpt, tmp_path):
     from odin_pl.evaluation.logs import run_metrics
     from odin_pl.evaluation.options import (BootstrapOptions, OpenOODOptions, OutputOptions, ProtocolConfig,
@@ -214,20 +257,12 @@ def test_full_path_on_the_quickstart_model(quickstart_ckpt, tmp_path):
     from odin_pl.evaluation.outputs import write_run
     from odin_pl.evaluation.run import evaluate_openood, load_target
 
-    lists = _write_suite(tmp_path / "data")
     methods = "msp,odin,energy,react,knn"
     config = ProtocolConfig(ckpt=quickstart_ckpt, tuning=TuningOptions(mode="paper,openood", methods=methods),
                             openood=OpenOODOptions(benchmark="digits"), bootstrap=BootstrapOptions(resamples=20),
                             output=OutputOptions(dir=str(tmp_path / "out"), resume=True, logger=False))
     target = load_target(config)
-
-    def listed(name: str) -> ListedGrayImages:
-        return ListedGrayImages(tmp_path / "data", lists[name], target.spec)
-
-    sets = OpenOODSets("digits", listed("val_digits"), listed("test_digits"), "val_noise", listed("val_noise"),
-                       near={"inverted": listed("test_inverted")},
-                       far={"noise": listed("test_noise"), "blobs": listed("test_blobs")},
-                       id_train=listed("train_digits"), listed={"near": ("inverted",), "far": ("noise", "blobs")})
+    sets = _digit_sets(tmp_path / "data", target.spec)
     out = tmp_path / "out" / "openood"
     run = evaluate_openood(config, target, sets, out)
     result = run.result
@@ -280,4 +315,42 @@ def test_options_refuse_what_does_not_go_with_openood(quickstart_ckpt):
         TuningOptions(mode="openood", grids={"odin": {"temperature": [1]}})
     with pytest.raises(UserError, match="one of the paper's modes and openood"):
         TuningOptions(mode="paper,cross")
-    assert TuningOptions(mode="openood,paper").odin_mode == "paper"
+    assert TuningOptions(mode="cross,openood").odin_mode == "cross" and TuningOptions(mode="openood").odin_mode is None
+
+
+@pytest.mark.parametrize("benchmark", ["cifar10", "cifar100", "imagenet200", "imagenet"])
+def test_each_openood_config_names_its_benchmark_and_fails_closed_without_its_lists(benchmark, quickstart_ckpt,
+                                                                                   tmp_path):
+    import evaluate
+
+    config = Path(evaluate.__file__).parent / "configs" / "evaluate" / f"openood_{benchmark}.yaml"
+    command = ["protocol", "--config", str(config), "--ckpt", quickstart_ckpt, "--data_root", str(tmp_path),
+               "--output.dir", str(tmp_path / "out")]
+    parser = evaluate.build_parser()[1]["protocol"]
+    options = evaluate._typed(evaluate.ProtocolConfig, parser.instantiate(parser.parse_args(command[1:])))
+    assert (options.tuning.mode, options.openood.benchmark) == ("openood", benchmark)
+    with pytest.raises(UserError, match=f"benchmark_imglist/{benchmark}/val_{benchmark}.txt not found"):
+        evaluate.main(command)
+
+
+def test_aggregate_gives_openoods_population_std_beside_ours(tmp_path):
+    from odin_pl.evaluation.aggregate import aggregate_results, aggregate_table
+    from odin_pl.metrics import METRIC_NAMES
+
+    rng = np.random.default_rng(2)
+    runs = []
+    for _ in range(3):
+        record = {"ood": "a", "method": "msp", "tuned_on": None, **{m: float(rng.random()) for m in METRIC_NAMES},
+                  **{f"openood_{m}": float(rng.random()) for m in ("fpr95", "auroc", "aupr_in", "aupr_out", "acc")}}
+        group = {"group": "near", "method": "msp", "openood_auroc": float(rng.random())}
+        runs.append({"protocol": "openood", "records": [record], "openood": {"group_records": [group]}})
+    aggregate = aggregate_results(runs, ["s0", "s1", "s2"])
+    row, near = aggregate["rows"]
+    aurocs = [r["records"][0]["auroc"] for r in runs]
+    theirs = [r["records"][0]["openood_auroc"] for r in runs]
+    assert row["auroc_std"] == pytest.approx(np.std(aurocs, ddof=1), abs=TOL)
+    assert row["openood_auroc_std_pop"] == pytest.approx(np.std(theirs, ddof=0), abs=TOL)
+    assert row["openood_auroc_mean"] == pytest.approx(np.mean(theirs), abs=TOL)
+    assert near["ood"] == "near" and near["openood_auroc_std_pop"] == pytest.approx(
+        np.std([r["openood"]["group_records"][0]["openood_auroc"] for r in runs], ddof=0), abs=TOL)
+    assert "population std" in aggregate_table(aggregate)

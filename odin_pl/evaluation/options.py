@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -42,6 +42,9 @@ from odin_pl.errors import UserError
 PRECISIONS = ("32-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")
+#: ``--tuning.mode``: one of the paper's modes, OpenOOD's protocol, or one of the paper's modes with OpenOOD's.
+TuningModes = Literal["paper", "transfer", "cross", "fixed", "openood", "paper,openood", "transfer,openood",
+                      "cross,openood", "fixed,openood"]
 NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
 
 
@@ -101,7 +104,7 @@ class TuningOptions:
         epsilon: shorthand for ODIN's epsilon in ``fixed`` mode.
     """
 
-    mode: str = "paper"
+    mode: TuningModes = "paper"
     tune_on: str | None = None
     methods: list[str] | str | None = None
     params: list[str] | str | None = None
@@ -118,11 +121,10 @@ class TuningOptions:
         if unknown or not self.methods:
             raise UserError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
                             f"registered methods are {', '.join(list_methods())}")
-        modes = list(dict.fromkeys(comma_list(self.mode)))
-        if not modes or any(m not in MODES for m in modes) or len([m for m in modes if m != OPENOOD]) > 1:
+        modes = self.mode.split(",")
+        if any(m not in MODES for m in modes) or len([m for m in modes if m != OPENOOD]) > 1:
             raise UserError(f"--tuning.mode must be one of {', '.join(MODES)}, or one of the paper's modes and "
                             f"{OPENOOD} (e.g. paper,{OPENOOD}); got {self.mode!r}")
-        self.mode = ",".join(modes)
         if self.odin_mode is None and (self.grids or self.params or self.temperatures or self.epsilons):
             raise UserError("--tuning.mode openood searches each method's OpenOOD sweep: --tuning.grids, --tuning."
                             "params and ODIN's grid shorthands belong to the paper's modes (add one, e.g. paper,"

@@ -103,8 +103,9 @@ class ProtocolRun:
 
     @property
     def title(self) -> str:
+        """The tables' title: the data set, the network and the protocol (the paper's: its mode)."""
         protocol = (f"OpenOOD v1.5 protocol, {self.result.benchmark}" if isinstance(self.result, OpenOODResult)
-                    else f"ODIN paper's protocol, {self.mode} mode")
+                    else f"{self.mode} mode")
         return f"{self.spec.dataset or 'in-distribution'}, {self.backbone} ({protocol})"
 
     @cached_property
