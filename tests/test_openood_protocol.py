@@ -23,6 +23,7 @@ from torchvision import transforms as T
 from datamodules.openood import read_image_list
 from odin_pl.errors import UserError
 from odin_pl.methods import Method, Param, create_method
+from odin_pl.metrics import ood_metrics
 from odin_pl.protocol.bootstrap import bootstrap_seed, resample_indices
 from odin_pl.protocol.openood import (OpenOODSets, openood_intervals, openood_plan, openood_settings, run_openood,
                                       select_openood)
@@ -78,6 +79,9 @@ def test_search_takes_the_first_maximum_of_auroc():
     assert selection.setting == settings[reference_choice(val_in, val_out)] == settings[2]
     assert selection.tuning_auroc == pytest.approx(aurocs[2], abs=TOL)
     assert np.asarray(selection.fpr_grid).shape == (4, 2)  # [T][epsilon], for the grid figure
+    # the tuning FPR is this package's (ID positive) at the chosen setting, as in the paper's protocol's files
+    assert selection.tuning_fpr == ood_metrics(torch.tensor(val_in[2]), torch.tensor(val_out[2]))["fpr_at_95_tpr"]
+    assert selection.fpr_grid[2][0] == selection.tuning_fpr  # T = 100, epsilon = 0.0014
 
 
 class FakeScorer:

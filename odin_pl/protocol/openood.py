@@ -34,7 +34,7 @@ from odin_pl.distributed import gather_shards, shard_loader
 from odin_pl.errors import UserError
 from odin_pl.methods import Method, Setting, create_method
 from odin_pl.methods.batch import model_forward
-from odin_pl.metrics import ood_metrics
+from odin_pl.metrics import metric_rows, ood_metrics
 from odin_pl.openood_metrics import OPENOOD_METRIC_NAMES, group_mean, id_accuracy, openood_metric_rows
 from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, percentile_interval, resample_indices, resampled_metrics
 from odin_pl.protocol.plan import MethodGrid, ProtocolPlan
@@ -83,13 +83,14 @@ def openood_plan(methods: Sequence[str], seed: int = 0) -> ProtocolPlan:
 def select_openood(method: Method, settings: Sequence[Setting], val_in: Tensor, val_out: Tensor) -> Selection:
     """The first setting (in the search order of ``settings``) with the largest AUROC on ID val + OOD val (strict >:
     a later equal AUROC does not win). ``val_in`` / ``val_out``: [len(settings), n] confidences.
-    ``tuning_fpr``: OpenOOD's FPR@95 on the validation sets at the chosen setting; ``fpr_grid``: that FPR of every
-    setting, nested by parameter in the order of each parameter's first appearance."""
+    ``tuning_auroc``: that AUROC; ``tuning_fpr`` and ``fpr_grid``: this package's FPR at 95% TPR (ID positive, as
+    in the paper's protocol, so that the fields mean the same in every result file) on the validation sets at the
+    chosen setting and at every setting, nested by parameter in the order of each parameter's first appearance."""
     if val_in.shape[0] != len(settings) or val_out.shape[0] != len(settings):
         raise UserError(f"expected validation scores for {len(settings)} settings, got {val_in.shape[0]} and "
                         f"{val_out.shape[0]}")
-    metrics = openood_metric_rows(val_in, val_out)
-    aurocs, fprs = metrics["auroc"].tolist(), metrics["fpr95"].tolist()
+    aurocs = openood_metric_rows(val_in, val_out)["auroc"].tolist()
+    fprs = metric_rows(val_in.double().cpu(), val_out.double().cpu())["fpr_at_95_tpr"].tolist()
     best = 0
     for index in range(1, len(settings)):
         if aurocs[index] > aurocs[best]:
