@@ -30,6 +30,7 @@ from odin_pl.metrics import as_scores, threshold_at_tpr
 from odin_pl.methods.batch import non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
+from odin_pl.version import __version__
 
 FORMAT = "odin_pl.detector"
 FORMAT_VERSION = 2  # "method" and "params"
@@ -159,7 +160,6 @@ class Detector:
 
     def to_dict(self, folder: Path | None = None) -> dict[str, Any]:
         """The detector's fields; a fit file's path is relative to ``folder`` (the detector file's) when given."""
-        from odin_pl import __version__
 
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "odin_pl_version": __version__,
                 "method": self.method.name, "params": self.params, "threshold": self.threshold, "tpr": self.tpr,
