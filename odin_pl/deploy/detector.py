@@ -148,7 +148,8 @@ class Detector:
             raise UserError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
                             f"{self.input_spec.num_classes} classes")
         score = self.method.score(batch, [self.setting])[0]
-        if (error := non_finite_error({self.method.name: score}, "prediction")) is not None:
+        error = non_finite_error({self.method.name: score}, "prediction", {self.method.name: [self.setting]})
+        if error is not None:
             raise error
         baseline = self.baseline.score(batch, [self.baseline.default_setting()])[0]
         return Detection(batch.logits.argmax(dim=1), baseline, score, score < self.threshold)
