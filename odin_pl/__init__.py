@@ -5,8 +5,8 @@ from odin_pl.deploy.detector import Detector, ODINDetector
 from odin_pl.methods import create_method, list_methods, register_method
 from odin_pl.methods.odin import msp_score, odin_score
 from odin_pl.spec import ImageSpec
+from odin_pl.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = ["Detector", "ImageSpec", "ODINDetector", "create_method", "list_methods", "msp_score", "odin_score",
            "register_method", "__version__"]

@@ -18,7 +18,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset, Subset
 
-from odin_pl import __version__
 from odin_pl.analyses import AnalysisContext
 from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, with_intervals
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
@@ -41,6 +40,7 @@ from odin_pl.report.openood import openood_tables
 from odin_pl.report.tables import results_tables
 from odin_pl.evaluation.score_store import Reuse, ScoreStore
 from odin_pl.spec import ImageSpec
+from odin_pl.version import __version__
 from odin_pl.errors import NonFiniteScoresError, UserError
 
 #: The SHA-256 of the run's image files by their stat facts (``odin_pl.fingerprint.FileHashes``), in the output
