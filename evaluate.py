@@ -28,6 +28,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from datamodules.image_folder import ImageFolderDataset
 from datamodules.in_distribution import IN_DISTRIBUTION
 from datamodules.ood import build_ood_dataset, ood_set_name
+from datamodules.openood_benchmarks import build_openood_suite
 from datamodules.suite import OODSuite, build_ood_suite
 from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.cli_errors import one_line_parse_errors
@@ -37,7 +38,8 @@ from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
 from odin_pl.evaluation.options import (
     NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig,
 )
-from odin_pl.evaluation.run import EvaluationTarget, ProtocolRun, analysis_context, evaluate_protocol, load_target
+from odin_pl.evaluation.run import (EvaluationTarget, ProtocolRun, analysis_context, evaluate_openood,
+                                    evaluate_protocol, load_target)
 from odin_pl.fingerprint import file_sha256
 from odin_pl.deploy.prediction import detect_dataset, write_detections
 from odin_pl.evaluation.logs import log_run
@@ -166,11 +168,17 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
         raise UserError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
                         "with `evaluate.py analyses RUN_DIR`")
     target = load_target(config)
+    if config.tuning.odin_mode is None:  # OpenOOD's protocol alone
+        if resolved_config and fabric.global_rank == 0:
+            write_config(config.output_dir, resolved_config)
+        return _openood(config, target, fabric.device, config.output_dir)
     suite = _suite(config, target)
     if resolved_config and fabric.global_rank == 0:
         write_config(config.output_dir, resolved_config)
     run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
                             tuning_only=suite.tuning_only, skipped=list(suite.skipped))
+    if config.tuning.openood:  # the second protocol on the same model, in its own folder
+        _openood(config, target, fabric.device, config.output_dir / "openood")
     if fabric.global_rank > 0:
         return run
     out = config.output_dir
@@ -191,6 +199,25 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     analyses = _run_analyses(run, target, suite)
     if config.output.logger and (where := log_run(out, run, files, analyses)):
         print(where)
+    return run
+
+
+def _openood(config: ProtocolConfig, target: EvaluationTarget, device: Any, out: Path) -> ProtocolRun:
+    """OpenOOD v1.5's protocol on ``--openood.benchmark`` under the data root; process 0 writes its files (the
+    method table and OpenOOD's tables in ``table.md``), prints and logs them."""
+    fitted = any(grid.method.needs_fit for grid in config.tuning.openood_plan(config.seed).methods)
+    suite = build_openood_suite(config.openood.benchmark, config.data_root or target.datamodule.data_root,
+                                target.spec, config.openood.download, train=fitted, csid=False,
+                                folders=config.openood.folders, image_roots=config.openood.image_roots)
+    run = evaluate_openood(config, target, suite.sets(), out, device=device)
+    if world()[0] == 0:
+        files = write_run(run, target.model, out)
+        print(run.table)
+        for note in run.result.notes:
+            print(f"Note: {note}")
+        print(f"OpenOOD results: {', '.join(map(str, files.results))}")
+        if config.output.logger and (where := log_run(out, run, files, {})):
+            print(where)
     return run
 
 

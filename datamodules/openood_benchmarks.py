@@ -34,6 +34,7 @@ from datamodules.ood import find_images
 from datamodules.openood import OOD_LABEL, ImageListDataset, Preprocessing
 from datamodules.openood_download import LISTS_FOLDER, ImageRoot, require_images, require_list
 from odin_pl.errors import UserError
+from odin_pl.protocol.openood import OpenOODSets
 from odin_pl.spec import ImageSpec
 
 CLASSIC, LARGESCALE = "images_classic", "images_largescale"
@@ -176,6 +177,13 @@ class OpenOODSuite:
                                                       self.spec.size)
         self.sources[name] = str(folder)
         self.skipped.pop(name, None)
+
+    def sets(self) -> OpenOODSets:
+        """The protocol's view of the suite (``odin_pl.protocol.openood``)."""
+        return OpenOODSets(self.benchmark.name, self.id["val"], self.id["test"], self.benchmark.ood_val.name,
+                           self.ood_val, dict(self.near), dict(self.far), self.id.get("train"), dict(self.sources),
+                           dict(self.skipped), {group: tuple(e.name for e in self.benchmark.group(group))
+                                                for group in OOD_GROUPS})
 
 
 def _list_dataset(benchmark: Benchmark, entry: ListSet, data_root: Path, spec: ImageSpec, ood: bool,

@@ -119,7 +119,7 @@ def require_list(data_root: Path, list_file: str, size: int | None, download: bo
     if not path.is_file():
         raise DatasetNotFoundError(f"OpenOOD image list {path} not found: download {IMAGE_LISTS.describe()} and "
                                    f"extract it into {data_root} (it holds {LISTS_FOLDER}/{list_file}), or pass "
-                                   "download=True")
+                                   "download=True (evaluate.py: --openood.download true)")
     entries = read_image_list(path)
     if size is not None and len(entries) != size:
         raise UserError(f"{path} has {len(entries)} lines but OpenOOD v1.5's has {size}: another version of the "
@@ -189,5 +189,6 @@ def require_images(images: Path, entries: Sequence[ListEntry], list_path: Path, 
         count, first = sum(len(r) for r in missing.values()), next(iter(missing.values()))[0]
         raise DatasetNotFoundError(f"{count} of {len(entries)} images listed in {list_path} are missing (first: "
                                    f"{_locate(images, first, roots)}): {'; '.join(remedies)}"
-                                   + ("" if download else ", or pass download=True"))
+                                   + ("" if download else ", or pass download=True (evaluate.py: --openood.download "
+                                                          "true)"))
     return [_locate(images, relpath, roots) for relpath, _ in entries]

@@ -29,7 +29,8 @@ from odin_pl.metrics import METRIC_NAMES, ood_metrics
 from odin_pl.evaluation.logs import run_metrics
 from odin_pl.evaluation.options import TuningOptions
 
-EVALUATE_CONFIGS = sorted((REPO / "configs" / "evaluate").glob("*.yaml"))
+EVALUATE_CONFIGS = sorted(p for p in (REPO / "configs" / "evaluate").glob("*.yaml")
+                          if not p.stem.startswith("openood_"))  # OpenOOD data: tests/test_openood_protocol.py
 SMALL = ["--ood.num_images", "100", "--tuning.temperatures", "1,1000", "--tuning.epsilons", "0,0.002",
          "--bootstrap.resamples", "20", "--output.logger", "false"]
 
@@ -526,7 +527,8 @@ PARSE_ERRORS = [
     (["--ckpt", "c", "--runtime.batch_size", "nan"], "--runtime.batch_size: expected int, got 'nan'"),
     (["--ckpt", "c", "--seed=1.5"], "--seed: expected int, got '1.5'"),
     (["--ckpt", "c", "--tuning.mode", "crosss"],
-     "--tuning.mode: must be one of paper, transfer, cross, fixed, got 'crosss' (did you mean cross?)"),
+     "--tuning.mode: must be one of paper, transfer, cross, fixed, openood, paper,openood, transfer,openood, "
+     "cross,openood, fixed,openood, got 'crosss' (did you mean cross?)"),
     (["--ckpt", "c", "--output.resume", "maybe"], "--output.resume: expected bool, got 'maybe'"),
     (["--config", "{tmp}/unknown_key.yaml"], "--config: unknown key 'runtime.batch_sise' (did you mean "
                                              "runtime.batch_size?)"),

@@ -113,8 +113,8 @@ def test_records_are_typed_and_their_dicts_are_the_result_files_fields() -> None
     in_scores, out_scores = result.in_test_scores[odin.key], result.ood_test_scores["b"][odin.key]
     assert odin.metrics == ood_metrics(in_scores, out_scores)
     assert (odin.n_in, odin.n_out) == (len(in_scores), len(out_scores)) == (25, 15)
-    assert list(odin.to_dict()) == ["ood", "method", *odin.metrics, "temperature", "epsilon", "n_in", "n_out",
-                                    "tuned_on", "tuning_fpr_at_95_tpr", "grid_edge"]
+    assert list(odin.to_dict()) == ["ood", "method", "protocol", *odin.metrics, "temperature", "epsilon", "n_in",
+                                    "n_out", "tuned_on", "tuning_fpr_at_95_tpr", "grid_edge"]
     assert odin.to_dict()["tuning_fpr_at_95_tpr"] == selection.tuning_fpr
     msp = next(r for r in result.records if r.ood == "b" and r.method == "msp")
     assert msp.tuned_on is None and "grid_edge" not in msp.to_dict()

@@ -1,5 +1,7 @@
 """Several finished evaluations of one setting (e.g. checkpoints of different training seeds): per result row, the
-mean and sample standard deviation (ddof = 1) of every metric across them (DESIGN, "Uncertainty").
+mean and sample standard deviation (ddof = 1) of every metric across them (DESIGN, "Uncertainty"); for runs of
+OpenOOD's protocol also OpenOOD's statistic of its metrics, the mean and population standard deviation (ddof = 0,
+``np.std``), as ``openood_<metric>_mean`` / ``openood_<metric>_std_pop``, on every set and the near/far means.
 
 The evaluations must share the in-distribution data set, the evaluation seed, the splits, the mode, the methods and
 their grids, so that only the checkpoint differs; otherwise :func:`aggregate_results` refuses and names what
@@ -15,10 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from odin_pl.metrics import METRIC_NAMES
+from odin_pl.openood_metrics import OPENOOD_METRIC_NAMES, seed_mean_std
 from odin_pl.report.tables import TABLE_METRICS
 from odin_pl.errors import MissingFileError, UserError
 
-SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid")  # must be equal in every run
+SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid", "protocol")  # equal in all runs
+OPENOOD_FIELDS = tuple(f"openood_{metric}" for metric in (*OPENOOD_METRIC_NAMES, "acc"))
 
 
 def _shared(results: dict[str, Any], key: str) -> Any:
@@ -44,9 +48,23 @@ def aggregate_results(results: Sequence[dict[str, Any]], names: Sequence[str]) -
         for metric in METRIC_NAMES:
             values = np.array([result["records"][position][metric] for result in results], dtype=np.float64)
             row[f"{metric}_mean"], row[f"{metric}_std"] = float(values.mean()), float(values.std(ddof=1))
-        rows.append(row)
+        rows.append({**row, **_openood_stats([result["records"][position] for result in results])})
+    groups = [result.get("openood", {}).get("group_records", []) for result in results]
+    for position, group in enumerate(groups[0]):
+        rows.append({"ood": group["group"], "method": group["method"], "tuned_on": None,
+                     **_openood_stats([records[position] for records in groups])})
     return {"runs": list(names), "n_runs": len(results), "statistic": "mean and sample standard deviation (ddof=1)",
-            "rows": rows}
+            **({"openood_statistic": "OpenOOD's: mean and population standard deviation (ddof=0), _std_pop"}
+               if groups[0] else {}), "rows": rows}
+
+
+def _openood_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """OpenOOD's mean and population std over the runs of each OpenOOD field the rows have."""
+    stats = {}
+    for key in OPENOOD_FIELDS:
+        if all(key in row for row in rows):
+            stats[f"{key}_mean"], stats[f"{key}_std_pop"] = seed_mean_std([row[key] for row in rows])
+    return stats
 
 
 def aggregate_table(aggregate: dict[str, Any]) -> str:
@@ -55,11 +73,23 @@ def aggregate_table(aggregate: dict[str, Any]) -> str:
     lines = [f"**{aggregate['n_runs']} evaluations: mean ± standard deviation**", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in aggregate["rows"]:
+        if f"{METRIC_NAMES[0]}_mean" not in row:  # a near/far mean: OpenOOD's table only
+            continue
         cells = [row["ood"], row["method"], row["tuned_on"] or ""]
         cells += [f"{100 * row[f'{key}_mean']:.1f} ± {100 * row[f'{key}_std']:.1f}" for key, _ in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are percentages over the evaluations' checkpoints (sample standard deviation); "
               "in-distribution is the positive class."]
+    openood = [row for row in aggregate["rows"] if "openood_auroc_mean" in row]
+    if openood:
+        names = ("fpr95", "auroc", "aupr_in", "aupr_out", "acc")
+        lines += ["", f"**OpenOOD v1.5: mean ± population std over {aggregate['n_runs']} evaluations**", "",
+                  "| set | method | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for row in openood:
+            cells = [f"{100 * row[f'openood_{k}_mean']:.2f} ± {100 * row[f'openood_{k}_std_pop']:.2f}"
+                     if f"openood_{k}_mean" in row else "" for k in names]
+            lines.append(f"| {row['ood']} | {row['method']} | " + " | ".join(cells) + " |")
+        lines += ["", "OpenOOD's metrics (OOD positive), x100; std with ddof = 0 as OpenOOD reports it."]
     return "\n".join(lines)
 
 

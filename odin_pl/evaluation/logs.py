@@ -19,6 +19,7 @@ from odin_pl.training.checkpoint import training_record
 from odin_pl.evaluation.run import ProtocolRun
 from odin_pl.tracking.loggers import build_logger, describe_logger, finish_logger, wandb_run
 from odin_pl.protocol.bootstrap import INTERVAL_FIELDS
+from odin_pl.protocol.openood import PREFIX as OPENOOD_PREFIX, OpenOODResult
 from odin_pl.metrics import METRIC_NAMES
 from odin_pl.report.plots import roc_points
 from odin_pl.evaluation.outputs import SAVED_CONFIG, RunFiles
@@ -38,7 +39,19 @@ def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dic
                for method, r in records.items() for k, value in {**r.metrics, **r.intervals}.items() if k in fields}
     for name, output in analyses.items():
         metrics.update(scalar_metrics(output.numbers, f"analyses/{name}"))
-    return metrics
+    return {**metrics, **openood_metrics(run)}
+
+
+def openood_metrics(run: ProtocolRun) -> dict[str, float]:
+    """``eval/openood/<set or near/far>/<method>/<metric>``: OpenOOD's metrics (and their interval fields) of each
+    test set and of the near/far means, for a run of OpenOOD's protocol (none otherwise)."""
+    result = run.result
+    if not isinstance(result, OpenOODResult):
+        return {}
+    rows = [(r.ood, r.method, {**r.metrics, **r.intervals}) for r in result.records]
+    rows += [(g.group, g.method, {**g.metrics, **g.intervals}) for g in result.group_records]
+    return {f"eval/openood/{name}/{method}/{key.removeprefix(OPENOOD_PREFIX)}": value
+            for name, method, values in rows for key, value in values.items() if key.startswith(OPENOOD_PREFIX)}
 
 
 def training_names(run: ProtocolRun, training: Mapping[str, Any]) -> tuple[str, str]:

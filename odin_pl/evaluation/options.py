@@ -3,7 +3,9 @@
 Each group checks itself when it is built, so a bad combination fails before any model is loaded:
 
 * :class:`OODOptions`      - which OOD sets, how many images of each, download;
-* :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid;
+* :class:`TuningOptions`   - how (T, epsilon) is chosen: ``paper | transfer | cross | fixed`` and the grid, or
+  OpenOOD v1.5's protocol (``openood``; ``paper,openood``: both on one model);
+* :class:`OpenOODOptions`  - OpenOOD's benchmark of mode ``openood`` (its lists and sets under the data root);
 * :class:`RuntimeOptions`  - where and how scoring runs (accelerator, processes, nodes, precision, batches);
 * :class:`OutputOptions`   - where results go, resume, logging on or off;
 * :class:`~odin_pl.tracking.loggers.LoggerOptions` - the logger (``--logger.*``: the ``logger:`` group of
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -32,13 +34,17 @@ from odin_pl.analyses import check_analyses, parse_analyses
 from odin_pl.protocol.bootstrap import DEFAULT_RESAMPLES
 from odin_pl.tracking.loggers import LoggerOptions
 from odin_pl.methods import default_methods, list_methods, method_with_role
-from odin_pl.protocol.plan import MODES, MethodGrid, ProtocolPlan, TuningMode
+from odin_pl.protocol.openood import OPENOOD, openood_plan
+from odin_pl.protocol.plan import MODES, MethodGrid, ProtocolPlan
 from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, parse_floats
 from odin_pl.errors import UserError
 
 PRECISIONS = ("32-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")
+#: ``--tuning.mode``: one of the paper's modes, OpenOOD's protocol, or one of the paper's modes with OpenOOD's.
+TuningModes = Literal["paper", "transfer", "cross", "fixed", "openood", "paper,openood", "transfer,openood",
+                      "cross,openood", "fixed,openood"]
 NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
 
 
@@ -80,7 +86,9 @@ class TuningOptions:
         mode: ``paper``: tune on each OOD set's held-out split; ``transfer``: tune once on ``tune_on`` and report
             every set with it; ``cross``: every tuning on every set (the paper's tables 10 and 11); ``fixed``: use
             fixed parameters (ODIN's ``temperature`` and ``epsilon``; each other method's ``params``, else the first
-            of its grid in its tie order).
+            of its grid in its tie order); ``openood``: OpenOOD v1.5's protocol on ``--openood.benchmark`` (each
+            method's OpenOOD sweep searched on ID val + OOD val by AUROC; results in ``openood/`` when combined).
+            One of the paper's modes and ``openood`` together (``paper,openood``) run both on the model.
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
         methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...; default: the
@@ -96,7 +104,7 @@ class TuningOptions:
         epsilon: shorthand for ODIN's epsilon in ``fixed`` mode.
     """
 
-    mode: TuningMode = "paper"
+    mode: TuningModes = "paper"
     tune_on: str | None = None
     methods: list[str] | str | None = None
     params: list[str] | str | None = None
@@ -113,8 +121,14 @@ class TuningOptions:
         if unknown or not self.methods:
             raise UserError(f"--tuning.methods: unknown or no method ({', '.join(unknown) or 'none given'}); the "
                             f"registered methods are {', '.join(list_methods())}")
-        if self.mode not in MODES:
-            raise UserError(f"--tuning.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        modes = self.mode.split(",")
+        if any(m not in MODES for m in modes) or len([m for m in modes if m != OPENOOD]) > 1:
+            raise UserError(f"--tuning.mode must be one of {', '.join(MODES)}, or one of the paper's modes and "
+                            f"{OPENOOD} (e.g. paper,{OPENOOD}); got {self.mode!r}")
+        if self.odin_mode is None and (self.grids or self.params or self.temperatures or self.epsilons):
+            raise UserError("--tuning.mode openood searches each method's OpenOOD sweep: --tuning.grids, --tuning."
+                            "params and ODIN's grid shorthands belong to the paper's modes (add one, e.g. paper,"
+                            "openood, or drop them)")
         self.params = comma_list(self.params)
         self.grids = {m: {name: list(values) for name, values in grid.items()}
                       for m, grid in (self.grids or {}).items()}
@@ -123,11 +137,22 @@ class TuningOptions:
         if unknown:
             raise UserError(f"--tuning.grids has {', '.join(unknown)}, not among --tuning.methods "
                             f"({', '.join(self.methods)}): add them there or drop their grids")
-        if (self.mode == "transfer") != (self.tune_on is not None):
+        if (self.odin_mode == "transfer") != (self.tune_on is not None):
             raise UserError("--tuning.tune_on SET goes with --tuning.mode transfer (and only with it)")
         if self.n_tune < 1:
             raise UserError(f"--tuning.n_tune must be positive, got {self.n_tune}")
         self._method_grids = tuple(self._make_grids())
+        self._openood_plan = openood_plan(self.methods) if self.openood else None
+
+    @property
+    def odin_mode(self) -> str | None:
+        """The paper's mode of the run (paper, transfer, cross or fixed), or None for OpenOOD's protocol alone."""
+        return next((m for m in self.mode.split(",") if m != OPENOOD), None)
+
+    @property
+    def openood(self) -> bool:
+        """Whether the run includes OpenOOD v1.5's protocol."""
+        return OPENOOD in self.mode.split(",")
 
     def _expand_paper_shorthands(self) -> None:
         """``temperatures`` / ``epsilons`` -> the paper method's grid, ``temperature`` / ``epsilon`` -> its fixed
@@ -145,7 +170,7 @@ class TuningOptions:
                                 "paper's grid)")
         if grid and paper in self.grids:
             raise UserError(f"give {paper}'s grid once: --tuning.temperatures/--tuning.epsilons or --tuning.grids")
-        if fixed and self.mode != "fixed":
+        if fixed and self.odin_mode != "fixed":
             raise UserError(f"--tuning.temperature/--tuning.epsilon are the parameters of mode 'fixed'; with mode "
                             f"{self.mode!r} they are tuned: drop them or set --tuning.mode fixed")
         if paper not in self.methods:  # they set nothing then
@@ -154,7 +179,7 @@ class TuningOptions:
             self.grids[paper] = grid
         self.params += [f"{paper}.{param}={value!r}" for param, value in fixed.items()]
         given = self.fixed_params.get(paper, {})
-        if self.mode == "fixed" and not {"temperature", "epsilon"} <= set(given):
+        if self.odin_mode == "fixed" and not {"temperature", "epsilon"} <= set(given):
             raise UserError("tuning mode 'fixed' needs both --tuning.temperature and --tuning.epsilon")
 
     @property
@@ -190,8 +215,36 @@ class TuningOptions:
         return self._method_grids
 
     def plan(self, seed: int) -> ProtocolPlan:
-        """The protocol plan of these options with the splits' ``seed``."""
-        return ProtocolPlan(self.method_grids, self.mode, self.tune_on, self.n_tune, seed)
+        """The paper's protocol plan of these options with the splits' ``seed``."""
+        if self.odin_mode is None:
+            raise UserError("this run has no mode of the paper's protocol (--tuning.mode openood alone)")
+        return ProtocolPlan(self.method_grids, self.odin_mode, self.tune_on, self.n_tune, seed)
+
+    def openood_plan(self, seed: int) -> ProtocolPlan:
+        """OpenOOD's plan (every method over its OpenOOD settings; ``odin_pl.protocol.openood``)."""
+        if self._openood_plan is None:
+            raise UserError("this run has no OpenOOD protocol: add openood to --tuning.mode")
+        return ProtocolPlan(self._openood_plan.methods, OPENOOD, seed=seed)
+
+
+@dataclass
+class OpenOODOptions:
+    """OpenOOD v1.5's benchmark for ``--tuning.mode openood`` (``datamodules.openood_benchmarks``): its image lists
+    and sets under the data root in OpenOOD's layout (``benchmark_imglist/``, ``images_classic/``,
+    ``images_largescale/``).
+
+    Args:
+        benchmark: ``cifar10``, ``cifar100``, ``imagenet200`` or ``imagenet``.
+        download: fetch missing lists and sets from OpenOOD's Google Drive archives (gdown).
+        folders: more OOD test sets, ``{"<near|far>/<name>": folder of images}``.
+        image_roots: per set, another folder holding its listed images with the same file names (e.g.
+            ``{cifar10: /data/cifar10-jpeg}``).
+    """
+
+    benchmark: str | None = None
+    download: bool = False
+    folders: dict[str, str] | None = None
+    image_roots: dict[str, str] | None = None
 
 
 @dataclass
@@ -355,6 +408,7 @@ class ProtocolConfig(ModelSource):
     fit_images: int | None = None
     ood: OODOptions = field(default_factory=OODOptions)
     tuning: TuningOptions = field(default_factory=TuningOptions)
+    openood: OpenOODOptions = field(default_factory=OpenOODOptions)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
     analyses: AnalysesOptions = field(default_factory=AnalysesOptions)
@@ -371,6 +425,11 @@ class ProtocolConfig(ModelSource):
                 raise UserError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
                                 f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
                                 "drop it or add such a method")
+        if self.tuning.openood != (self.openood.benchmark is not None):
+            raise UserError("--openood.benchmark NAME goes with --tuning.mode openood (or paper,openood), and only "
+                            "with it")
+        if self.analyses.names and self.tuning.odin_mode is None:
+            raise UserError("the analyses study the paper's protocol: add one of its modes (e.g. paper,openood)")
         check_analyses(self.analyses.names, self.tuning.methods)
         if self.analyses.names and (self.runtime.devices or 1) * (self.runtime.num_nodes or 1) > 1:
             raise UserError("the analyses run in a single process: run them with --runtime.devices 1, or later on "

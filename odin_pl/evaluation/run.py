@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from odin_pl.analyses import AnalysisContext
 from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, with_intervals
@@ -26,18 +26,22 @@ from odin_pl.distributed import world
 from odin_pl.evaluation.environment import describe_environment
 from odin_pl.evaluation.options import ModelSource, ProtocolConfig
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
+from odin_pl.methods.features import Fits
 from odin_pl.protocol.fits import RunFits, prepare_fits, training_set
+from odin_pl.protocol.openood import ID_TEST, ID_VAL, OpenOODResult, OpenOODSets, openood_intervals, run_openood, \
+    test_accuracy
 from odin_pl.methods import Setting, method_with_role
 from odin_pl.training.module import ImageClassifier
 from odin_pl.protocol.plan import MethodGrid, ProtocolPlan
 from odin_pl.protocol.records import ProtocolResult
 from odin_pl.protocol.run import IN_DISTRIBUTION, ModelScorer, run_protocol
-from odin_pl.protocol.tuning import Selection, split_seed
+from odin_pl.protocol.tuning import Selection, split_indices, split_seed
+from odin_pl.report.openood import openood_tables
 from odin_pl.report.tables import results_tables
 from odin_pl.evaluation.score_store import Reuse, ScoreStore
 from odin_pl.spec import ImageSpec
 from odin_pl.version import __version__
-from odin_pl.errors import NonFiniteScoresError
+from odin_pl.errors import NonFiniteScoresError, UserError
 
 #: The SHA-256 of the run's image files by their stat facts (``odin_pl.fingerprint.FileHashes``), in the output
 #: folder: a resumed run does not read an unchanged folder again.
@@ -99,13 +103,19 @@ class ProtocolRun:
 
     @property
     def title(self) -> str:
-        return f"{self.spec.dataset or 'in-distribution'}, {self.backbone} ({self.mode} mode)"
+        """The tables' title: the data set, the network and the protocol (the paper's: its mode)."""
+        protocol = (f"OpenOOD v1.5 protocol, {self.result.benchmark}" if isinstance(self.result, OpenOODResult)
+                    else f"{self.mode} mode")
+        return f"{self.spec.dataset or 'in-distribution'}, {self.backbone} ({protocol})"
 
     @cached_property
     def table(self) -> str:
         """Table 2 of the paper (baseline / ODIN; and, in cross mode, tables 10/11) in Markdown, or with other
-        methods, one row per method and a column per OOD set."""
-        return results_tables(self.result, self.title, self.mode == "cross", intervals=self.config.bootstrap.show)
+        methods, one row per method and a column per OOD set; for OpenOOD's protocol, followed by its tables."""
+        table = results_tables(self.result, self.title, self.mode == "cross", intervals=self.config.bootstrap.show)
+        if isinstance(self.result, OpenOODResult):
+            table += "\n\n" + openood_tables(self.result, intervals=self.config.bootstrap.show)
+        return table
 
     def detector_settings(self) -> dict[str, tuple[str, Setting, str | None]]:
         """File stem -> (method, setting, tuning set) of each detector the run gives: ``<set>.<method>`` per tuning
@@ -143,7 +153,17 @@ class ProtocolRun:
                 "bootstrap": {"resamples": bootstrap.resamples, "level": LEVEL, "method": "paired percentile",
                               "set_seeds": {name: bootstrap_seed(plan.seed, name)
                                             for name in self.result.ood_test_scores}} if bootstrap.resamples else None,
-                "environment": self.environment}
+                "environment": self.environment, **self._openood_meta()}
+
+    def _openood_meta(self) -> dict[str, Any]:
+        """OpenOOD's part of results.json: the benchmark, groups, ID accuracy, group means and skipped sets."""
+        result = self.result
+        if not isinstance(result, OpenOODResult):
+            return {"protocol": "odin"}
+        return {"protocol": "openood", "openood": {
+            "benchmark": result.benchmark, "groups": result.groups, "accuracy": result.accuracy,
+            "skipped": result.skipped, "group_records": [g.to_dict() for g in result.group_records],
+            "search": "first maximum of AUROC on ID val + OOD val, the first key of each sweep fastest"}}
 
 
 def _tuning_fields(selection: Selection, auroc: bool = True) -> dict[str, Any]:
@@ -155,7 +175,8 @@ def _tuning_fields(selection: Selection, auroc: bool = True) -> dict[str, Any]:
 
 def score_store(config: ProtocolConfig, target: EvaluationTarget, plan: ProtocolPlan,
                 ood_datasets: Mapping[str, Dataset], sources: Mapping[str, str], tuning_only: Mapping[str, Dataset],
-                weights_sha256: str, fits: RunFits | None, hashes: FileHashes, reuse: Reuse) -> ScoreStore:
+                weights_sha256: str, fits: RunFits | None, hashes: FileHashes, reuse: Reuse,
+                folder: Path | None = None, in_sets: Mapping[str, Dataset] | None = None) -> ScoreStore:
     """The run's score files: fingerprinted by the weights, image spec, precision, seed, tuning size, image count,
     (with feature methods) the fits' files and each set's source, size and images' SHA-256 (files hashed through
     ``hashes``); scores are checked against each method's range. Process 0 alone reads and writes score files, so
@@ -165,13 +186,15 @@ def score_store(config: ProtocolConfig, target: EvaluationTarget, plan: Protocol
                "n_tune": plan.n_tune, "num_ood_images": config.ood.num_images}
     if fits is not None:
         context["fits_sha256"] = fits.sha256
-    sets = {IN_DISTRIBUTION: target.test_set, **ood_datasets, **tuning_only}
+    sets = {**(in_sets if in_sets is not None else {IN_DISTRIBUTION: target.test_set}), **ood_datasets,
+            **tuning_only}
     num_classes = target.model.hparams.num_classes
     ranges = {grid.name: grid.method.score_range(num_classes) for grid in plan.methods}
     facts = {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset),
                     "images_sha256": images_sha256(dataset, hashes)}
              for name, dataset in sets.items()} if world()[0] == 0 else {}
-    return ScoreStore(config.output_dir / "scores", context, facts, ranges, reuse=reuse)
+    return ScoreStore(folder or config.output_dir / "scores", {**context, "protocol": plan.mode}
+                      if plan.mode == "openood" else context, facts, ranges, reuse=reuse)
 
 
 def images_sha256(dataset: Dataset, hashes: FileHashes) -> str | None:
@@ -215,14 +238,23 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
         result = run_protocol(plan, target.test_set, ood_datasets, scorer, store, tuning_only=tuning_only)
     except NonFiniteScoresError as err:
         raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
+    return _protocol_run(config, target, weights_sha256, result, fits, list(skipped or []), store.reused, device)
+
+
+def _protocol_run(config: ProtocolConfig, target: EvaluationTarget, weights_sha256: str, result: ProtocolResult,
+                  fits: RunFits | None, skipped: list[str], reused: list[str], device: torch.device | str
+                  ) -> ProtocolRun:
+    """The :class:`ProtocolRun` of a protocol's result: the fits' notes first and, on process 0, the bootstrap
+    intervals of ``config.bootstrap`` (for OpenOOD's protocol, of its metrics and near/far means too)."""
     if fits is not None:
         result.notes[:0] = fits.notes
-    if rank == 0 and config.bootstrap.resamples:
+    if world()[0] == 0 and config.bootstrap.resamples:
         result.records = with_intervals(result, config.bootstrap.resamples)
-    return ProtocolRun(config, target.spec, target.model.hparams.backbone, weights_sha256, result,
-                       list(skipped or []), store.reused, processes=world()[1],
-                       threads_per_process=torch.get_num_threads(), environment=describe_environment(device),
-                       fits=fits)
+        if isinstance(result, OpenOODResult):
+            result = openood_intervals(result, config.bootstrap.resamples)
+    return ProtocolRun(config, target.spec, target.model.hparams.backbone, weights_sha256, result, skipped, reused,
+                       processes=world()[1], threads_per_process=torch.get_num_threads(),
+                       environment=describe_environment(device), fits=fits)
 
 
 def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: Sequence[MethodGrid], weights_sha256: str,
@@ -249,3 +281,67 @@ def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: M
         output_dir=config.output_dir / "analyses", seed=config.seed, batch_size=config.runtime.batch_size,
         device=next(target.model.parameters()).device, num_images=config.analyses.images,
         class_names=run.spec.class_names, fits=run.fits.fits if run.fits is not None else None)
+
+
+def evaluate_openood(config: ProtocolConfig, target: EvaluationTarget, sets: OpenOODSets, output_dir: Path, *,
+                     device: torch.device | str = "cpu", saved_scores_only: bool = False) -> ProtocolRun:
+    """OpenOOD v1.5's protocol (``odin_pl.protocol.openood``) of ``config`` on the target and the benchmark's
+    ``sets``, its score files and fits in ``output_dir`` (``scores/``, ``fits/``: resumable as the paper's);
+    process 0 adds the bootstrap intervals (this package's metrics and OpenOOD's, the group means included)."""
+    runtime = config.runtime
+    target.model.to(device=device, dtype=runtime.dtype)
+    rank = world()[0]
+    weights_sha256 = file_sha256(target.weights_file)
+    plan = config.tuning.openood_plan(config.seed)
+    hashes = FileHashes(output_dir / IMAGE_HASHES)
+    fits = openood_fits(config, target, sets, plan.methods, output_dir / "fits", weights_sha256, device, hashes,
+                        saved_only=saved_scores_only)
+    if fits is not None:
+        plan = replace(plan, methods=tuple(fits.methods))
+    reuse = "required" if saved_scores_only else "matching" if config.output.resume else "never"
+    store = score_store(config, target, plan, {sets.ood_val_name: sets.ood_val, **sets.test_sets}, sets.sources, {},
+                        weights_sha256, fits, hashes, reuse, folder=output_dir / "scores",
+                        in_sets={ID_VAL: sets.id_val, ID_TEST: sets.id_test})
+    if rank == 0:
+        hashes.save()
+    scorer = ModelScorer(target.model, target.spec.std, runtime.batch_size, runtime.num_workers, device,
+                         fits.fits if fits is not None else None, progress=rank == 0)
+    accuracy = test_accuracy(target.model, sets.id_test, batch_size=runtime.batch_size,
+                             num_workers=runtime.num_workers, device=device)
+    try:
+        result = run_openood(plan, sets, scorer, store, accuracy)
+    except NonFiniteScoresError as err:
+        raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
+    return _protocol_run(config, target, weights_sha256, result, fits, list(sets.skipped), store.reused, device)
+
+
+def openood_fits(config: ProtocolConfig, target: EvaluationTarget, sets: OpenOODSets, methods: Sequence[MethodGrid],
+                 folder: Path, weights_sha256: str, device: torch.device | str, hashes: FileHashes,
+                 saved_only: bool = False) -> RunFits | None:
+    """The fits of the run's fitted methods on the splits OpenOOD fits them on (``Method.openood_fit_split``: the
+    benchmark's ID train list, a seeded ``--fit_images`` subset of it, or its ID val list), in ``folder``."""
+    fitted = [grid for grid in methods if grid.method.needs_fit]
+    if not fitted:
+        return None
+    train = sets.id_train
+    if train is not None and config.fit_images is not None:
+        if config.fit_images > len(train):
+            raise UserError(f"--fit_images {config.fit_images} is more than the {len(train)} ID training images")
+        train = Subset(train, split_indices(len(train), config.fit_images, split_seed(config.seed, "fit"))[0].tolist())
+    parts = []
+    for split, dataset in (("train", train), ("val", sets.id_val)):
+        group = [grid for grid in fitted if grid.method.openood_fit_split == split]
+        if not group:
+            continue
+        if dataset is None:
+            raise UserError(f"{', '.join(g.name for g in group)} fit on OpenOOD's ID training list, which this run "
+                            "has not loaded (build the suite with train=True)")
+        parts.append(prepare_fits(target.model, group, dataset, folder=folder, weights_sha256=weights_sha256,
+                                  hashes=hashes, reuse=config.output.resume or saved_only, fit_missing=not saved_only,
+                                  batch_size=config.runtime.batch_size, num_workers=config.runtime.num_workers,
+                                  device=device, progress=world()[0] == 0, heldout=sets.id_val))
+    grids = {grid.name: grid for part in parts for grid in part.methods}
+    return RunFits(Fits({name: t for part in parts for name, t in part.fits.tensors.items()}),
+                   {name: saved for part in parts for name, saved in part.saved.items()},
+                   [grids.get(grid.name, grid) for grid in methods], [n for part in parts for n in part.notes],
+                   [name for part in parts for name in part.reused])

@@ -86,6 +86,14 @@ class Method(ABC):
     #: ``baseline``: the reference of comparisons (the paper's "baseline / ODIN" cells, the paired difference
     #: intervals); ``paper``: the method the ODIN paper studies (its T x epsilon figures and analyses).
     roles: ClassVar[frozenset[str]] = frozenset()
+    #: OpenOOD v1.5's search space of the method (``odin_pl.protocol.openood``): parameter name -> values, in the
+    #: key order of OpenOOD's sweep (its first key varies fastest in the search); one value per parameter where
+    #: OpenOOD searches none (its fixed default). None: OpenOOD has no such method; a method with parameters must
+    #: declare it to run under ``--tuning.mode openood`` (one without parameters has the one setting ``()``).
+    openood_grid: ClassVar[Mapping[str, tuple[float, ...]] | None] = None
+    #: The ID split OpenOOD fits the method on: its training list, or its ID validation list (react, klm,
+    #: temp_scaling).
+    openood_fit_split: ClassVar[Literal["train", "val"]] = "train"
 
     @abstractmethod
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:

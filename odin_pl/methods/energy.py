@@ -19,6 +19,7 @@ from odin_pl.methods.odin import PAPER_TEMPERATURES, check_temperature
 @register_method
 class Energy(Method):
     name = "energy"
+    openood_grid = {"temperature": (1.0,)}  # OpenOOD's ebo sweep
     params = (Param("temperature", "T", PAPER_TEMPERATURES),)
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:

@@ -40,6 +40,7 @@ class KNN(Method):
     name = "knn"
     params = (Param("k", "k", (1.0, 10.0, 20.0, 50.0, 100.0, 200.0), floor=1.0),)
     needs_fit = True
+    openood_grid = {"k": (50.0, 100.0, 200.0, 500.0, 1000.0)}
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
         return Needs(features=True)

@@ -50,6 +50,7 @@ class Mahalanobis(Method):
     name = "mahalanobis"
     params = (Param("epsilon", "epsilon", PAPER_EPSILONS, floor=0.0),)
     needs_fit = True
+    openood_grid = {"epsilon": (0.0,)}  # OpenOOD's mds: no search, no input preprocessing
 
     def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
         features, labels = data.features, data.labels

@@ -78,6 +78,7 @@ def gradient_temperatures(settings: Sequence[Setting]) -> list[float]:
 class ODIN(Method):
     name = "odin"
     roles = frozenset({"paper"})
+    openood_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "epsilon": (0.0014, 0.0028)}
     params = (Param("temperature", "T", PAPER_TEMPERATURES), Param("epsilon", "epsilon", PAPER_EPSILONS, floor=0.0))
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

@@ -37,6 +37,8 @@ class ReAct(Method):
     name = "react"
     params = (Param("percentile", "p", (85.0, 90.0, 95.0, 99.0)),)
     needs_fit = True
+    openood_grid = {"percentile": (85.0, 90.0, 95.0, 99.0)}
+    openood_fit_split = "val"  # the threshold from ID-val features
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
         return Needs(features=True)

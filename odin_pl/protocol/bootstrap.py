@@ -15,20 +15,21 @@ resampled).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from odin_pl.errors import UserError
 from odin_pl.methods import method_with_role
-from odin_pl.metrics import METRIC_NAMES, metric_rows
+from odin_pl.metrics import metric_rows
 from odin_pl.protocol.records import ProtocolResult, Record
 from odin_pl.protocol.tuning import split_seed
 
 DEFAULT_RESAMPLES = 1000
 INTERVAL_FIELDS = ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high")  # a record's <metric>_<field>
 LEVEL = 0.95
+MetricRows = Callable[..., dict[str, Tensor]]  # (in rows, out rows, in counts, out counts) -> metrics
 CHUNK_ELEMENTS = 4_000_000  # resample weights held at once: [chunk, n_in + n_out] float64 (32 MB)
 
 
@@ -39,17 +40,18 @@ def resample_indices(n_in: int, n_out: int, resamples: int, seed: int) -> tuple[
     return in_indices, torch.randint(n_out, (resamples, n_out), generator=generator)
 
 
-def resampled_metrics(in_scores: Tensor, out_scores: Tensor, in_indices: Tensor, out_indices: Tensor
-                      ) -> dict[str, Tensor]:
+def resampled_metrics(in_scores: Tensor, out_scores: Tensor, in_indices: Tensor, out_indices: Tensor,
+                      rows_of: MetricRows = metric_rows) -> dict[str, Tensor]:
     """Every metric on every resample: ``{metric: Tensor[B]}``. A resample is the count of each image in it, so
-    the scores are sorted once and each resample is a row of weights (:func:`odin_pl.metrics.metric_rows`)."""
+    the scores are sorted once and each resample is a row of weights (``rows_of``: :func:`odin_pl.metrics.
+    metric_rows`, or OpenOOD's :func:`odin_pl.openood_metrics.openood_metric_rows`)."""
     s_in, s_out = in_scores.double().cpu()[None], out_scores.double().cpu()[None]
-    parts: dict[str, list[Tensor]] = {name: [] for name in METRIC_NAMES}
+    parts: dict[str, list[Tensor]] = {}
     for rows in _chunks(len(in_indices), max(1, CHUNK_ELEMENTS // (s_in.shape[1] + s_out.shape[1]))):
         counts = [_counts(indices[rows], n) for indices, n in ((in_indices, s_in.shape[1]),
                                                                (out_indices, s_out.shape[1]))]
-        for name, values in metric_rows(s_in, s_out, *counts).items():
-            parts[name].append(values)
+        for name, values in rows_of(s_in, s_out, *counts).items():
+            parts.setdefault(name, []).append(values)
     return {name: torch.cat(values) for name, values in parts.items()}
 
 

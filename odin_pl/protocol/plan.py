@@ -10,8 +10,9 @@ from odin_pl.errors import UserError
 from odin_pl.methods import Method, Setting, create_method
 from odin_pl.protocol.tuning import PAPER_TUNING_SIZE
 
-TuningMode = Literal["paper", "transfer", "cross", "fixed"]
-MODES: tuple[str, ...] = ("paper", "transfer", "cross", "fixed")
+TuningMode = Literal["paper", "transfer", "cross", "fixed", "openood"]
+#: The ODIN paper's modes (``odin_pl.protocol.run``) and OpenOOD v1.5's protocol (``odin_pl.protocol.openood``).
+MODES: tuple[str, ...] = ("paper", "transfer", "cross", "fixed", "openood")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ProtocolPlan:
         if not self.methods:
             raise UserError("no method to evaluate: give at least one (see odin_pl.methods.list_methods())")
         if self.mode not in MODES:
-            raise UserError(f"unknown mode {self.mode!r}; use 'paper', 'transfer', 'cross' or 'fixed'")
+            raise UserError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if (self.mode == "transfer") != (self.tune_on is not None):
             raise UserError("a tuning set (tune_on) goes with mode 'transfer', and only with it")
         if self.n_tune < 1:

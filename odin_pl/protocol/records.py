@@ -20,7 +20,9 @@ class Record:
     ``params``: the setting by parameter name (``Method.named``, the fields of the result files); ``metrics``:
     ``odin_pl.metrics.ood_metrics`` of the test scores; ``n_in`` / ``n_out``: the test splits' sizes; ``tuned_on``:
     the set the setting was chosen on (None: fixed parameters), with that tuning's FPR at 95% TPR and its grid-edge
-    note; ``intervals``: bootstrap fields ``<metric>_ci_low``, ... (``odin_pl.protocol.bootstrap``).
+    note; ``intervals``: bootstrap fields ``<metric>_ci_low``, ... (``odin_pl.protocol.bootstrap``); ``protocol``:
+    the protocol the number comes from, ``odin`` (the ODIN paper's, in any of its modes) or ``openood`` (OpenOOD
+    v1.5's, ``odin_pl.protocol.openood``: its metrics are also in ``metrics`` as ``openood_<metric>``).
     """
 
     ood: str
@@ -34,6 +36,7 @@ class Record:
     tuning_fpr: float | None = None
     grid_edge: str | None = None
     intervals: Mapping[str, float] = field(default_factory=dict)
+    protocol: str = "odin"
 
     @property
     def key(self) -> tuple[str, Setting]:
@@ -46,8 +49,8 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """The record as results.json and results.csv write it: set, method, metrics, parameters, sizes, tuning set
         (and, when tuned, the tuning's FPR at 95% TPR and grid-edge note), then the bootstrap fields."""
-        fields = {"ood": self.ood, "method": self.method, **self.metrics, **self.params, "n_in": self.n_in,
-                  "n_out": self.n_out, "tuned_on": self.tuned_on}
+        fields = {"ood": self.ood, "method": self.method, "protocol": self.protocol, **self.metrics, **self.params,
+                  "n_in": self.n_in, "n_out": self.n_out, "tuned_on": self.tuned_on}
         if self.tuned_on is not None:
             fields.update(tuning_fpr_at_95_tpr=self.tuning_fpr, grid_edge=self.grid_edge)
         return {**fields, **self.intervals}

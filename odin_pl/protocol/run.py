@@ -142,7 +142,7 @@ class ScoreCache(Protocol):
                    scores: Mapping[str, Tensor]) -> None: ...
 
 
-def _score(scorer: Scorer, cache: ScoreCache | None, name: str, split: str, dataset: Dataset, plan: Plan) -> Scores:
+def score_pass(scorer: Scorer, cache: ScoreCache | None, name: str, split: str, dataset: Dataset, plan: Plan) -> Scores:
     """One pass: the cache's saved scores (asked by process 0 alone, sent to the others), else scored (resuming
     from its saved ranges) and saved by process 0 as it goes."""
     lead = world()[0] == 0
@@ -177,6 +177,8 @@ def run_protocol(plan: ProtocolPlan, in_dataset: Dataset, ood_datasets: Mapping[
     In a process group every process scores its shard; only process 0 asks and feeds the cache, and sends what it
     loaded to the others.
     """
+    if plan.mode == "openood":
+        raise UserError("mode 'openood' is OpenOOD v1.5's protocol: run it with odin_pl.protocol.openood.run_openood")
     if not ood_datasets:
         raise UserError("no OOD set to evaluate: give at least one")
     tuning_only = dict(tuning_only or {})
@@ -190,7 +192,7 @@ def run_protocol(plan: ProtocolPlan, in_dataset: Dataset, ood_datasets: Mapping[
     result = ProtocolResult(plan)
 
     def score(name: str, split: str, dataset: Dataset, scored: Plan) -> Scores:
-        return _score(scorer, cache, name, split, dataset, scored)
+        return score_pass(scorer, cache, name, split, dataset, scored)
 
     in_split = SetSplit.make(len(in_dataset), split_seed(plan.seed, "in"), plan.n_tune)
     splits = {name: SetSplit.make(len(ds), split_seed(plan.seed, name), plan.n_tune)
@@ -232,10 +234,10 @@ def run_protocol(plan: ProtocolPlan, in_dataset: Dataset, ood_datasets: Mapping[
 
     in_plan = test_plan(list(ood_datasets))
     in_test = score(IN_DISTRIBUTION, "test", Subset(in_dataset, in_split.test.tolist()), in_plan)
-    result.in_test_scores = _by_setting(in_plan, in_test)
+    result.in_test_scores = by_setting(in_plan, in_test)
     for name, dataset in ood_datasets.items():
         set_plan = test_plan([name])
-        out_test = _by_setting(set_plan, score(name, "test", Subset(dataset, splits[name].test.tolist()), set_plan))
+        out_test = by_setting(set_plan, score(name, "test", Subset(dataset, splits[name].test.tolist()), set_plan))
         result.ood_test_scores[name] = out_test
         for m in methods:
             for tuned_on, setting in reported[name][m.name]:
@@ -249,6 +251,6 @@ def run_protocol(plan: ProtocolPlan, in_dataset: Dataset, ood_datasets: Mapping[
     return result
 
 
-def _by_setting(plan: Plan, scores: Scores) -> dict[tuple[str, Setting], Tensor]:
+def by_setting(plan: Plan, scores: Scores) -> dict[tuple[str, Setting], Tensor]:
     """A pass's scores per (method, setting)."""
     return {(m, s): scores[m][row] for m, settings in plan.items() for row, s in enumerate(settings)}

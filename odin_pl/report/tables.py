@@ -104,7 +104,8 @@ def results_tables(result: ProtocolResult, title: str = "", cross: bool = False,
 def csv_columns(records: Sequence[Record]) -> list[str]:
     """results.csv's columns: set, method, metrics, every method's parameters, sizes, tuning set, then the bootstrap
     fields (the tuning's FPR and grid-edge note stay in results.json)."""
-    return [*_keys([{"ood": 0, "method": 0, **r.metrics} for r in records]), *_keys([r.params for r in records]),
+    return [*_keys([{"ood": 0, "method": 0, "protocol": 0, **r.metrics} for r in records]),
+            *_keys([r.params for r in records]),
             "n_in", "n_out", "tuned_on", *_keys([r.intervals for r in records])]
 
 
