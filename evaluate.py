@@ -33,6 +33,7 @@ from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.deploy.detector import Detector
 from odin_pl.distributed import world
+from odin_pl.evaluation.api import evaluate_target
 from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
 from odin_pl.evaluation.options import (
     NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig,
@@ -42,7 +43,7 @@ from odin_pl.fingerprint import file_sha256
 from odin_pl.deploy.prediction import detect_dataset, write_detections
 from odin_pl.evaluation.logs import log_run
 from odin_pl.report.tables import write_results
-from odin_pl.evaluation.outputs import SAVED_CONFIG, write_config, write_run
+from odin_pl.evaluation.outputs import SAVED_CONFIG
 from odin_pl.evaluation.runtime import start_processes
 from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, UserError, report_user_error,
                             without_debug_flag)
@@ -167,14 +168,14 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
                         "with `evaluate.py analyses RUN_DIR`")
     target = load_target(config)
     suite = _suite(config, target)
-    if resolved_config and fabric.global_rank == 0:
-        write_config(config.output_dir, resolved_config)
-    run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
-                            tuning_only=suite.tuning_only, skipped=list(suite.skipped))
+    evaluation = evaluate_target(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
+                                 tuning_only=suite.tuning_only, skipped=list(suite.skipped),
+                                 resolved_config=resolved_config)
+    run = evaluation.run
     if fabric.global_rank > 0:
         return run
     out = config.output_dir
-    files = write_run(run, target.model, out)
+    files = evaluation.save(out)
     print(run.table)
     for note in run.result.notes:
         print(f"Note: {note}")
