@@ -9,8 +9,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
 from test_golden import COMMON, seeded_checkpoint  # noqa: F401  (the fixture)
 
 import evaluate
@@ -118,3 +121,90 @@ def test_in_a_process_group_each_process_scores_its_shard(seeded_checkpoint: str
     torch.multiprocessing.spawn(_group_process, args=(free_port(), seeded_checkpoint, str(tmp_path)), nprocs=2)
     records = json.loads((tmp_path / "records.json").read_text())
     assert records == _results(command_line_run)["records"]
+
+
+@pytest.fixture(scope="module")
+def library_run(seeded_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:  # noqa: F811
+    """odin_pl.evaluate of the seeded checkpoint (float64; msp, odin, energy), its run folder, the model in float64
+    and the in-distribution test split it reported on."""
+    out = tmp_path_factory.mktemp("library")
+    evaluation = odin_pl.evaluate(seeded_checkpoint, None, _ood_sets(DigitsDataModule()),
+                                  methods=["msp", "odin", "energy"], **OPTIONS)
+    evaluation.save(out)
+    model = load_model(read_checkpoint(seeded_checkpoint)).double()
+    datamodule = DigitsDataModule()
+    datamodule.setup("test")
+    test = Subset(datamodule.test_set, evaluation.run.result.splits["in_distribution"].test.tolist())
+    return evaluation, out, model, test
+
+
+@pytest.mark.parametrize("method", ["msp", "odin", "energy"])
+def test_a_fitted_detector_scores_as_the_protocol_did(library_run: tuple, method: str) -> None:
+    """Detector.fit on the in-distribution test split at the setting tuned on gaussian: its scores (score_loader,
+    score) equal the protocol's on the same images (float64, to 1e-12: other batch sizes), its threshold equals
+    the run's detector file's, and odin_pl.score gives the same scores by parameter name."""
+    evaluation, out, model, test = library_run
+    stem = f"gaussian.{method}" if method != "msp" else "fixed.msp"
+    saved = json.loads((out / "detectors" / f"{stem}.json").read_text())
+    detector = odin_pl.Detector.fit(model, test, method, saved["params"], batch_size=64)
+    expected = evaluation.run.result.in_test_scores[method, detector.setting]
+    scores = detector.score_loader(DataLoader(test, batch_size=37))
+    torch.testing.assert_close(scores, expected, atol=1e-12, rtol=0)
+    assert detector.threshold == pytest.approx(saved["threshold"], abs=1e-12, rel=0)
+    x = torch.stack([test[i][0] for i in range(20)]).double()
+    direct = odin_pl.score(model, x, method, **saved["params"])
+    torch.testing.assert_close(direct, detector.score(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(direct, expected[:20], atol=1e-12, rtol=0)
+    assert isinstance(detector, odin_pl.ODINDetector) == (method == "odin")
+
+
+def test_energy_by_name_equals_a_numpy_reference(library_run: tuple) -> None:
+    """odin_pl.score(model, x, "energy", temperature=T) = T logsumexp(f(x) / T) (numpy, float64, 1e-12)."""
+    _, _, model, test = library_run
+    x = torch.stack([test[i][0] for i in range(16)]).double()
+    with torch.no_grad():
+        logits = model(x).numpy()
+    for temperature in (1.0, 7.0):
+        z = logits / temperature
+        top = z.max(axis=1, keepdims=True)
+        reference = temperature * (top[:, 0] + np.log(np.exp(z - top).sum(axis=1)))
+        np.testing.assert_allclose(odin_pl.score(model, x, "energy", temperature=temperature).numpy(), reference,
+                                   atol=1e-12, rtol=0)
+    with pytest.raises(UserError, match="has no parameter temprature"):
+        odin_pl.score(model, x, "energy", temprature=1)
+    with pytest.raises(UserError, match="'mahalanobis' scores with a fit on the training images"):
+        odin_pl.score(model, x, "mahalanobis")
+
+
+def test_predict_images_prepares_files_and_pil_images_as_the_evaluation(library_run: tuple, tmp_path: Path) -> None:
+    """8-bit grayscale digits-size images (a file and a PIL image): the scores of predict_images equal those of
+    (pixels / 255 - mean) / std computed here; odin_pl.transforms is that preprocessing."""
+    _, out, model, _ = library_run
+    detector = odin_pl.Detector.load(out / "detectors" / "gaussian.odin.json", model)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8), dtype=np.uint8)
+    Image.fromarray(pixels[0]).save(tmp_path / "a.png")
+    detections = detector.predict_images([tmp_path / "a.png", Image.fromarray(pixels[1])])
+    spec = detector.input_spec
+    x = torch.from_numpy((pixels / 255.0 - spec.mean[0]) / spec.std[0])[:, None]
+    torch.testing.assert_close(odin_pl.transforms(spec)(Image.fromarray(pixels[1])).double(), x[1], atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(detections.score, detector.score(x), atol=1e-6, rtol=0)
+    assert detections.is_ood.tolist() == (detections.score < detector.threshold).tolist()
+    with pytest.raises(UserError, match="does not exist"):
+        detector.predict_images([tmp_path / "missing.png"])
+
+
+def test_a_fitted_method_fits_on_training_images_and_saves_its_fit(library_run: tuple, tmp_path: Path) -> None:
+    """mahalanobis: Detector.fit fits on training images, saves the fit; the saved detector loads and scores the
+    same; without training images, one line says what to give."""
+    _, _, model, test = library_run
+    train = Subset(DigitsDataModule().load_split(train=True, augment=False), range(300))
+    with pytest.raises(UserError, match="fits on in-distribution training images: give"):
+        odin_pl.Detector.fit(model, test, "mahalanobis")
+    detector = odin_pl.Detector.fit(model, test, "mahalanobis", fit_on=train, fit_file=tmp_path / "m.pt")
+    loaded = odin_pl.Detector.load(detector.save(tmp_path / "m.json"), model)
+    x = torch.stack([test[i][0] for i in range(10)]).double()
+    torch.testing.assert_close(loaded.score(x), detector.score(x), atol=0, rtol=0)
+    assert loaded.threshold == detector.threshold
+    in_scores = detector.score_loader(DataLoader(test, batch_size=100))
+    assert (in_scores >= detector.threshold).double().mean() >= 0.95
