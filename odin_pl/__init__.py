@@ -6,6 +6,7 @@ from odin_pl import models  # noqa: F401  (registers the project's models with t
 from odin_pl.deploy.detector import Detector, ODINDetector, score
 from odin_pl.images import transforms
 from odin_pl.methods import create_method, list_methods, register_method
+from odin_pl.methods.features import name_layers
 from odin_pl.methods.odin import msp_score, odin_score
 from odin_pl.spec import ImageSpec
 
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 _EVALUATION = ("evaluate", "Evaluation")
 
 __all__ = ["Detector", "Evaluation", "ImageSpec", "ODINDetector", "create_method", "evaluate", "list_methods",
-           "msp_score", "odin_score", "register_method", "score", "transforms", "__version__"]
+           "msp_score", "name_layers", "odin_score", "register_method", "score", "transforms", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

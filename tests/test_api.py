@@ -208,3 +208,50 @@ def test_a_fitted_method_fits_on_training_images_and_saves_its_fit(library_run: 
     assert loaded.threshold == detector.threshold
     in_scores = detector.score_loader(DataLoader(test, batch_size=100))
     assert (in_scores >= detector.threshold).double().mean() >= 0.95
+
+
+def _layer4(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ResNet up to layer4, written out."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+@pytest.mark.parametrize("which", ["resnet18", "sequential"])
+def test_a_model_without_timms_api_names_its_layers(which: str, tmp_path: Path) -> None:
+    """torchvision's resnet18 (untrained, 32 x 32) and an nn.Sequential: once their classifier (and feature maps)
+    are named, h is the classifier's input (equal to the network written out), and knn (a fitted feature method)
+    scores as a numpy reference of -d_(k) on the normalized features (float64, 1e-10)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    if which == "resnet18":
+        model, names, shape = torchvision.models.resnet18(num_classes=3), ("fc", "layer4"), (3, 32, 32)
+    else:
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 3))
+        names, shape = ("3", None), (3, 4, 4)
+    model = model.double().eval()
+    x, train = torch.randn(6, *shape, dtype=torch.float64), torch.randn(20, *shape, dtype=torch.float64)
+    spec = odin_pl.ImageSpec(shape[1], 3, (0.0,) * 3, (1.0,) * 3, ("a", "b", "c"))
+    labels = torch.arange(20) % 3
+    in_data, fit_on = torch.utils.data.TensorDataset(x, labels[:6]), torch.utils.data.TensorDataset(train, labels)
+    with pytest.raises(UserError, match="name its layers with odin_pl.name_layers"):
+        odin_pl.Detector.fit(model, in_data, "knn", spec=spec, fit_on=fit_on, fit_file=tmp_path / "knn.pt")
+    with pytest.raises(UserError, match="has no module 'head'"):
+        odin_pl.name_layers(model, "head")
+    features = odin_pl.name_layers(model, *names)
+    maps: list[torch.Tensor] = []
+    with torch.no_grad():
+        h = features.features(x, maps.append if names[1] else None)
+        expected = (torch.flatten(model.avgpool(_layer4(model, x)), 1) if which == "resnet18"
+                    else model[2](model[1](model[0](x))))
+        torch.testing.assert_close(h, expected, atol=0, rtol=0)
+        torch.testing.assert_close(features.classifier(h), model(x), atol=0, rtol=0)
+        if names[1]:
+            torch.testing.assert_close(maps[0], _layer4(model, x), atol=0, rtol=0)
+    detector = odin_pl.Detector.fit(model, in_data, "knn", {"k": 2}, spec=spec, fit_on=fit_on,
+                                    fit_file=tmp_path / "knn.pt")
+    with torch.no_grad():
+        bank, z = (features.features(train).numpy(), features.features(x).numpy())
+    bank, z = bank / np.linalg.norm(bank, axis=1, keepdims=True), z / np.linalg.norm(z, axis=1, keepdims=True)
+    distances = np.sqrt(np.maximum(0.0, 2 - 2 * z @ bank.T))
+    np.testing.assert_allclose(detector.score(x).numpy(), -np.sort(distances, axis=1)[:, 1], atol=1e-10, rtol=0)
