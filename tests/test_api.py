@@ -255,3 +255,21 @@ def test_a_model_without_timms_api_names_its_layers(which: str, tmp_path: Path) 
     bank, z = bank / np.linalg.norm(bank, axis=1, keepdims=True), z / np.linalg.norm(z, axis=1, keepdims=True)
     distances = np.sqrt(np.maximum(0.0, 2 - 2 * z @ bank.T))
     np.testing.assert_allclose(detector.score(x).numpy(), -np.sort(distances, axis=1)[:, 1], atol=1e-10, rtol=0)
+
+
+def test_a_fitted_method_of_a_run_without_a_folder_saves_a_detector_that_loads(seeded_checkpoint: str,  # noqa: F811
+                                                                                tmp_path: Path) -> None:
+    """knn fitted in the temporary run folder: save() copies its fit beside the detectors, whose detector loads
+    and gives the run's scores of the in-distribution test split."""
+    evaluation = odin_pl.evaluate(seeded_checkpoint, None, _ood_sets(DigitsDataModule()), methods="knn",
+                                  protocol="fixed", params="knn.k=5", fit_images=200, **OPTIONS)
+    evaluation.save(tmp_path)
+    assert (tmp_path / "fits" / "knn.pt").is_file()
+    assert _results(tmp_path)["fits"]["knn"]["file"] == str(tmp_path / "fits" / "knn.pt")
+    model = load_model(read_checkpoint(seeded_checkpoint)).double()
+    detector = odin_pl.Detector.load(tmp_path / "detectors" / "fixed.knn.json", model)
+    datamodule = DigitsDataModule()
+    datamodule.setup("test")
+    test = Subset(datamodule.test_set, evaluation.run.result.splits["in_distribution"].test.tolist())
+    torch.testing.assert_close(detector.score_loader(DataLoader(test, batch_size=64)),
+                               evaluation.run.result.in_test_scores["knn", (5.0,)], atol=1e-12, rtol=0)

@@ -6,16 +6,16 @@ same :class:`~odin_pl.evaluation.options.ProtocolConfig` as ``evaluate.py protoc
 table, the typed records, a DataFrame and the run folder that ``evaluate.py`` writes (:meth:`Evaluation.save`).
 
 It runs on one process, or on every process of an existing ``torch.distributed`` process group (each scores its
-shard; every process gets the result). ``model`` is an ``nn.Module`` of logits on normalized images (its weights are
-saved once as ``weights.pt`` in the run folder: the run's scores and detectors are fingerprinted by them) or the
-path of a checkpoint of train.py.
+shard; every process gets the result; process 0 saves). ``model`` is an ``nn.Module`` of logits on normalized
+images (its weights are saved as ``weights.pt`` in the run folder: the run's scores and detectors are fingerprinted
+by them) or the path of a checkpoint of train.py.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +25,9 @@ from lightning.pytorch import LightningDataModule
 from torch import nn
 from torch.utils.data import Dataset
 
+from odin_pl.distributed import world
 from odin_pl.errors import UserError
+from odin_pl.files import save_atomically
 from odin_pl.evaluation.options import (
     BootstrapOptions, OODOptions, OutputOptions, ProtocolConfig, RuntimeOptions, TuningOptions,
 )
@@ -47,10 +49,12 @@ OPTION_GROUP = {f.name: group for group, cls in GROUPS.items() for f in fields(c
 
 @dataclass
 class Evaluation:
-    """A finished :func:`evaluate`: the protocol run and the model it evaluated."""
+    """A finished :func:`evaluate`: the protocol run and the model it evaluated (``workspace``: the temporary run
+    folder of the score and fit files, when :func:`evaluate` was given none; removed with the evaluation)."""
 
     run: ProtocolRun
     model: nn.Module
+    workspace: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
     def records(self) -> list[Record]:
@@ -71,8 +75,18 @@ class Evaluation:
 
     def save(self, folder: str | Path) -> RunFiles:
         """Write the run folder's results (table.md, results.json, results.csv), detectors and figures, as
-        ``evaluate.py`` does, into ``folder``."""
-        return write_run(self.run, self.model, Path(folder))
+        ``evaluate.py`` does, into ``folder``; the fits of fitted methods are copied to its ``fits/`` (their
+        detectors refer to them there)."""
+        folder = Path(folder)
+        fits = self.run.fits
+        for name, saved in fits.saved.items() if fits is not None else ():
+            copy = folder / "fits" / saved.path.name
+            if not copy.exists() or not copy.samefile(saved.path):
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(saved.path, copy)
+                fits.saved[name] = replace(saved, path=copy)
+                self.run.__dict__.pop("meta", None)  # the cached results.json fields name the fit files
+        return write_run(self.run, self.model, folder)
 
 
 def evaluate_target(config: ProtocolConfig, target: EvaluationTarget, ood: Mapping[str, Dataset], *,
@@ -81,9 +95,7 @@ def evaluate_target(config: ProtocolConfig, target: EvaluationTarget, ood: Mappi
                     resolved_config: str = "") -> Evaluation:
     """The protocol of ``config`` on ``target`` and the OOD sets ``ood`` on this process's ``device``; with
     ``resolved_config`` (YAML) process 0 first saves it as the run folder's config.yaml."""
-    if resolved_config and dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
-        resolved_config = ""
-    if resolved_config:
+    if resolved_config and world()[0] == 0:
         write_config(config.output_dir, resolved_config)
     run = evaluate_protocol(config, target, ood, device=device, sources=sources, tuning_only=tuning_only,
                             skipped=list(skipped))
@@ -104,7 +116,8 @@ def evaluate(model: nn.Module | str | Path, data: LightningDataModule | Dataset 
         methods: method names (default: MSP and ODIN). protocol: ``paper | transfer | cross | fixed``.
         spec: the image spec, when neither the model nor the DataModule has an ``image_spec``.
         fit_data: the in-distribution training set of the fitted methods when ``data`` is a Dataset.
-        output_dir: the run folder for score files (resumable with ``resume=True``); default: a temporary one.
+        output_dir: the run folder of the score and fit files (resumable with ``resume=True``); default: a
+            temporary one, kept while the returned :class:`Evaluation` lives.
         device: where to score (default: Fabric's choice of ``accelerator``; under a process group, the current
             CUDA device or the CPU).
         tune_on_sets: sets used only for tuning in transfer mode (``tune_on`` names one).
@@ -118,22 +131,19 @@ def evaluate(model: nn.Module | str | Path, data: LightningDataModule | Dataset 
     if not isinstance(ood, Mapping) or not ood or not all(isinstance(d, Dataset) for d in ood.values()):
         raise UserError("ood must map OOD set names to Datasets (e.g. {'gaussian': build_ood_dataset('gaussian', "
                         "spec, data_root, seed)} of datamodules.ood)")
-    temporary = output_dir is None
-    out = Path(tempfile.mkdtemp(prefix="odin_pl_")) if temporary else Path(output_dir)
-    try:
-        datamodule = data if isinstance(data, LightningDataModule) or data is None else DatasetData(data, fit_data)
-        config = _config(model, datamodule, out, methods, protocol, options)
-        config.check_output_dir()
-        if dist.is_available() and dist.is_initialized():
-            device = device or (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
-                                and config.runtime.accelerator != "cpu" else torch.device("cpu"))
-        elif device is None:
-            device = start_processes(config.runtime, may_start_processes=False).device
-        target = load_target(config) if config.ckpt is not None else _module_target(model, datamodule, spec, config)
-        return evaluate_target(config, target, ood, device=device, tuning_only=tune_on_sets)
-    finally:
-        if temporary:
-            shutil.rmtree(out, ignore_errors=True)
+    workspace = tempfile.TemporaryDirectory(prefix="odin_pl_") if output_dir is None else None
+    out = Path(workspace.name if workspace is not None else output_dir)
+    datamodule = data if isinstance(data, LightningDataModule) or data is None else DatasetData(data, fit_data)
+    config = _config(model, datamodule, out, methods, protocol, options)
+    config.check_output_dir()
+    if dist.is_available() and dist.is_initialized():
+        device = device or (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                            and config.runtime.accelerator != "cpu" else torch.device("cpu"))
+    elif device is None:
+        device = start_processes(config.runtime, may_start_processes=False).device
+    target = load_target(config) if config.ckpt is not None else _module_target(model, datamodule, spec, config)
+    evaluation = evaluate_target(config, target, ood, device=device, tuning_only=tune_on_sets)
+    return replace(evaluation, workspace=workspace)
 
 
 def _config(model: nn.Module | str | Path, datamodule: LightningDataModule | None, out: Path,
@@ -156,8 +166,7 @@ def _config(model: nn.Module | str | Path, datamodule: LightningDataModule | Non
     if not isinstance(model, nn.Module) or datamodule is None:
         raise UserError(f"evaluate() takes an nn.Module and its in-distribution data, or a checkpoint path, got "
                         f"{type(model).__name__} and {type(datamodule).__name__}")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / WEIGHTS_FILE)
+    save_atomically(model.state_dict(), out / WEIGHTS_FILE)  # the same bytes from every process of a group
     label = getattr(getattr(model, "hparams", {}), "get", lambda _: None)("backbone") or type(model).__name__
     return ProtocolConfig(model=label, weights=str(out / WEIGHTS_FILE), data=datamodule, **top, **groups)
 
