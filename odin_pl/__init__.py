@@ -9,8 +9,7 @@ from odin_pl.methods import create_method, list_methods, register_method
 from odin_pl.methods.features import name_layers
 from odin_pl.methods.odin import msp_score, odin_score
 from odin_pl.spec import ImageSpec
-
-__version__ = "0.1.0"
+from odin_pl.version import __version__
 
 # Public names loaded on first use (the evaluation imports Lightning's Fabric and the run's option groups).
 _EVALUATION = ("evaluate", "Evaluation")

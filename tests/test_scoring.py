@@ -359,3 +359,23 @@ def test_wrong_channel_count_for_model(model, epsilon, mode):
 def test_float64_images_to_a_float32_model_name_the_dtypes(model, x, epsilon):
     with pytest.raises(ValueError, match=r"images are torch.float64 but the model's weights are torch.float32"):
         odin_score(model, x.double(), temperature=10.0, epsilon=epsilon)
+
+
+def test_a_setting_that_overflows_the_network_is_named_not_the_weights(model, x):
+    """Before issue 29 a huge epsilon that overflows the scores (float32: x - 1e38 * step) was blamed on the
+    weights. With finite scores at the method's other settings, the error names the overflowing setting; with
+    non-finite scores at every setting, it still suspects the weights."""
+    from torch.utils.data import TensorDataset
+
+    from odin_pl.errors import NonFiniteScoresError
+    from odin_pl.protocol.run import score_plan
+
+    data = TensorDataset(x, torch.zeros(len(x)))
+    with pytest.raises(NonFiniteScoresError, match=r"only at some settings \(odin at \(1.0, 1e\+38\)\) while the "
+                                                   r"others are finite: these values overflow"):
+        score_plan(model, data, {"odin": [(1.0, 0.0), (1.0, 1e38)]}, batch_size=3)
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteScoresError, match="its weights may be corrupt"):
+        score_plan(broken, data, {"odin": [(1.0, 0.0), (1.0, 0.001)]}, batch_size=3)

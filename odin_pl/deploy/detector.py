@@ -35,6 +35,7 @@ from odin_pl.metrics import as_scores, threshold_at_tpr
 from odin_pl.methods.batch import non_finite_error
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
+from odin_pl.version import __version__
 
 FORMAT = "odin_pl.detector"
 FORMAT_VERSION = 2  # "method" and "params"
@@ -172,7 +173,8 @@ class Detector:
             raise UserError(f"the model gives {batch.logits.shape[1]} logits but the detector was tuned for "
                             f"{self.input_spec.num_classes} classes")
         score = self.method.score(batch, [self.setting])[0]
-        if (error := non_finite_error({self.method.name: score}, "prediction")) is not None:
+        error = non_finite_error({self.method.name: score}, "prediction", {self.method.name: [self.setting]})
+        if error is not None:
             raise error
         baseline = self.baseline.score(batch, [self.baseline.default_setting()])[0]
         return Detection(batch.logits.argmax(dim=1), baseline, score, score < self.threshold)
@@ -184,7 +186,6 @@ class Detector:
 
     def to_dict(self, folder: Path | None = None) -> dict[str, Any]:
         """The detector's fields; a fit file's path is relative to ``folder`` (the detector file's) when given."""
-        from odin_pl import __version__
 
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "odin_pl_version": __version__,
                 "method": self.method.name, "params": self.params, "threshold": self.threshold, "tpr": self.tpr,

@@ -19,7 +19,6 @@ from torch import nn
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
-from odin_pl import __version__
 from odin_pl.analyses import AnalysisContext
 from odin_pl.protocol.bootstrap import LEVEL, bootstrap_seed, with_intervals
 from odin_pl.training.checkpoint import build_datamodule, load_model, read_checkpoint
@@ -38,6 +37,7 @@ from odin_pl.protocol.tuning import Selection, split_seed
 from odin_pl.report.tables import results_tables
 from odin_pl.evaluation.score_store import Reuse, ScoreStore
 from odin_pl.spec import ImageSpec
+from odin_pl.version import __version__
 from odin_pl.errors import NonFiniteScoresError
 
 #: The SHA-256 of the run's image files by their stat facts (``odin_pl.fingerprint.FileHashes``), in the output

@@ -86,13 +86,23 @@ class Needs:
         return self.logits or self.through_features or bool(self.losses) or bool(self.layers)
 
 
-def non_finite_error(scores: Mapping[str, Tensor], where: str) -> NonFiniteScoresError | None:
-    """The error to raise when some of the scores (per method) are NaN or infinite, naming where, which methods
-    and how many; None when all are finite."""
-    counts = {name: int((~torch.isfinite(t)).sum()) for name, t in scores.items()}
-    bad = ", ".join(f"{count} of {name}" for name, count in counts.items() if count)
+def non_finite_error(scores: Mapping[str, Tensor], where: str,
+                     settings: Mapping[str, Sequence[tuple[float, ...]]]) -> NonFiniteScoresError | None:
+    """The error to raise when some of the scores (per method, [len(settings), B]) are NaN or infinite, naming
+    where, which methods and how many; None when all are finite. When a method's scores are finite at some of its
+    settings, the others are named as too large (they overflow the network, e.g. a huge epsilon); else the weights
+    are suspected."""
+    rows = {name: ~torch.isfinite(t.reshape(len(settings[name]), -1)) for name, t in scores.items()}
+    bad = ", ".join(f"{int(r.sum())} of {name}" for name, r in rows.items() if bool(r.any()))
     if not bad:
         return None
+    overflowing = {name: [s for s, row in zip(settings[name], r.any(dim=1).tolist()) if row]
+                   for name, r in rows.items() if bool(r.any()) and not bool(r.any(dim=1).all())}
+    if overflowing:
+        named = "; ".join(f"{name} at {', '.join(map(str, s[:3]))}" for name, s in overflowing.items())
+        return NonFiniteScoresError(f"{where}: non-finite scores (NaN or Inf): {bad}, only at some settings ({named}) "
+                                    "while the others are finite: these values overflow the network's outputs; use "
+                                    "smaller ones")
     return NonFiniteScoresError(f"{where}: the model gives non-finite scores (NaN or Inf): {bad}; its weights may be "
                                 "corrupt (check the checkpoint or retrain) - no metric or decision is made from them")
 

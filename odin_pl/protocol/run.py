@@ -72,7 +72,7 @@ def score_plan(
         if share:
             images = next(loader)[0].to(device=device, dtype=dtype, non_blocking=True)
             local = score_batch(model, images, plan, input_std, forward_batch_size, fits)
-            error = non_finite_error(local, desc or "scoring")
+            error = non_finite_error(local, desc or "scoring", plan)
         agree_on_failure(error)  # at the first range with a NaN: no later work, on any process
         parts[(start, stop)] = {name: gather_shards(scores.cpu(), stop - start) for name, scores in local.items()}
         if on_range is not None:
