@@ -34,6 +34,7 @@ from odin_pl.analyses import AnalysisOutput, run_analyses
 from odin_pl.cli_errors import one_line_parse_errors
 from odin_pl.deploy.detector import Detector
 from odin_pl.distributed import world
+from odin_pl.evaluation.api import evaluate_target
 from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
 from odin_pl.evaluation.options import (
     NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig,
@@ -173,16 +174,16 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
             write_config(config.output_dir, resolved_config)
         return _openood(config, target, fabric.device, config.output_dir)
     suite = _suite(config, target)
-    if resolved_config and fabric.global_rank == 0:
-        write_config(config.output_dir, resolved_config)
-    run = evaluate_protocol(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
-                            tuning_only=suite.tuning_only, skipped=list(suite.skipped))
+    evaluation = evaluate_target(config, target, suite.datasets, device=fabric.device, sources=suite.sources,
+                                 tuning_only=suite.tuning_only, skipped=list(suite.skipped),
+                                 resolved_config=resolved_config)
+    run = evaluation.run
     if config.tuning.openood:  # the second protocol on the same model, in its own folder
         _openood(config, target, fabric.device, config.output_dir / "openood")
     if fabric.global_rank > 0:
         return run
     out = config.output_dir
-    files = write_run(run, target.model, out)
+    files = evaluation.save(out)
     print(run.table)
     for note in run.result.notes:
         print(f"Note: {note}")

@@ -17,6 +17,7 @@ from odin_pl.methods import Setting, create_method, default_methods, method_with
 from odin_pl.training.epoch_metrics import log_global
 from odin_pl.metrics import OODMetrics
 from odin_pl.errors import UserError
+from odin_pl.spec import ImageSpec
 
 
 class ODINEvalCallback(Callback):
@@ -31,14 +32,16 @@ class ODINEvalCallback(Callback):
 
     Works inside ``fit`` (validation under no_grad) and ``validate`` (inference mode). Under DDP every process
     scores its own shard of each set (no sample twice) and the metrics are computed on the gathered scores.
-    ``ood``: OOD set names (see ``datamodules.ood``) or OODDataModules; they are converted to the trained
-    model's image spec.
+    ``ood``: OOD set names (see ``datamodules.ood``) or OODDataModules; they are converted to the in-distribution
+    image spec: the model's ``image_spec``, else the DataModule's, else ``image_spec`` (an ImageSpec or its dict),
+    so that any LightningModule and DataModule can use the callback.
     """
 
     def __init__(self, ood: Sequence[str | OODDataModule] = ("gaussian", "uniform"), temperature: float = 1000.0,
                  epsilon: float = 0.0014, batch_size: int = 256, num_images: int | None = None,
                  every_n_epochs: int = 1, data_root: str | None = None, seed: int = 0, name: str | None = None,
-                 methods: Sequence[str] | None = None, params: dict[str, dict[str, float]] | None = None) -> None:
+                 methods: Sequence[str] | None = None, params: dict[str, dict[str, float]] | None = None,
+                 image_spec: ImageSpec | dict | None = None) -> None:
         methods = default_methods() if methods is None else list(methods)
         paper = method_with_role("paper")
         params = {paper: {"temperature": temperature, "epsilon": epsilon}, **(params or {})}
@@ -61,6 +64,8 @@ class ODINEvalCallback(Callback):
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.name = name
+        self.image_spec = ImageSpec.from_dict(image_spec) if image_spec is not None else None
+        self._spec: ImageSpec | None = None
 
     @property
     def prefix(self) -> str:
@@ -74,10 +79,12 @@ class ODINEvalCallback(Callback):
                             "each a distinct name (ODINEvalCallback(name=...), in a config "
                             "`init_args: {name: ...}`)")
         datamodule = trainer.datamodule
-        spec = getattr(datamodule, "image_spec", None) or getattr(pl_module, "image_spec", None)
-        if spec is None:
-            raise UserError("ODINEvalCallback needs the in-distribution image spec: use a DataModule with an "
-                            "`image_spec` property or a model that has one")
+        spec = getattr(pl_module, "image_spec", None) or getattr(datamodule, "image_spec", None) or self.image_spec
+        if not isinstance(spec, ImageSpec):
+            raise UserError("ODINEvalCallback needs the in-distribution image spec: give "
+                            "ODINEvalCallback(image_spec=ImageSpec(size, channels, mean, std, class_names)), or an "
+                            "`image_spec` property to the model or the DataModule")
+        self._spec = spec
         for ood in self.ood:
             ood.bind(spec, getattr(datamodule, "data_root", None))
 
@@ -85,7 +92,6 @@ class ODINEvalCallback(Callback):
                metrics: dict[str, OODMetrics], is_in: bool) -> None:
         indices = shard_indices(len(dataset), trainer.global_rank, trainer.world_size)
         loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False)
-        spec = pl_module.image_spec
         index_iter = iter(torch.tensor(indices, dtype=torch.long).split(self.batch_size))
         if not indices:  # a set smaller than the world: still take part in the metric's sync with typed states
             empty = torch.empty(0, dtype=torch.float64, device=pl_module.device)
@@ -93,8 +99,7 @@ class ODINEvalCallback(Callback):
                 metric.update(empty, is_in, torch.empty(0, dtype=torch.long, device=pl_module.device))
         for images, _ in loader:
             images = images.to(pl_module.device, dtype=next(pl_module.parameters()).dtype)
-            scores = score_batch(pl_module, images, {m: [s] for m, s in self.settings.items()},
-                                 spec.std if spec else None)
+            scores = score_batch(pl_module, images, {m: [s] for m, s in self.settings.items()}, self._spec.std)
             batch_indices = next(index_iter).to(pl_module.device)
             for method in self.settings:
                 for key, metric in metrics.items():

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from datamodules.base import ImageDataModule, seeded_permutation
-from datamodules.transforms import normalize
+from odin_pl.images import normalize
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import UserError
 

@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import DATA_ROOT_ENV, ImageDataModule, seeded_permutation
-from datamodules.transforms import ToSpec, pil_to_spec, pil_to_spec_mode, standard_mode
+from odin_pl.images import ToSpec, pil_to_spec, pil_to_spec_mode, standard_mode
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import MissingFileError, UserError
 
@@ -213,7 +213,7 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
 def load_image(path: Path) -> Image.Image:
     """The picture a viewer shows of the file ``path``, fully in memory as 8-bit ``L`` or ``RGB``: the first frame
     of an animated file (GIF, APNG, WebP), turned as its EXIF orientation says, in the mode given by
-    :func:`~datamodules.transforms.standard_mode`. A file that cannot be decoded (or is not a regular file) is an
+    :func:`~odin_pl.images.standard_mode`. A file that cannot be decoded (or is not a regular file) is an
     OSError naming it; one over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``, a decompression bomb) or without
     a rule for its values is a UserError naming it."""
     try:

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 from datamodules.base import resolve_data_root, seeded_permutation
 from datamodules.image_folder import (IMAGE_EXTENSIONS, ArrayImageDataset, ImageFolderDataset, SkippedFiles, Transform,
                                      image_candidate, load_image)
-from datamodules.transforms import ToSpec, normalize
+from odin_pl.images import ToSpec, normalize
 from odin_pl.fingerprint import FileHashes, array_sha256
 from odin_pl.spec import ImageSpec
 from odin_pl.errors import UserError

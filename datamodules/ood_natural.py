@@ -39,7 +39,7 @@ from datamodules.download import DatasetNotFoundError, RemoteDataset, Resource
 from datamodules.image_folder import load_image
 from datamodules.ood import (OOD_LABEL, OODRequest, find_images, folder_dataset, non_empty_folder,
                              register_ood)
-from datamodules.transforms import ToSpec
+from odin_pl.images import ToSpec
 from odin_pl.fingerprint import FileHashes
 from odin_pl.spec import ImageSpec
 

@@ -27,7 +27,7 @@ from datamodules.cifar import (CIFAR10, CIFAR100, cifar80_split, cifar100_test_i
                                load_cifar)
 from datamodules.download import DatasetNotFoundError, RemoteDataset, Resource
 from datamodules.ood import OODRequest, folder_dataset, image_array_dataset, non_empty_folder, register_ood
-from datamodules.transforms import ToSpec
+from odin_pl.images import ToSpec
 
 CIFAR10_JPEG_TEST = "cifar10-jpeg/test"
 NOTMNIST_LETTERS = "ABCDEFGHIJ"

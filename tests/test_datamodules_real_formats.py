@@ -31,7 +31,7 @@ from datamodules.cifar import (CIFAR10, CIFAR10_MEAN, CIFAR10_STD, CIFAR100, CIF
 from datamodules.download import (ChecksumError, RemoteDataset, Resource, UnsafeArchiveError, check_md5,
                                   download_url, extract_archive, require_files)
 from datamodules.image_folder import SpecArrayDataset, load_image
-from datamodules.transforms import pil_to_spec_mode
+from odin_pl.images import pil_to_spec_mode
 from odin_pl.errors import UserError
 from datamodules.mnist import read_idx
 from odin_pl.spec import ImageSpec
@@ -327,7 +327,7 @@ def _decoded(path: Path) -> np.ndarray:
 
 
 def test_every_pil_mode_decodes_by_its_documented_rule(tmp_path):
-    """Each PIL mode against a numpy reference of the rule in ``datamodules.transforms.standard_mode`` (exact: the
+    """Each PIL mode against a numpy reference of the rule in ``odin_pl.images.standard_mode`` (exact: the
     rule rounds to nearest). Before issue 29, 16-bit images (I;16 PNG and TIFF, I) were divided by their own
     maximum (a dark 16-bit image came out at full brightness) and CMYK went through Pillow's clipping."""
     rng = np.random.default_rng(0)

@@ -41,7 +41,7 @@ def test_threshold_keeps_the_target_tpr_as_the_metric_defines_it(tpr: float) -> 
     fractions = torch.tensor([0.3, 0.9, 0.5, 0.5, 0.5, 0.7, 0.1, 0.8, 0.5, 0.2, 0.6, 0.4, 0.9, 0.35, 0.5, 0.45, 0.55,
                               0.65, 0.75, 0.85], dtype=torch.float64)  # ties included
     scores = 1 / 3 + 2 / 3 * fractions  # within ODIN's range [1/N, 1] for N = 3 classes
-    detector = ODINDetector.fit(_model(), 10.0, 0.001, SPEC, scores, tpr=tpr)
+    detector = ODINDetector.from_scores(_model(), 10.0, 0.001, SPEC, scores, tpr=tpr)
     assert detector.threshold == threshold_at_tpr(scores, tpr) == rates_at_tpr(scores, scores, tpr)[2]
     assert (scores >= detector.threshold).double().mean() >= tpr
     higher = scores[scores > detector.threshold]  # the next larger threshold loses the target
@@ -55,7 +55,7 @@ def test_threshold_keeps_the_target_tpr_as_the_metric_defines_it(tpr: float) -> 
 def test_predict_matches_the_scoring_functions(epsilon: float) -> None:
     model, x = _model(), _images()
     in_scores = odin_score(model, _images(50, seed=2), 100.0, epsilon, SPEC.std)
-    detector = ODINDetector.fit(model, 100.0, epsilon, SPEC, in_scores)
+    detector = ODINDetector.from_scores(model, 100.0, epsilon, SPEC, in_scores)
     with torch.inference_mode():  # as in Lightning's predict loop
         detection = detector.predict_all(x)
         is_ood, predicted = detector.predict(x)
@@ -225,8 +225,9 @@ def test_a_detector_file_fails_closed(tmp_path: Path) -> None:
     """A hand-edited threshold, a detector tuned with other weights (refused, or with allow_other_weights a
     warning naming both) and non-finite scores (NaN weights) are not turned into decisions."""
     model = _model()
-    path = ODINDetector.fit(model, 10.0, 0.001, SPEC, odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std),
-                            tuned_on={"weights_sha256": "a" * 64}).save(tmp_path / "d.json")
+    in_scores = odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std)
+    path = ODINDetector.from_scores(model, 10.0, 0.001, SPEC, in_scores,
+                                    tuned_on={"weights_sha256": "a" * 64}).save(tmp_path / "d.json")
     edited = json.loads(path.read_text())
     edited["threshold"] = float("nan")
     (tmp_path / "nan.json").write_text(json.dumps(edited))
@@ -251,8 +252,9 @@ def test_a_detector_file_that_names_no_weights_warns_and_text_thresholds_are_ref
     """Before issue 29 a detector file without ``tuned_on.weights_sha256`` was used with any weights without a
     word (its threshold may not hold for them), and a threshold that is not a number was a raw ValueError."""
     model = _model()
-    path = ODINDetector.fit(model, 10.0, 0.001, SPEC, odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std),
-                            tuned_on={"ood_set": "x"}).save(tmp_path / "d.json")
+    in_scores = odin_score(model, _images(30, seed=3), 10.0, 0.001, SPEC.std)
+    path = ODINDetector.from_scores(model, 10.0, 0.001, SPEC, in_scores,
+                                    tuned_on={"ood_set": "x"}).save(tmp_path / "d.json")
     with pytest.warns(UserWarning, match=r"d.json records no tuned_on.weights_sha256, so it cannot be checked "
                                          f"against these weights \\(SHA-256 {'c' * 64}\\)"):
         assert Detector.load(path, model, weights_sha256="c" * 64).threshold > 0

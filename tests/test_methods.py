@@ -236,7 +236,7 @@ def _check_protocol_and_detector_round_trip(name: str, tmp_path) -> None:
     (record,) = [r for r in result.records if r.method == name]
     setting = result.selections[name]["ood"].setting if grid.tuned else grid.settings[0]
     s_in, s_out = result.test_scores["ood"][name]
-    detector = Detector.fit(model, name, setting, _spec(), s_in, fit=saved)
+    detector = Detector.from_scores(model, name, setting, _spec(), s_in, fit=saved)
     loaded = Detector.load(detector.save(tmp_path / "detectors" / f"{name}.json"), model)
     assert loaded.method.name == name and loaded.setting == setting and loaded.threshold == detector.threshold
     ood_images = torch.stack([ood["ood"][i][0] for i in range(30)])[result.splits["ood"].test]

@@ -16,7 +16,7 @@ from PIL import Image
 
 import evaluate
 from datamodules.ood import find_images
-from datamodules.transforms import ToSpec
+from odin_pl.images import ToSpec
 from odin_pl import ODINDetector
 from odin_pl.deploy.detector import Detection
 from odin_pl.deploy.prediction import write_detections

@@ -85,7 +85,7 @@ def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> l
     for stem, (method, setting, ood_set) in run.detector_settings().items():
         in_scores = run.result.in_test_scores[method, setting]
         tuned_on = {**info, "ood_set": ood_set, "n_threshold_images": len(in_scores)}
-        detector = Detector.fit(model, method, setting, run.spec, in_scores, tuned_on=tuned_on,
+        detector = Detector.from_scores(model, method, setting, run.spec, in_scores, tuned_on=tuned_on,
                                 fit=saved_fits.get(method))
         paths.append(detector.save(folder / f"{stem}.json"))
     return paths

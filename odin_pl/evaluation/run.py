@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset, Subset
 
@@ -50,15 +51,21 @@ IMAGE_HASHES = ".image_hashes.json"
 
 @dataclass
 class EvaluationTarget:
-    """The eval-mode model, its in-distribution DataModule and the file its weights came from."""
+    """The eval-mode model (any ``nn.Module`` of logits), its in-distribution DataModule, the file its weights came
+    from, its image spec, class count and the backbone's name (for titles)."""
 
-    model: ImageClassifier
+    model: nn.Module
     datamodule: LightningDataModule
     weights_file: Path
+    spec: ImageSpec
+    num_classes: int
+    backbone: str
 
-    @property
-    def spec(self) -> ImageSpec:
-        return self.model.image_spec
+    @classmethod
+    def of_classifier(cls, model: ImageClassifier, datamodule: LightningDataModule, weights_file: Path
+                      ) -> "EvaluationTarget":
+        return cls(model, datamodule, weights_file, model.image_spec, model.hparams.num_classes,
+                   model.hparams.backbone)
 
     @property
     def test_set(self) -> Dataset:
@@ -75,9 +82,9 @@ def load_target(source: ModelSource) -> EvaluationTarget:
         checkpoint = read_checkpoint(source.ckpt, source.trust_pickle)
         datamodule = source.data or build_datamodule(checkpoint, source.ckpt, source.trust_pickle,
                                                      data_root=source.data_root)
-        return EvaluationTarget(load_model(checkpoint, source.ckpt), datamodule, Path(source.ckpt))
+        return EvaluationTarget.of_classifier(load_model(checkpoint, source.ckpt), datamodule, Path(source.ckpt))
     model = load_foreign_model(source.model, source.weights, source.data.image_spec, source.trust_pickle)
-    return EvaluationTarget(model, source.data, Path(source.weights))
+    return EvaluationTarget.of_classifier(model, source.data, Path(source.weights))
 
 
 @dataclass
@@ -188,7 +195,7 @@ def score_store(config: ProtocolConfig, target: EvaluationTarget, plan: Protocol
         context["fits_sha256"] = fits.sha256
     sets = {**(in_sets if in_sets is not None else {IN_DISTRIBUTION: target.test_set}), **ood_datasets,
             **tuning_only}
-    num_classes = target.model.hparams.num_classes
+    num_classes = target.num_classes
     ranges = {grid.name: grid.method.score_range(num_classes) for grid in plan.methods}
     facts = {name: {"source": sources.get(name, target.spec.dataset), "n": len(dataset),
                     "images_sha256": images_sha256(dataset, hashes)}
@@ -252,7 +259,7 @@ def _protocol_run(config: ProtocolConfig, target: EvaluationTarget, weights_sha2
         result.records = with_intervals(result, config.bootstrap.resamples)
         if isinstance(result, OpenOODResult):
             result = openood_intervals(result, config.bootstrap.resamples)
-    return ProtocolRun(config, target.spec, target.model.hparams.backbone, weights_sha256, result, skipped, reused,
+    return ProtocolRun(config, target.spec, target.backbone, weights_sha256, result, skipped, reused,
                        processes=world()[1], threads_per_process=torch.get_num_threads(),
                        environment=describe_environment(device), fits=fits)
 

@@ -1,4 +1,4 @@
-"""Transforms that bring any image to a classifier's image spec: channels, size, then normalization."""
+"""Images brought to a classifier's image spec: channels, size, then normalization (the evaluation's preprocessing)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,9 @@ class ToSpec:
 
     def __repr__(self) -> str:
         return f"ToSpec(size={self.spec.size}, channels={self.spec.channels})"
+
+
+def transforms(spec: ImageSpec) -> ToSpec:
+    """The evaluation's preprocessing of ``spec`` (PIL image -> normalized tensor [C, size, size]), which every
+    evaluated image, OOD set and image folder goes through: use it on images for a detector."""
+    return ToSpec(spec)
