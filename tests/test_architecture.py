@@ -18,7 +18,8 @@ ENTRY_POINTS = ("evaluate", "train")
 # Layer of a module by the longest matching name (low to high); a module may import its own layer and lower ones.
 LAYERS = {
     **{f"odin_pl.{leaf}": 0 for leaf in ("errors", "files", "fingerprint", "distributed", "spec", "metrics",
-                                         "openood_metrics", "archives", "safe_names", "csv_cells", "cli_errors")},
+                                         "openood_metrics", "archives", "safe_names", "csv_cells", "cli_errors",
+                                         "progress")},
     "odin_pl.models": 1,
     "odin_pl.methods": 2,
     "odin_pl.protocol": 3,

@@ -83,7 +83,7 @@ class TuningOptions:
             of its grid in its tie order).
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
-        methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...; default: the
+        methods: detection methods (msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn; default: the
             baseline, MSP, and the paper's method, ODIN).
         params: fixed parameter values, ``method.name=value`` (e.g. ``energy.temperature=1``): in fixed mode the
             values used, in the other modes the one value of that parameter's grid.
@@ -196,7 +196,7 @@ class TuningOptions:
 
 @dataclass
 class RuntimeOptions:
-    """Where and how scoring runs, in Lightning Fabric's terms (see ``odin_pl.evaluation.runtime``).
+    """Where and how scoring runs, in Lightning Fabric's terms.
 
     Args:
         accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
@@ -262,7 +262,7 @@ class OutputOptions:
 
 @dataclass
 class AnalysesOptions:
-    """The paper's analyses (see ``odin_pl.analyses``).
+    """The paper's analyses of the scores (figures and tables under analyses/).
 
     Args:
         names: comma-separated analysis names, or ``all``.
@@ -280,7 +280,7 @@ class AnalysesOptions:
 
 @dataclass
 class BootstrapOptions:
-    """Bootstrap intervals of every reported metric (DESIGN, "Uncertainty"; see ``odin_pl.protocol.bootstrap``).
+    """Bootstrap intervals of every reported metric (paired resamples of the test splits).
 
     Args:
         resamples: paired resamples of each OOD set's test split (0: no intervals).
@@ -305,7 +305,7 @@ class ModelSource:
 
     Args:
         ckpt: checkpoint written by train.py.
-        model: instead of ``ckpt``: a model name registered in timm or by odin_pl.
+        model: instead of ``ckpt``: a model name registered in timm or by this project.
         weights: the model's state_dict file (read with ``weights_only=True``).
         trust_pickle: trust the source of ``ckpt`` or ``weights``: unpickle whole objects (a pickled model;
             unpickling runs code from the file) and import a checkpoint's DataModule from outside ``datamodules``.
@@ -345,7 +345,7 @@ class ModelSource:
 
 @dataclass
 class ProtocolConfig(ModelSource):
-    """A protocol run: what to evaluate (see :class:`ModelSource`) and the option groups.
+    """A protocol run: what to evaluate (a checkpoint, or a model, its weights and data) and how.
 
     Args:
         fit_images: the feature methods (mahalanobis, react, knn) fit on a seeded subset of this many
@@ -392,7 +392,7 @@ class ProtocolConfig(ModelSource):
 
 @dataclass
 class PredictConfig(ModelSource):
-    """Score every image of a folder or named set with a saved detector (see :class:`ModelSource`).
+    """Score every image of a folder or named set with a saved detector.
 
     Args:
         images: a folder of images, or an OOD set name.
