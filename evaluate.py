@@ -192,8 +192,10 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     from odin_pl.evaluation.run import evaluate_protocol, load_target
     from odin_pl.evaluation.runtime import start_processes
 
-    config.check_output_dir()
+    replacing = config.check_output_dir()
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
+    if replacing and fabric.global_rank == 0:
+        print(replacing)
     if config.analyses.names and fabric.world_size > 1:
         raise UserError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
                         "with `evaluate.py analyses RUN_DIR`")
@@ -274,8 +276,7 @@ def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: s
     import yaml
 
     from odin_pl.errors import MissingFileError
-    from odin_pl.evaluation.options import ProtocolConfig
-    from odin_pl.evaluation.outputs import SAVED_CONFIG
+    from odin_pl.evaluation.options import SAVED_CONFIG, ProtocolConfig
     from odin_pl.evaluation.run import evaluate_protocol, load_target
     from odin_pl.evaluation.runtime import start_processes
 

@@ -39,6 +39,10 @@ from odin_pl.errors import UserError
 PRECISIONS = ("32-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")
+SAVED_CONFIG = "config.yaml"  # evaluate.py's resolved configuration in the output folder
+#: What an output folder holds once a protocol run scored in it (a later run there would replace them); a run
+#: that stopped before its first score leaves config.yaml alone, which a later run replaces without asking.
+RUN_FILES = ("results.json", "scores")
 NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
 
 
@@ -249,6 +253,8 @@ class OutputOptions:
 
     Args:
         dir: output folder (default: the run folder's ``evaluation/`` next to ``checkpoints/``).
+        overwrite: replace the results of an earlier evaluation in ``dir`` (default: refuse; its detector files
+            and figures that this run does not write again are removed).
         resume: reuse the saved per-image scores of an interrupted run in ``dir`` (whole passes, and the chunks of a
             stopped pass) that prove to match (same weights, images, splits and settings; a checksum and range
             check of the scores) instead of scoring them again.
@@ -256,6 +262,7 @@ class OutputOptions:
     """
 
     dir: str | None = None
+    overwrite: bool = False
     resume: bool = False
     logger: bool = True
 
@@ -380,14 +387,23 @@ class ProtocolConfig(ModelSource):
     def output_dir(self) -> Path:
         return Path(self.output.dir) if self.output.dir else self.default_output_dir()
 
-    def check_output_dir(self) -> None:
-        """Refuse an output folder that is a file or cannot be created or written, before any work."""
+    def check_output_dir(self) -> str:
+        """Refuse an output folder that is a file, cannot be created or written, or holds an earlier evaluation's
+        results (unless resumed or overwritten), before any work; returns a console line when they are replaced."""
         out = self.output_dir
         if out.exists() and not out.is_dir():
             raise UserError(f"--output.dir {out} is a file: give a folder (it is created when missing)")
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"--output.dir {out}: {existing} is not writable; give a folder you can write to")
+        earlier = [name for name in RUN_FILES if (out / name).is_file() or any((out / name).glob("*"))]
+        if not earlier or self.output.resume:
+            return ""
+        if not self.output.overwrite:
+            raise UserError(f"{out} holds an earlier evaluation ({', '.join(earlier)}): continue it with "
+                            "--output.resume true, evaluate into another folder with --output.dir DIR, or replace "
+                            "it with --output.overwrite true")
+        return f"--output.overwrite true: the earlier evaluation in {out} is replaced"
 
 
 @dataclass
