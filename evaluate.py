@@ -109,6 +109,7 @@ def _subparser(name: str) -> ArgumentParser:
     if name == "aggregate":
         parser.add_argument("run_dirs", nargs="+", type=str, help="two or more protocol output folders (results.json)")
         parser.add_argument("--output", type=str, required=True, help="where aggregate.json and aggregate.md go")
+        parser.add_argument("--logger", type=bool, default=True, help="log the aggregate as a run (W&B, else CSV)")
         return parser
     parser.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
     if name == "analyses":
@@ -248,6 +249,7 @@ def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
 def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: ArgumentParser) -> list[Path]:
     """Bootstrap intervals of a finished run: results.json, results.csv and table.md written again with them."""
     from odin_pl.errors import UserError
+    from odin_pl.evaluation.logs import update_run
     from odin_pl.report.tables import write_results
 
     if not options.resamples:
@@ -256,16 +258,22 @@ def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: Argumen
     paths = write_results(run_dir, run.result.records, run.meta, run.table)
     print(run.table)
     print(f"Intervals ({options.resamples} paired resamples per set): {', '.join(map(str, paths))}")
+    if run.config.output.logger and (where := update_run(run_dir, run)):
+        print(where)
     return paths
 
 
-def aggregate(run_dirs: list[str], output: Path) -> dict[str, Any]:
+def aggregate(run_dirs: list[str], output: Path, logger: bool = True) -> dict[str, Any]:
     """Mean and sample standard deviation of every metric over finished evaluations of one setting."""
     from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
+    from odin_pl.evaluation.logs import log_aggregate
+    from odin_pl.tracking.loggers import LoggerOptions
 
     result = aggregate_runs(run_dirs, output)
     print(aggregate_table(result))
     print(f"Aggregate of {result['n_runs']} evaluations: {output / 'aggregate.json'}, {output / 'aggregate.md'}")
+    if logger and (where := log_aggregate(output, result, LoggerOptions())):
+        print(where)
     return result
 
 
@@ -358,7 +366,7 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     if command == "bootstrap":
         return bootstrap(Path(options.run_dir), subparser.instantiate(options).bootstrap, subparsers["protocol"])
     if command == "aggregate":
-        return aggregate(options.run_dirs, Path(options.output))
+        return aggregate(options.run_dirs, Path(options.output), options.logger)
     _prepare_data(options)
     config_class = ProtocolConfig if command == "protocol" else PredictConfig
     config = _typed(config_class, subparser.instantiate(options))
