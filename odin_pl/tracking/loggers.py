@@ -147,9 +147,15 @@ def describe_logger(logger: Logger | None) -> str:
 
 
 def finish_logger(logger: Logger | None) -> None:
-    """End the W&B run of ``logger`` (its files are complete afterwards), if one was started."""
+    """End the W&B run of ``logger``, if one was started, and wait until its files are complete: ``finish()`` only
+    asks wandb's service to close the run's ``.wandb`` file and does not wait for it (wandb 0.31's
+    ``inform_finish``), so that a reader, or a run resumed with the same id in this process, could find the
+    folder without its file; ``wandb.teardown()`` waits for the service (the next run starts a new one)."""
     if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0 and logger._experiment is not None:
         logger.experiment.finish()  # _experiment: Lightning starts the run on first use; do not start one here
+        import wandb
+
+        wandb.teardown()
 
 
 def discard_run(logger: Logger | None) -> str:
