@@ -17,38 +17,19 @@ This file parses and dispatches; the work is in ``odin_pl.evaluation.run`` (the 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
-from datamodules.image_folder import ImageFolderDataset
-from datamodules.in_distribution import IN_DISTRIBUTION
-from datamodules.ood import build_ood_dataset, ood_set_name
-from datamodules.openood_benchmarks import build_openood_suite
-from datamodules.suite import OODSuite, build_ood_suite
-from odin_pl.analyses import AnalysisOutput, run_analyses
-from odin_pl.cli_errors import one_line_parse_errors
-from odin_pl.deploy.detector import Detector
-from odin_pl.distributed import world
-from odin_pl.evaluation.api import evaluate_target
-from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
-from odin_pl.evaluation.options import (
-    NOISE_TUNING_SET, AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig,
-)
-from odin_pl.evaluation.run import (EvaluationTarget, ProtocolRun, analysis_context, evaluate_openood,
-                                    evaluate_protocol, load_target)
-from odin_pl.fingerprint import file_sha256
-from odin_pl.deploy.prediction import detect_dataset, write_detections
-from odin_pl.evaluation.logs import log_run
-from odin_pl.report.tables import write_results
-from odin_pl.evaluation.outputs import SAVED_CONFIG, write_config, write_run
-from odin_pl.evaluation.runtime import start_processes
-from odin_pl.errors import (DEBUG_FLAG, MissingFileError, NonFiniteScoresError, UserError, report_user_error,
-                            without_debug_flag)
+if TYPE_CHECKING:  # the entry point imports torch, Lightning and the library only when a subcommand runs
+    from datamodules.suite import OODSuite
+    from odin_pl.analyses import AnalysisOutput
+    from odin_pl.evaluation.options import AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig
+    from odin_pl.evaluation.run import EvaluationTarget, ProtocolRun
 
 SUBCOMMANDS = ("protocol", "predict", "analyses", "bootstrap", "aggregate")
 
@@ -62,6 +43,9 @@ DATASET_FLAG = "--dataset"
 
 
 def _dataset_class_path(name: str) -> str:
+    from datamodules.in_distribution import IN_DISTRIBUTION
+    from odin_pl.errors import UserError
+
     if name not in IN_DISTRIBUTION:
         raise UserError(f"unknown in-distribution data set {name!r}; use one of {', '.join(IN_DISTRIBUTION)}")
     cls = IN_DISTRIBUTION[name]
@@ -70,7 +54,7 @@ def _dataset_class_path(name: str) -> str:
 
 def expand_shorthands(argv: list[str]) -> list[str]:
     """``argv`` with the subcommand first (``protocol`` when none is given) and the short spellings of
-    :data:`SHORTHANDS` and ``--dataset NAME`` in their full form."""
+    ``SHORTHANDS`` and ``--dataset NAME`` in their full form."""
     command, rest = (argv[0], argv[1:]) if argv and argv[0] in SUBCOMMANDS else ("protocol", argv)
     shorthands, out, i = SHORTHANDS.get(command, {}), [command], 0
     while i < len(rest):
@@ -87,37 +71,73 @@ def expand_shorthands(argv: list[str]) -> list[str]:
     return out
 
 
+class UserHelp(DefaultHelpFormatter):
+    """Help as a user reads it: the docstrings' reST markup (``name``, :class:`Name`) shown as plain text."""
+
+    @staticmethod
+    def plain(text: str) -> str:
+        return re.sub(r"``([^`]+)``", r"\1", re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text))
+
+    def _expand_help(self, action: Any) -> str:
+        return self.plain(super()._expand_help(action))
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(self.plain(text))
+
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(self.plain(heading) if heading else heading)
+
+
+def _parser(description: str) -> ArgumentParser:
+    return ArgumentParser(description=description, formatter_class=UserHelp)
+
+
 def _config_parser(config_class: type) -> ArgumentParser:
-    parser = ArgumentParser(description=config_class.__doc__.splitlines()[0])
+    parser = _parser(config_class.__doc__.splitlines()[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/evaluate/)")
     parser.add_class_arguments(config_class, None)
     return parser
 
 
-def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
+def _subparser(name: str) -> ArgumentParser:
+    """The parser of one subcommand (built only for the subcommand that runs: it imports the library)."""
+    from odin_pl.evaluation.options import AnalysesOptions, BootstrapOptions, PredictConfig, ProtocolConfig
+
+    if name in ("protocol", "predict"):
+        return _config_parser(ProtocolConfig if name == "protocol" else PredictConfig)
+    parser = _parser(HELPS[name])
+    if name == "aggregate":
+        parser.add_argument("run_dirs", nargs="+", type=str, help="two or more protocol output folders (results.json)")
+        parser.add_argument("--output", type=str, required=True, help="where aggregate.json and aggregate.md go")
+        parser.add_argument("--logger", type=bool, default=True, help="log the aggregate as a run (W&B, else CSV)")
+        return parser
+    parser.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
+    if name == "analyses":
+        parser.add_class_arguments(AnalysesOptions, "analyses")
+        parser.add_argument("--accelerator", type=str | None, default=None, help="override the run's accelerator")
+    else:
+        parser.add_class_arguments(BootstrapOptions, "bootstrap")
+    return parser
+
+
+HELPS = {"protocol": "the paper's protocol (the default): tune on held-out images, report the rest",
+         "predict": "score images with a saved detector",
+         "analyses": "the paper's analyses of a finished protocol run",
+         "bootstrap": "bootstrap intervals of a finished protocol run, from its saved scores",
+         "aggregate": "mean ± std over finished evaluations of one setting (e.g. training seeds)"}
+
+
+def build_parser(commands: tuple[str, ...] = SUBCOMMANDS) -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     """``evaluate.py protocol | predict | analyses | bootstrap | aggregate``, built from the typed groups of
-    ``odin_pl.evaluation.options``; and the parser of each subcommand."""
-    parser = ArgumentParser(prog="evaluate.py", description="OOD detection with ODIN: protocol, predict, analyses, "
-                            f"bootstrap, aggregate. An error is one line; add {DEBUG_FLAG} for its traceback.")
-    analyses = ArgumentParser(description="The paper's analyses of a finished protocol run (single process)")
-    analyses.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
-    analyses.add_class_arguments(AnalysesOptions, "analyses")
-    analyses.add_argument("--accelerator", type=str | None, default=None, help="override the run's accelerator")
-    bootstrap = ArgumentParser(description="Bootstrap intervals for a finished protocol run, from its saved scores")
-    bootstrap.add_argument("run_dir", type=str, help="the protocol's output folder (config.yaml, scores/)")
-    bootstrap.add_class_arguments(BootstrapOptions, "bootstrap")
-    aggregate = ArgumentParser(description="Mean and standard deviation over finished evaluations of one setting")
-    aggregate.add_argument("run_dirs", nargs="+", type=str, help="two or more protocol output folders (results.json)")
-    aggregate.add_argument("--output", type=str, required=True, help="where aggregate.json and aggregate.md go")
-    subparsers = {"protocol": _config_parser(ProtocolConfig), "predict": _config_parser(PredictConfig),
-                  "analyses": analyses, "bootstrap": bootstrap, "aggregate": aggregate}
-    helps = {"protocol": "the paper's protocol (the default)", "predict": "score images with a saved detector",
-             "analyses": "the paper's analyses of a finished protocol run",
-             "bootstrap": "bootstrap intervals of a finished protocol run, from its saved scores",
-             "aggregate": "mean ± std over finished evaluations (e.g. training seeds)"}
-    subcommands = parser.add_subcommands(required=True, dest="command")
+    ``odin_pl.evaluation.options``; and the parser of each subcommand in ``commands`` (the others stand in with
+    their description only, so that ``evaluate.py --help`` imports nothing heavy)."""
+    parser = ArgumentParser(prog="evaluate.py", formatter_class=UserHelp,
+                            description="OOD detection with ODIN. Without a subcommand, evaluate.py runs protocol "
+                            "(evaluate.py --ckpt PATH). An error is one line; add --debug for its traceback.")
+    subparsers = {name: _subparser(name) if name in commands else _parser(HELPS[name]) for name in SUBCOMMANDS}
+    subcommands = parser.add_subcommands(required=False, dest="command")  # expand_shorthands gives protocol
     for name, subparser in subparsers.items():
-        subcommands.add_subcommand(name, subparser, help=helps[name])
+        subcommands.add_subcommand(name, subparser, help=HELPS[name])
     return parser, subparsers
 
 
@@ -148,6 +168,10 @@ def _typed(config_class: type, instantiated: Namespace) -> Any:
 
 
 def _suite(config: ProtocolConfig, target: EvaluationTarget) -> OODSuite:
+    from datamodules.suite import build_ood_suite
+    from odin_pl.distributed import world
+    from odin_pl.evaluation.options import NOISE_TUNING_SET
+
     suite = build_ood_suite(config.ood.sets, target.datamodule.default_ood_sets, target.spec,
                             target.datamodule.data_root, config.seed, config.ood.num_images, config.ood.download,
                             noise_tuning=config.tuning.tune_on == NOISE_TUNING_SET, exclude=[config.output_dir])
@@ -163,8 +187,17 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
     run (on every process). ``resolved_config`` (YAML) is saved as ``config.yaml`` in the output folder once the
     model and data have loaded, before any scoring. ``may_start_processes``: see
     :func:`odin_pl.evaluation.runtime.start_processes` (true on the command line)."""
-    config.check_output_dir()
+    from odin_pl.errors import UserError
+    from odin_pl.evaluation.api import evaluate_target
+    from odin_pl.evaluation.logs import log_run
+    from odin_pl.evaluation.outputs import write_config
+    from odin_pl.evaluation.run import load_target
+    from odin_pl.evaluation.runtime import start_processes
+
+    replacing = config.check_output_dir()
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
+    if replacing and fabric.global_rank == 0:
+        print(replacing)
     if config.analyses.names and fabric.world_size > 1:
         raise UserError(f"the analyses run in a single process, this run has {fabric.world_size}: run them later "
                         "with `evaluate.py analyses RUN_DIR`")
@@ -206,6 +239,12 @@ def protocol(config: ProtocolConfig, resolved_config: str = "", *, may_start_pro
 def _openood(config: ProtocolConfig, target: EvaluationTarget, device: Any, out: Path) -> ProtocolRun:
     """OpenOOD v1.5's protocol on ``--openood.benchmark`` under the data root; process 0 writes its files (the
     method table and OpenOOD's tables in ``table.md``), prints and logs them."""
+    from datamodules.openood_benchmarks import build_openood_suite
+    from odin_pl.distributed import world
+    from odin_pl.evaluation.logs import log_run
+    from odin_pl.evaluation.outputs import write_run
+    from odin_pl.evaluation.run import evaluate_openood
+
     fitted = any(grid.method.needs_fit for grid in config.tuning.openood_plan(config.seed).methods)
     suite = build_openood_suite(config.openood.benchmark, config.data_root or target.datamodule.data_root,
                                 target.spec, config.openood.download, train=fitted, csid=False,
@@ -223,6 +262,9 @@ def _openood(config: ProtocolConfig, target: EvaluationTarget, device: Any, out:
 
 
 def _run_analyses(run: ProtocolRun, target: EvaluationTarget, suite: OODSuite) -> dict[str, AnalysisOutput]:
+    from odin_pl.analyses import run_analyses
+    from odin_pl.evaluation.run import analysis_context
+
     outputs = run_analyses(run.config.analyses.names, analysis_context(run, target, suite.datasets))
     if outputs:
         print(f"Analyses ({', '.join(outputs)}): {run.config.output_dir / 'analyses'}")
@@ -238,20 +280,32 @@ def analyses(run_dir: Path, options: AnalysesOptions, accelerator: str | None,
 
 def bootstrap(run_dir: Path, options: BootstrapOptions, protocol_parser: ArgumentParser) -> list[Path]:
     """Bootstrap intervals of a finished run: results.json, results.csv and table.md written again with them."""
+    from odin_pl.errors import UserError
+    from odin_pl.evaluation.logs import update_run
+    from odin_pl.report.tables import write_results
+
     if not options.resamples:
         raise UserError("--bootstrap.resamples 0 computes no interval: give the number of resamples (e.g. 1000)")
     run, _, _ = _finished_run(run_dir, protocol_parser, bootstrap=options)
     paths = write_results(run_dir, run.result.records, run.meta, run.table)
     print(run.table)
     print(f"Intervals ({options.resamples} paired resamples per set): {', '.join(map(str, paths))}")
+    if run.config.output.logger and (where := update_run(run_dir, run)):
+        print(where)
     return paths
 
 
-def aggregate(run_dirs: list[str], output: Path) -> dict[str, Any]:
+def aggregate(run_dirs: list[str], output: Path, logger: bool = True) -> dict[str, Any]:
     """Mean and sample standard deviation of every metric over finished evaluations of one setting."""
+    from odin_pl.evaluation.aggregate import aggregate_runs, aggregate_table
+    from odin_pl.evaluation.logs import log_aggregate
+    from odin_pl.tracking.loggers import LoggerOptions
+
     result = aggregate_runs(run_dirs, output)
     print(aggregate_table(result))
     print(f"Aggregate of {result['n_runs']} evaluations: {output / 'aggregate.json'}, {output / 'aggregate.md'}")
+    if logger and (where := log_aggregate(output, result, LoggerOptions())):
+        print(where)
     return result
 
 
@@ -259,6 +313,13 @@ def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: s
                   **groups: Any) -> tuple[ProtocolRun, EvaluationTarget, OODSuite]:
     """A finished run again, in one process: its config.yaml (option ``groups`` replaced) and its saved scores
     give the protocol's result (nothing is scored)."""
+    import yaml
+
+    from odin_pl.errors import MissingFileError
+    from odin_pl.evaluation.options import SAVED_CONFIG, ProtocolConfig
+    from odin_pl.evaluation.run import evaluate_protocol, load_target
+    from odin_pl.evaluation.runtime import start_processes
+
     saved = run_dir / SAVED_CONFIG
     if not saved.is_file():
         raise MissingFileError(f"{saved} does not exist: give the output folder of a finished protocol run "
@@ -282,6 +343,15 @@ def _finished_run(run_dir: Path, protocol_parser: ArgumentParser, accelerator: s
 def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path:
     """Score every image of ``config.images`` with a saved detector (each process its share; process 0 writes the
     CSV); returns the CSV's path."""
+    from datamodules.image_folder import ImageFolderDataset
+    from datamodules.ood import build_ood_dataset, ood_set_name
+    from odin_pl.deploy.detector import Detector
+    from odin_pl.deploy.prediction import detect_dataset, write_detections
+    from odin_pl.errors import NonFiniteScoresError
+    from odin_pl.evaluation.run import load_target
+    from odin_pl.evaluation.runtime import start_processes
+    from odin_pl.fingerprint import file_sha256
+
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
     target = load_target(config)
     target.model.to(device=fabric.device, dtype=config.runtime.dtype)
@@ -309,10 +379,15 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     Only with the command line (``argv`` None) may a run with several processes start them itself.
     """
     from_command_line = argv is None
-    argv = without_debug_flag(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("-h", "--help"):
-        argv = expand_shorthands(argv)
-    parser, subparsers = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):  # the overview: no subcommand's parser, nothing heavy imported
+        build_parser(())[0].parse_args(argv)
+    from odin_pl.cli_errors import one_line_parse_errors
+    from odin_pl.errors import without_debug_flag
+    from odin_pl.evaluation.options import PredictConfig, ProtocolConfig
+
+    argv = expand_shorthands(without_debug_flag(argv))
+    parser, subparsers = build_parser((argv[0], "protocol"))
     with one_line_parse_errors(parser):
         parsed = parser.parse_args(argv)
     command = parsed.command
@@ -323,7 +398,7 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
     if command == "bootstrap":
         return bootstrap(Path(options.run_dir), subparser.instantiate(options).bootstrap, subparsers["protocol"])
     if command == "aggregate":
-        return aggregate(options.run_dirs, Path(options.output))
+        return aggregate(options.run_dirs, Path(options.output), options.logger)
     _prepare_data(options)
     config_class = ProtocolConfig if command == "protocol" else PredictConfig
     config = _typed(config_class, subparser.instantiate(options))
@@ -334,15 +409,18 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
 
 
 def run_command_line() -> int:
-    """``main()`` for the shell: a user error (:class:`~odin_pl.errors.UserError`) ends in one line on stderr and
+    """``main()`` for the shell: a user error (``odin_pl.errors.UserError``) ends in one line on stderr and
     exit status 2 (its traceback with ``--debug``); any other exception is a bug and keeps its traceback. In a run
     of several processes, a process whose peer stopped ends with one line and status 1."""
     try:
         main()
-    except UserError as err:
-        return report_user_error("evaluate.py", err, sys.argv[1:], process=_process_label())
-    except RuntimeError as err:
-        if world()[1] == 1:
+    except Exception as err:
+        from odin_pl.distributed import world
+        from odin_pl.errors import UserError, report_user_error
+
+        if isinstance(err, UserError):
+            return report_user_error("evaluate.py", err, sys.argv[1:], process=_process_label())
+        if not isinstance(err, RuntimeError) or world()[1] == 1:
             raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"evaluate.py: error{_process_label()}: stopped because another process of the run failed (see its "
@@ -352,6 +430,8 @@ def run_command_line() -> int:
 
 
 def _process_label() -> str:
+    from odin_pl.distributed import world
+
     rank, world_size = world()
     return f" (process {rank} of {world_size})" if world_size > 1 else ""
 

@@ -15,14 +15,16 @@ on the data. Unless ``trainer.enable_checkpointing`` is false, ``<trainer.defaul
 is written atomically after every epoch and, only when the DataModule holds out a validation split
 (``val_split > 0``), ``best.ckpt`` at the highest ``val/acc``; the test accuracy is then that of ``best.ckpt``,
 which is the checkpoint printed for evaluation. With ``val_split = 0`` (the paper's configs) validation runs on the
-test set, so nothing is selected on it. A new run replaces the checkpoints of a finished run in its folder and
-refuses to start over an unfinished one (resume it with ``--ckpt_path last``, or choose another folder).
+test set, so nothing is selected on it. A new run into the folder of another run (finished or not) is refused:
+resume it with ``--ckpt_path last``, train into another folder, or replace its checkpoints with ``--overwrite true``
+(evaluate.py's ``--output.overwrite true`` does the same for an evaluation folder).
 ``--trainer.fast_dev_run`` writes no checkpoint and starts no logger.
 
 The logger is the ``logger:`` group's (``configs/logger/``, the format evaluate.py reads too) unless ``trainer.logger``
-is set: a W&B run ``<experiment>-seed<seed>`` with job type ``train`` in the group ``<experiment>`` (offline without
-network), holding the resolved config (``callbacks.TrainingRun``), the metrics and, at the end of ``fit``, the last
-checkpoint as a model artifact. Checkpoints keep the run's id: a resumed fit continues the same W&B run.
+is set: a W&B run ``<experiment>-seed<seed>`` (``-<tag>`` with ``--logger.tag``) with job type ``train`` in the
+group ``<experiment>`` (offline without network), holding the resolved config (``callbacks.TrainingRun``), the
+metrics and, at the end of ``fit``, the last checkpoint as a model artifact. Checkpoints keep the run's id: a
+resumed fit continues the same W&B run.
 
 Data are checked before a logger run is created, and a new W&B run of a start that fails before its first step is
 removed. ``trainer.precision: auto`` picks the precision this machine runs fast (``odin_pl.training.precision``).
@@ -129,6 +131,8 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str, default="train", help="run name (logger, output folders)")
         parser.add_argument("--skip_test", type=bool, default=False, help="fit: do not report test accuracy at the end")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: replace the checkpoints of another run in the folder (default: refuse)")
         parser.add_class_arguments(LoggerOptions, "logger")  # mapped into trainer.logger unless that is set
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
@@ -192,8 +196,9 @@ class TrainCLI(LightningCLI):
         if self.subcommand in ("fit", None) and ckpt_path is not None and Path(ckpt_path).is_file():
             run = training_record(ckpt_path).get("logger") or {}
         self.new_logger_run = run.get("id") is None
-        return build_logger(self._get(self.config_init, "logger"), root,
-                            name=experiment if seed is None else f"{experiment}-seed{seed}", group=experiment,
+        options = self._get(self.config_init, "logger")
+        name = options.default_name(experiment, *([] if seed is None else [f"seed{seed}"]))
+        return build_logger(options, root, name=name, group=experiment,
                             job_type="train" if self.subcommand in ("fit", None) else self.subcommand,
                             run_id=run.get("id") if run.get("backend") == "wandb" else None)
 
@@ -224,10 +229,13 @@ class TrainCLI(LightningCLI):
             return
         if last.is_file():
             finished, epochs = run_progress(last)
-            if not finished:
-                raise UserError(f"{last} is from a run that stopped after {epochs} epoch(s) without finishing: "
-                                "resume it with --ckpt_path last, or train into another folder with "
-                                "--trainer.default_root_dir DIR")
+            if self._get(self.config, "overwrite"):
+                say(f"--overwrite true: the checkpoints of the earlier run in {last.parent} are replaced")
+                return
+            state = "a finished run" if finished else f"a run that stopped after {epochs} epoch(s) without finishing"
+            resume = "" if finished else "resume it with --ckpt_path last, "
+            raise UserError(f"{last} is from {state}: {resume}train into another folder with "
+                            "--trainer.default_root_dir DIR, or replace its checkpoints with --overwrite true")
 
     def after_fit(self) -> None:
         """Report test accuracy (of best.ckpt when one is kept), then print the checkpoint and what to run next."""

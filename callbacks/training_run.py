@@ -8,6 +8,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.odin_eval import ODINEvalCallback
+from odin_pl.methods import create_method
 from odin_pl.training.checkpoint import TRAINING_KEY
 from odin_pl.tracking.loggers import run_identity
 
@@ -18,8 +20,8 @@ class TrainingRun(Callback):
     run and
     an evaluation of the checkpoint is named after the experiment and joins the run's group; and logs ``config``
     (the resolved command-line configuration) once, completed with the model's resolved hyperparameters (number of
-    classes, image spec) and the class of every callback of the trainer, in place of Lightning's flat copy of the
-    model's initial arguments."""
+    classes, image spec), the class of every callback of the trainer and what each ODINEvalCallback measures
+    (:func:`evaluation_callbacks`), in place of Lightning's flat copy of the model's initial arguments."""
 
     def __init__(self, experiment: str, seed: int | None, config: dict[str, Any]) -> None:
         self.experiment, self.seed, self.config = experiment, seed, config
@@ -37,7 +39,8 @@ class TrainingRun(Callback):
         self._config_logged = True
         model = {**(self.config.get("model") or {}), **pl_module.hparams}
         callbacks = [f"{type(c).__module__}.{type(c).__qualname__}" for c in trainer.callbacks]
-        trainer.logger.log_hyperparams({**self.config, "model": model, "callbacks": callbacks})
+        trainer.logger.log_hyperparams({**self.config, "model": model, "callbacks": callbacks,
+                                        "ood_evaluation": evaluation_callbacks(trainer.callbacks)})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_config(trainer, pl_module)
@@ -52,3 +55,15 @@ class TrainingRun(Callback):
                            checkpoint: dict[str, Any]) -> None:
         checkpoint.setdefault("odin_pl", {})[TRAINING_KEY] = {"experiment": self.experiment, "seed": self.seed,
                                                               "logger": run_identity(trainer.logger)}
+
+
+def evaluation_callbacks(callbacks: list[Callback]) -> dict[str, dict[str, Any]]:
+    """Per ODINEvalCallback (keyed by where it logs, ``ood`` or ``ood/<name>``): its methods with their fixed
+    parameters, its OOD sets and image counts, and how often it runs."""
+    return {callback.prefix.rstrip("/"): {
+        "methods": {method: dict(zip((p.name for p in create_method(method).params), setting))
+                    for method, setting in callback.settings.items()},
+        "sets": [ood.name for ood in callback.ood],
+        "num_images": {ood.name: ood.num_images for ood in callback.ood},
+        "every_n_epochs": callback.every_n_epochs, "batch_size": callback.batch_size}
+        for callback in callbacks if isinstance(callback, ODINEvalCallback)}

@@ -239,8 +239,9 @@ def test_evaluate_runs_all_analyses_and_logs_their_numbers(quickstart_ckpt: str,
     assert files == {f"{name}.{ext}" for name in ANALYSES for ext in ("json", "png")}
     sweeps = json.loads((tmp_path / "analyses" / "sweeps.json").read_text())
     assert sweeps["lines"]["vs_T_at_epsilon=0"]["values"] == [1.0, 1000.0]
-    # WANDB_MODE=disabled: CSV, in a folder named after the training run and the mode
-    logged = next(tmp_path.glob("quickstart-seed0-paper/*/metrics.csv")).read_text().splitlines()[0]
+    # WANDB_MODE=disabled: CSV, in a folder named after the training run, the mode, methods, sets, a fingerprint
+    logged = next(tmp_path.glob("quickstart-seed0-paper-msp+odin-gaussian+photos-??????/*/metrics.csv")).read_text(
+    ).splitlines()[0]
     assert "analyses/distances/sets/gaussian/mmd2" in logged and "eval/ood/gaussian/odin/auroc" in logged
 
 

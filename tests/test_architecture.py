@@ -19,7 +19,7 @@ ENTRY_POINTS = ("evaluate", "train")
 LAYERS = {
     **{f"odin_pl.{leaf}": 0 for leaf in ("errors", "files", "fingerprint", "distributed", "spec", "metrics",
                                          "openood_metrics", "archives", "safe_names", "csv_cells", "cli_errors",
-                                         "images", "version")},
+                                         "images", "version", "progress")},
     "odin_pl.models": 1,
     "odin_pl.methods": 2,
     "odin_pl.protocol": 3,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -492,8 +493,11 @@ def test_nan_weights_stop_the_protocol_at_the_first_batch(quickstart_ckpt: str, 
     assert len(batches) == 1
 
 
-def test_a_reused_output_folder_keeps_nothing_of_the_earlier_run(quickstart_ckpt: str, tmp_path: Path) -> None:
-    """Before issue 29 a run into an earlier run's folder left that run's ``detectors/<set>.json`` and figures of
+def test_a_reused_output_folder_needs_overwrite_and_keeps_nothing_of_the_earlier_run(quickstart_ckpt: str,
+                                                                                      tmp_path: Path,
+                                                                                      capsys) -> None:
+    """A run into an earlier run's folder is refused unless ``--output.overwrite true`` (issue 28), which touches
+    nothing; before issue 29 an overwriting run left the earlier run's ``detectors/<set>.json`` and figures of
     the sets it no longer evaluates beside its own results. Also: a folder named ``=1+1`` is no formula in
     results.csv, its images with names that are not UTF-8 all count (6 images: 3 tune, 3 test), and config.yaml
     is written through the atomic writer."""
@@ -515,7 +519,16 @@ def test_a_reused_output_folder_keeps_nothing_of_the_earlier_run(quickstart_ckpt
                                                                          for f in figures)
     assert sorted(p.name for p in (out / "detectors").iterdir()) == ["=1+1.odin.json", "fixed.msp.json",
                                                                      "gaussian.odin.json"]
-    evaluate.main([*common, "--ood.sets", "gaussian"])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(UserError, match=re.escape(
+            f"{out} holds an earlier evaluation (results.json, scores): continue it with "
+            "--output.resume true, evaluate into another folder with --output.dir DIR, or replace it with "
+            "--output.overwrite true")):
+        evaluate.main([*common, "--ood.sets", "gaussian"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    capsys.readouterr()
+    evaluate.main([*common, "--ood.sets", "gaussian", "--output.overwrite", "true"])
+    assert f"--output.overwrite true: the earlier evaluation in {out} is replaced" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "figures").iterdir()) == [f.format("gaussian") for f in figures]
     assert sorted(p.name for p in (out / "detectors").iterdir()) == ["fixed.msp.json", "gaussian.odin.json"]
     assert yaml.safe_load((out / "config.yaml").read_text())["ood"]["sets"] == "gaussian"

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import transforms as T
 
+import datamodules.openood_benchmarks as openood_benchmarks
 from datamodules.openood import read_image_list
 from odin_pl.errors import UserError
 from odin_pl.methods import Method, Param, create_method
@@ -239,7 +240,7 @@ def test_both_protocols_in_one_command(quickstart_ckpt, tmp_path, monkeypatch):
         def sets(self) -> OpenOODSets:
             return _digit_sets(tmp_path / "data", self.spec)
 
-    monkeypatch.setattr(evaluate, "build_openood_suite", Suite)
+    monkeypatch.setattr(openood_benchmarks, "build_openood_suite", Suite)  # evaluate.py imports it when it runs
     out = tmp_path / "out"
     run = evaluate.main(["protocol", "--ckpt", quickstart_ckpt, "--tuning.mode", "paper,openood", "--openood.benchmark",
                          "digits", "--methods", "msp,odin,knn", "--ood.sets", "gaussian", "--ood.num_images", "100",

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -98,20 +99,32 @@ def test_a_damaged_checkpoint_to_resume_is_a_one_line_error(quickstart_ckpt: str
                             "member ") and error.count("\n") == 1
 
 
-def test_a_rerun_into_a_finished_run_replaces_its_checkpoint_and_prints_it(quickstart_ckpt: str, tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture) -> None:
-    """``--trainer.default_root_dir`` moves the checkpoints; a finished run's last.ckpt is replaced (no
-    last-v1.ckpt), so the printed path, the one the README evaluates, is the newest model."""
+def test_a_rerun_into_a_finished_run_needs_overwrite_then_replaces_its_checkpoint(quickstart_ckpt: str,
+                                                                                   tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture
+                                                                                   ) -> None:
+    """``--trainer.default_root_dir`` moves the checkpoints; a finished run's last.ckpt is kept unless
+    ``--overwrite true`` is given, and then replaced (no last-v1.ckpt), so the printed path, the one the README
+    evaluates, is the newest model."""
     folder = tmp_path / "run"
     shutil.copytree(Path(quickstart_ckpt).parents[1], folder)
-    before = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    ckpt = train.main(["--trainer.default_root_dir", str(folder), "--trainer.max_epochs", "1", "--trainer.logger",
-                       "false", "--trainer.callbacks", "[]", "--skip_test", "true", "--seed_everything", "1"])
-    assert Path(ckpt) == folder / "checkpoints" / "last.ckpt"
+    last = folder / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)["state_dict"]
+    args = ["--trainer.default_root_dir", str(folder), "--trainer.max_epochs", "1", "--trainer.logger", "false",
+            "--trainer.callbacks", "[]", "--skip_test", "true", "--seed_everything", "1"]
+    stamp = last.stat().st_mtime_ns
+    with pytest.raises(UserError, match=re.escape(f"{last} is from a finished run: train into another folder with "
+                       "--trainer.default_root_dir DIR, or replace its checkpoints with --overwrite true")):
+        train.main(args)
+    assert last.stat().st_mtime_ns == stamp
+    ckpt = train.main([*args, "--overwrite", "true"])
+    out = capsys.readouterr().out
+    assert f"--overwrite true: the checkpoints of the earlier run in {last.parent} are replaced" in out
+    assert Path(ckpt) == last
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
     after = torch.load(ckpt, weights_only=True)["state_dict"]
     assert not all(torch.equal(before[k], after[k]) for k in before)
-    assert f"Checkpoint: {ckpt}\nEvaluate it with:" in capsys.readouterr().out
+    assert f"Checkpoint: {ckpt}\nEvaluate it with:" in out
 
 
 def test_fast_dev_run_writes_no_checkpoint_and_starts_no_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -297,7 +310,8 @@ def test_a_killed_run_resumes_exactly(uninterrupted: tuple[dict, str], workers: 
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert run_progress(last) == (False, KILL_AFTER_EPOCH + 1)  # a crash loses at most the epoch in progress
     if workers == 0:  # a new run over the unfinished one is refused, with the way out
-        with pytest.raises(ValueError, match="stopped after 2 epoch.*--ckpt_path last.*--trainer.default_root_dir"):
+        with pytest.raises(ValueError, match="stopped after 2 epoch.*--ckpt_path last.*--trainer.default_root_dir"
+                           ".*--overwrite true"):
             train.main(["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
     status, console = _train_in_process(tmp_path, *args, "--trainer.callbacks", "[]", "--ckpt_path", "last")
     assert status == 0, console

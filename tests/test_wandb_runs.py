@@ -1,9 +1,10 @@
-"""The W&B runs of the quickstart's train, evaluate and resumed train, logged offline and read back from their
-``.wandb`` records (tests/wandb_records.py): names, groups, job types, config, summary, artifacts and the
-evaluation's reference to the checkpoint it measured. The only test with W&B on (conftest.py disables it)."""
+"""The W&B runs of the quickstart's train, evaluate, bootstrap, aggregate and resumed train, logged offline and read
+back from their ``.wandb`` records (tests/wandb_records.py): names, groups, job types, config, summary, artifacts
+and the evaluation's reference to the checkpoint it measured. The only test with W&B on (conftest.py disables it)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,15 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> None:
     ckpt = train.main(["--trainer.max_epochs", "2", "--trainer.callbacks.every_n_epochs=2",
                        "--trainer.callbacks.num_images=200"])
-    evaluate.main(["--ckpt", ckpt, "--ood.num_images", "200", "--tuning.temperatures", "1,1000",
-                   "--tuning.epsilons", "0,0.002"])
+    evaluation = ["--ckpt", ckpt, "--ood.num_images", "200", "--tuning.temperatures", "1,1000",
+                  "--tuning.epsilons", "0,0.002"]
+    evaluate.main(evaluation)
+    other = offline_wandb / "other"
+    evaluate.main([*evaluation, "--output.dir", str(other), "--seed", "1", "--methods", "msp,odin,energy",
+                   "--ood.sets", "gaussian", "--logger.tag", "try2", "--bootstrap.resamples", "0"])
     [trained] = offline_runs(offline_wandb / "runs" / "quickstart" / "wandb")
     [evaluated] = offline_runs(offline_wandb / "runs" / "quickstart" / "evaluation" / "wandb")
+    [second] = offline_runs(other / "wandb")
 
     # Training: named after experiment and seed, grouped by experiment, the whole resolved config.
     run_id = trained.run.run_id
@@ -48,6 +54,9 @@ def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> No
     assert {"callbacks.odin_eval.ODINEvalCallback", "callbacks.run_checkpoint.RunCheckpoint"} <= set(
         config["callbacks"])
     assert config["logger"]["project"] == "odin-pl" and not {"backbone", "config", "__default_config__"} & set(config)
+    assert config["ood_evaluation"] == {"ood": {  # the callback's configuration, as the quickstart sets it
+        "methods": {"msp": {}, "odin": {"temperature": 1000.0, "epsilon": 0.0014}}, "sets": list(SETS),
+        "num_images": dict.fromkeys(SETS, 200), "every_n_epochs": 2, "batch_size": 256}}
     assert {"test/acc", "val/acc", "train/loss_epoch", "ood/gaussian/odin/auroc"} <= set(trained.summary)
     [model] = trained.artifacts
     sha256 = file_sha256(ckpt)
@@ -56,9 +65,13 @@ def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> No
     assert [entry.path for entry in model.manifest.contents] == ["last.ckpt"]
     assert training_record(ckpt)["logger"]["id"] == run_id  # what a resumed fit continues
 
-    # Evaluation: named after the training run and the mode, in its group, linked to it and to the checkpoint.
-    assert (evaluated.run.display_name, evaluated.run.run_group, evaluated.run.job_type) == (
-        "quickstart-seed0-paper", "quickstart", "evaluate")
+    # Evaluation: named after the training run, the mode, methods, sets, tag and a fingerprint of the rest, in its
+    # group, linked to it and to the checkpoint.
+    assert re.fullmatch("quickstart-seed0-paper-msp[+]odin-gaussian[+]uniform[+]photos-[0-9a-f]{6}",
+                        evaluated.run.display_name), evaluated.run.display_name
+    assert re.fullmatch("quickstart-seed0-paper-msp[+]odin[+]energy-gaussian-try2-[0-9a-f]{6}",
+                        second.run.display_name), second.run.display_name
+    assert (evaluated.run.run_group, evaluated.run.job_type) == ("quickstart", "evaluate")
     config = evaluated.config
     assert config["training_run"]["id"] == run_id and config["training_run"]["experiment"] == "quickstart"
     assert config["tuning"]["grids"]["odin"]["temperature"] == [1.0, 1000.0] and config["tuning"]["mode"] == "paper"
@@ -81,9 +94,28 @@ def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> No
     metrics = {f"eval/ood/{s}/{m}/{k}" for s in SETS for m in ("msp", "odin") for k in METRIC_NAMES}
     metrics |= {f"eval/ood/{s}/{m}/{k}_{f}" for s in SETS for m in intervals for k in METRIC_NAMES
                 for f in intervals[m]}
-    assert {k for k in evaluated.summary if k.startswith(("eval/", "ood/"))} == metrics
+    assert {k for k in evaluated.summary if k.startswith(("eval/", "ood/")) and k in metrics} == metrics
+    # The metrics are the summary (no one-step charts) and one table per set and method (a row per metric).
+    tables = {f"eval/ood/{s}/{m}" for s in SETS for m in ("msp", "odin")}
     written = [k for step in evaluated.history for k in step if k.startswith("eval/")]
-    assert sorted(written) == sorted(metrics)  # each key once
+    assert sorted(written) == sorted(tables)
+    assert all(evaluated.summary[k]["_type"] == "table-file" and evaluated.summary[k]["nrows"] == len(METRIC_NAMES)
+               for k in tables)
+
+    # bootstrap continues the evaluation's run (offline: a second part with its id); aggregate logs a run.
+    evaluate.main(["bootstrap", str(other), "--bootstrap.resamples", "20"])
+    first_part, bootstrapped = offline_runs(other / "wandb")
+    assert bootstrapped.run.run_id == second.run.run_id and "eval/ood/gaussian/energy/auroc_ci_low" in \
+        bootstrapped.summary
+    again = offline_wandb / "again"
+    evaluate.main([*evaluation, "--output.dir", str(again), "--seed", "1", "--methods", "msp,odin,energy",
+                   "--ood.sets", "gaussian", "--logger.tag", "try2", "--bootstrap.resamples", "0"])
+    evaluate.main(["aggregate", str(other), str(again), "--output", str(offline_wandb / "agg")])
+    [aggregated] = offline_runs(offline_wandb / "agg" / "wandb")
+    assert (aggregated.run.display_name, aggregated.run.job_type) == ("aggregate-" + offline_wandb.name + "-2runs",
+                                                                      "aggregate")
+    assert aggregated.config["runs"] == [str(other.resolve()), str(again.resolve())]
+    assert "aggregate/gaussian/energy/auroc_mean" in aggregated.summary and "aggregate" in aggregated.summary
 
     # A resumed fit continues its W&B run (offline: a second part with the same id; `wandb sync` uploads both).
     train.main(["--ckpt_path", "last", "--trainer.max_epochs", "3", "--trainer.callbacks", "[]", "--skip_test",

@@ -1,10 +1,15 @@
 """Log a protocol run to the experiment logger as an evaluation run: named after the checkpoint's training run and
-the mode, in the training run's group, with the resolved configuration (each set's chosen parameters included), the
-metrics, the results table, figures, ROC curves, analyses, the result files as an artifact and the evaluated
-checkpoint as its input artifact."""
+what the evaluation chose (mode, methods, sets, the user's tag, a fingerprint of the rest), in the training run's
+group, with the resolved configuration (each set's chosen parameters included), the metrics as the run's summary and
+one table per set and method (W&B; CSV: one row), the results table, figures, ROC curves, analyses, the result files
+as an artifact and the evaluated checkpoint as its input artifact. The run's identity is kept in the output folder
+(``logger.json``), so that ``evaluate.py bootstrap`` updates the same run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import warnings
 from dataclasses import asdict, fields, is_dataclass
@@ -17,16 +22,21 @@ from odin_pl.analyses import AnalysisOutput, scalar_metrics
 from odin_pl.tracking.artifacts import artifact_name, link_checkpoint, log_results
 from odin_pl.training.checkpoint import training_record
 from odin_pl.evaluation.run import ProtocolRun
-from odin_pl.tracking.loggers import build_logger, describe_logger, finish_logger, wandb_run
+from odin_pl.files import atomic_write
+from odin_pl.tracking.loggers import (LoggerOptions, build_logger, describe_logger, finish_logger, run_identity,
+                                      wandb_run)
 from odin_pl.protocol.bootstrap import INTERVAL_FIELDS
 from odin_pl.protocol.openood import PREFIX as OPENOOD_PREFIX, OpenOODResult
 from odin_pl.metrics import METRIC_NAMES
 from odin_pl.report.plots import roc_points
-from odin_pl.evaluation.outputs import SAVED_CONFIG, RunFiles
+from odin_pl.evaluation.options import SAVED_CONFIG
+from odin_pl.evaluation.outputs import RunFiles
 
 FIGURE_KINDS = ("roc", "scores", "grid")  # one W&B panel per kind: images of one size
 ROC_POINTS = 500  # points per logged ROC curve
 METRIC_PREFIX = "eval/ood"  # the training callback's keys are ood/...: grouped charts must not average the two
+LOGGER_RECORD = "logger.json"  # the evaluation's logger run (run_identity) in its output folder
+NAMED_SETS = 3  # a run name lists up to this many OOD sets, else their number
 
 
 def run_metrics(run: ProtocolRun, analyses: Mapping[str, AnalysisOutput]) -> dict[str, float]:
@@ -68,10 +78,40 @@ def training_names(run: ProtocolRun, training: Mapping[str, Any]) -> tuple[str, 
             logged.get("group") or experiment)
 
 
-def evaluation_name(run: ProtocolRun, training_name: str) -> str:
-    """``<training run>-<mode>`` (``-transfer-<tuning set>`` in transfer mode)."""
+def evaluation_name(run: ProtocolRun, training_name: str, hyperparameters: Mapping[str, Any]) -> str:
+    """``<training run>-<mode>-<methods>-<sets>[-<tag>]-<fingerprint>``: ``transfer-<tuning set>`` in transfer mode,
+    the methods and sets joined by '+' (``<n>sets`` beyond three), and the first 6 hex digits of the SHA-256 of the
+    logged configuration, so that evaluations that differ in anything else (grids, seeds, image counts, weights)
+    get different names."""
     mode = f"transfer-{run.result.plan.tune_on}" if run.mode == "transfer" else run.mode
-    return f"{training_name}-{mode}"
+    sets = list(run.result.test_scores)
+    named = "+".join(sets) if len(sets) <= NAMED_SETS else f"{len(sets)}sets"
+    fingerprint = hashlib.sha256(json.dumps(hyperparameters, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    methods = "+".join(grid.method.name for grid in run.result.plan.methods)
+    return f"{run.config.logger.default_name(training_name, mode, methods, named)}-{fingerprint}"
+
+
+def log_metrics(logger: Any, metrics: Mapping[str, float], run: ProtocolRun | None = None) -> None:
+    """W&B: ``metrics`` as the run's summary (no history of one-step charts) and, with ``run``, one table
+    ``eval/ood/<set>/<method>`` per set and method (a row per metric: value and bootstrap interval); another logger
+    (CSV): one row of ``metrics``."""
+    experiment = wandb_run(logger)
+    if experiment is None:
+        logger.log_metrics(dict(metrics))
+        return
+    experiment.summary.update(dict(metrics))
+    if run is None:
+        return
+    import wandb
+
+    tables = {}
+    for name, records in run.result.main_records().items():
+        for method, record in records.items():
+            rows = [[metric, record.metrics[metric], *(record.intervals.get(f"{metric}_{f}") for f in INTERVAL_FIELDS)]
+                    for metric in METRIC_NAMES if metric in record.metrics]
+            tables[f"{METRIC_PREFIX}/{name}/{method}"] = wandb.Table(columns=["metric", "value", *INTERVAL_FIELDS],
+                                                                     data=rows)
+    experiment.log(tables)
 
 
 def evaluation_config(run: ProtocolRun, training: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,11 +148,11 @@ def log_run(out: Path, run: ProtocolRun, files: RunFiles, analyses: Mapping[str,
     config = run.config
     training = training_record(config.ckpt) if config.ckpt else {}
     training_name, group = training_names(run, training)
+    hyperparameters = evaluation_config(run, training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        logger = build_logger(config.logger, out, name=evaluation_name(run, training_name), group=group,
-                              job_type="evaluate")
-    hyperparameters = evaluation_config(run, training)
+        logger = build_logger(config.logger, out, name=evaluation_name(run, training_name, hyperparameters),
+                              group=group, job_type="evaluate")
     wandb_experiment = wandb_run(logger)
     if wandb_experiment is not None:
         name = artifact_name("model", (training.get("logger") or {}).get("id") or training_name)
@@ -120,8 +160,10 @@ def log_run(out: Path, run: ProtocolRun, files: RunFiles, analyses: Mapping[str,
             wandb_experiment, config.weights_file, name, run.weights_sha256,
             {"experiment": training.get("experiment"), "seed": training.get("seed")}, log=config.logger.log_model)
     logger.log_hyperparams(hyperparameters)
-    logger.log_metrics(run_metrics(run, analyses))
+    log_metrics(logger, run_metrics(run, analyses), run)
     if wandb_experiment is not None:
+        with atomic_write(out / LOGGER_RECORD) as handle:
+            json.dump(run_identity(logger), handle)
         _log_wandb_media(logger, run, files.figures, analyses)
         saved = [out / SAVED_CONFIG] if (out / SAVED_CONFIG).is_file() else []
         log_results(wandb_experiment, {**{p.name: p for p in [*files.results, *saved]},
@@ -158,3 +200,47 @@ def _log_wandb_media(logger: WandbLogger, run: ProtocolRun, figures: list[Path],
                                                                      title=f"ROC {name}", xname="FPR")})
 
 
+def update_run(out: Path, run: ProtocolRun) -> str:
+    """``evaluate.py bootstrap``: the evaluation's W&B run (its ``logger.json``) continued with the metrics again
+    (summary and tables, intervals included); returns where it went, or "" when the evaluation logged no W&B run."""
+    record = out / LOGGER_RECORD
+    identity = json.loads(record.read_text()) if record.is_file() else None
+    if not identity or identity.get("backend") != "wandb" or os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return ""
+    logger = build_logger(run.config.logger, out, name=identity["name"], group=identity["group"],
+                          job_type="evaluate", run_id=identity["id"])
+    log_metrics(logger, run_metrics(run, {}), run)
+    where = describe_logger(logger)
+    finish_logger(logger)
+    return where
+
+
+def log_aggregate(output: Path, aggregate: Mapping[str, Any], options: LoggerOptions) -> str:
+    """``evaluate.py aggregate``: a run of job type ``aggregate`` (named after the runs' folders and their number)
+    with the aggregated folders in its config, every ``<metric>_mean``/``_std`` in its summary
+    (``aggregate/<set>/<method>[/<tuning set>]/...``) and the rows as a table; returns where it went."""
+    names = [Path(run_dir).resolve() for run_dir in aggregate["runs"]]
+    common = Path(os.path.commonpath(names)).name if len(names) > 1 else names[0].name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        logger = build_logger(options, output, name=options.default_name("aggregate", common,
+                                                                         f"{aggregate['n_runs']}runs"),
+                              group=None, job_type="aggregate")
+    logger.log_hyperparams({"runs": [str(p) for p in names], "n_runs": aggregate["n_runs"],
+                            "statistic": aggregate["statistic"]})
+    summary = {}
+    for row in aggregate["rows"]:
+        tuned = "" if row["tuned_on"] in (None, row["ood"]) else f"/{row['tuned_on']}"
+        summary.update({f"aggregate/{row['ood']}/{row['method']}{tuned}/{key}": value for key, value in row.items()
+                        if key.endswith(("_mean", "_std"))})
+    log_metrics(logger, summary)
+    if (experiment := wandb_run(logger)) is not None:
+        import wandb
+
+        columns = list(dict.fromkeys(k for row in aggregate["rows"] for k in row))
+        experiment.log({"aggregate": wandb.Table(columns=columns,
+                                                 data=[[row.get(c) for c in columns] for row in aggregate["rows"]])})
+    logger.finalize("success")
+    where = describe_logger(logger)
+    finish_logger(logger)
+    return where

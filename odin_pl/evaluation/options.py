@@ -45,6 +45,10 @@ STRATEGIES = ("auto", "ddp")
 #: ``--tuning.mode``: one of the paper's modes, OpenOOD's protocol, or one of the paper's modes with OpenOOD's.
 TuningModes = Literal["paper", "transfer", "cross", "fixed", "openood", "paper,openood", "transfer,openood",
                       "cross,openood", "fixed,openood"]
+SAVED_CONFIG = "config.yaml"  # evaluate.py's resolved configuration in the output folder
+#: What an output folder holds once a protocol run scored in it (a later run there would replace them); a run
+#: that stopped before its first score leaves config.yaml alone, which a later run replaces without asking.
+RUN_FILES = ("results.json", "scores")
 NOISE_TUNING_SET = "noise"  # transfer mode's synthetic tuning set: Gaussian + Uniform images, no OOD data needed
 
 
@@ -91,7 +95,7 @@ class TuningOptions:
             One of the paper's modes and ``openood`` together (``paper,openood``) run both on the model.
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
-        methods: detection methods (``odin_pl.methods``: msp, odin, energy, maxlogit, entropy, ...; default: the
+        methods: detection methods (msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn; default: the
             baseline, MSP, and the paper's method, ODIN).
         params: fixed parameter values, ``method.name=value`` (e.g. ``energy.temperature=1``): in fixed mode the
             values used, in the other modes the one value of that parameter's grid.
@@ -249,7 +253,7 @@ class OpenOODOptions:
 
 @dataclass
 class RuntimeOptions:
-    """Where and how scoring runs, in Lightning Fabric's terms (see ``odin_pl.evaluation.runtime``).
+    """Where and how scoring runs, in Lightning Fabric's terms.
 
     Args:
         accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
@@ -302,6 +306,8 @@ class OutputOptions:
 
     Args:
         dir: output folder (default: the run folder's ``evaluation/`` next to ``checkpoints/``).
+        overwrite: replace the results of an earlier evaluation in ``dir`` (default: refuse; its detector files
+            and figures that this run does not write again are removed).
         resume: reuse the saved per-image scores of an interrupted run in ``dir`` (whole passes, and the chunks of a
             stopped pass) that prove to match (same weights, images, splits and settings; a checksum and range
             check of the scores) instead of scoring them again.
@@ -309,13 +315,14 @@ class OutputOptions:
     """
 
     dir: str | None = None
+    overwrite: bool = False
     resume: bool = False
     logger: bool = True
 
 
 @dataclass
 class AnalysesOptions:
-    """The paper's analyses (see ``odin_pl.analyses``).
+    """The paper's analyses of the scores (figures and tables under analyses/).
 
     Args:
         names: comma-separated analysis names, or ``all``.
@@ -333,7 +340,7 @@ class AnalysesOptions:
 
 @dataclass
 class BootstrapOptions:
-    """Bootstrap intervals of every reported metric (DESIGN, "Uncertainty"; see ``odin_pl.protocol.bootstrap``).
+    """Bootstrap intervals of every reported metric (paired resamples of the test splits).
 
     Args:
         resamples: paired resamples of each OOD set's test split (0: no intervals).
@@ -358,7 +365,7 @@ class ModelSource:
 
     Args:
         ckpt: checkpoint written by train.py.
-        model: instead of ``ckpt``: a model name registered in timm or by odin_pl.
+        model: instead of ``ckpt``: a model name registered in timm or by this project.
         weights: the model's state_dict file (read with ``weights_only=True``).
         trust_pickle: trust the source of ``ckpt`` or ``weights``: unpickle whole objects (a pickled model;
             unpickling runs code from the file) and import a checkpoint's DataModule from outside ``datamodules``.
@@ -398,7 +405,7 @@ class ModelSource:
 
 @dataclass
 class ProtocolConfig(ModelSource):
-    """A protocol run: what to evaluate (see :class:`ModelSource`) and the option groups.
+    """A protocol run: what to evaluate (a checkpoint, or a model, its weights and data) and how.
 
     Args:
         fit_images: the feature methods (mahalanobis, react, knn) fit on a seeded subset of this many
@@ -439,19 +446,28 @@ class ProtocolConfig(ModelSource):
     def output_dir(self) -> Path:
         return Path(self.output.dir) if self.output.dir else self.default_output_dir()
 
-    def check_output_dir(self) -> None:
-        """Refuse an output folder that is a file or cannot be created or written, before any work."""
+    def check_output_dir(self) -> str:
+        """Refuse an output folder that is a file, cannot be created or written, or holds an earlier evaluation's
+        results (unless resumed or overwritten), before any work; returns a console line when they are replaced."""
         out = self.output_dir
         if out.exists() and not out.is_dir():
             raise UserError(f"--output.dir {out} is a file: give a folder (it is created when missing)")
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"--output.dir {out}: {existing} is not writable; give a folder you can write to")
+        earlier = [name for name in RUN_FILES if (out / name).is_file() or any((out / name).glob("*"))]
+        if not earlier or self.output.resume:
+            return ""
+        if not self.output.overwrite:
+            raise UserError(f"{out} holds an earlier evaluation ({', '.join(earlier)}): continue it with "
+                            "--output.resume true, evaluate into another folder with --output.dir DIR, or replace "
+                            "it with --output.overwrite true")
+        return f"--output.overwrite true: the earlier evaluation in {out} is replaced"
 
 
 @dataclass
 class PredictConfig(ModelSource):
-    """Score every image of a folder or named set with a saved detector (see :class:`ModelSource`).
+    """Score every image of a folder or named set with a saved detector.
 
     Args:
         images: a folder of images, or an OOD set name.

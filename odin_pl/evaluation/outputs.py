@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from odin_pl.deploy.detector import Detector
+from odin_pl.evaluation.options import SAVED_CONFIG
 from odin_pl.evaluation.run import ProtocolRun
 from odin_pl.files import atomic_write
 from odin_pl.methods import method_with_role
@@ -14,9 +15,6 @@ from odin_pl.protocol.run import IN_DISTRIBUTION
 from odin_pl.training.module import ImageClassifier
 from odin_pl.report.plots import plot_grid, plot_histograms, plot_roc
 from odin_pl.report.tables import write_results
-
-SAVED_CONFIG = "config.yaml"  # evaluate.py's resolved configuration in the output folder
-
 
 @dataclass
 class RunFiles:

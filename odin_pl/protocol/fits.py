@@ -24,7 +24,6 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from odin_pl.distributed import broadcast_from_zero, gather_shards, shard_loader, world
 from odin_pl.methods.features import FeatureModel, Fits, feature_model
@@ -34,6 +33,7 @@ from odin_pl.protocol.plan import MethodGrid
 from odin_pl.files import save_atomically
 from odin_pl.protocol.tuning import split_indices
 from odin_pl.errors import MissingFileError, UserError
+from odin_pl.progress import with_progress
 
 FIT_FORMAT = "odin_pl.fit"
 
@@ -135,8 +135,7 @@ def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int 
     """h, the logits and labels of every image of ``dataset``, on the CPU in index order; in a process group
     every process passes its shard and all get the gathered result."""
     features, logits, labels = [], [], []
-    for images, targets in tqdm(shard_loader(dataset, batch_size, num_workers), desc=desc,
-                                disable=desc is None or world()[0] > 0, leave=False):
+    for images, targets in with_progress(shard_loader(dataset, batch_size, num_workers), desc, enabled=world()[0] == 0):
         h, f = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
         features.append(h.cpu())
         logits.append(f.cpu())

@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from odin_pl.distributed import agree_on_failure, broadcast_from_zero, gather_shards, shard_indices, world
 from odin_pl.errors import UserError
@@ -37,6 +36,7 @@ from odin_pl.metrics import ood_metrics
 from odin_pl.protocol.plan import ProtocolPlan
 from odin_pl.protocol.records import ProtocolResult, Record
 from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, SetSplit, select_setting, split_seed
+from odin_pl.progress import with_progress
 
 IN_DISTRIBUTION = "in_distribution"
 Span = tuple[int, int]  # images [start, stop) of a split
@@ -66,8 +66,7 @@ def score_plan(
     todo = missing_ranges(len(dataset), parts, batch_size * world_size)
     shares = [[start + i for i in shard_indices(stop - start, rank, world_size)] for start, stop in todo]
     loader = iter(DataLoader(dataset, batch_sampler=[share for share in shares if share], num_workers=num_workers))
-    for (start, stop), share in tqdm(list(zip(todo, shares)), desc=desc, disable=not progress or rank > 0,
-                                     leave=False):
+    for (start, stop), share in with_progress(list(zip(todo, shares)), desc, enabled=progress and rank == 0):
         local, error = {name: torch.empty(len(settings), 0, dtype=dtype) for name, settings in plan.items()}, None
         if share:
             images = next(loader)[0].to(device=device, dtype=dtype, non_blocking=True)

@@ -33,7 +33,10 @@ class LoggerOptions:
         mode: W&B: ``auto`` (online with credentials and network, else offline), ``online`` or ``offline``; the
             environment variable ``WANDB_MODE`` overrides it.
         project: the W&B project.
-        name: the run's name (default: train.py ``<experiment>-seed<seed>``; evaluate.py ``<training run>-<mode>``).
+        name: the run's name (default: train.py ``<experiment>-seed<seed>[-<tag>]``; evaluate.py ``<training
+            run>-<mode>-<methods>-<sets>[-<tag>]-<fingerprint>``, the fingerprint telling apart evaluations that
+            differ in anything else).
+        tag: a short label of the run (e.g. ``lr0.01``), added to the default names.
         group: the run's group (default: the experiment; evaluate.py: the group of the checkpoint's training run).
         job_type: the run's job type (default: ``train`` for fit, else the subcommand; ``evaluate``).
         tags: W&B tags.
@@ -45,6 +48,7 @@ class LoggerOptions:
     mode: str = "auto"
     project: str = "odin-pl"
     name: str | None = None
+    tag: str | None = None
     group: str | None = None
     job_type: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -57,6 +61,12 @@ class LoggerOptions:
             raise UserError(f"--logger.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r} (the "
                             "environment variable WANDB_MODE=disabled turns W&B off)")
         self.tags = list(self.tags)
+        if self.tag is not None and (not self.tag.strip() or "/" in self.tag):
+            raise UserError(f"--logger.tag must be a non-empty label without '/', got {self.tag!r}")
+
+    def default_name(self, *parts: str) -> str:
+        """``parts`` joined by '-', with the tag after them."""
+        return "-".join([*parts, *([self.tag.strip()] if self.tag else [])])
 
 
 def _wandb_can_sync(timeout: float = 1.5) -> bool:
@@ -137,9 +147,15 @@ def describe_logger(logger: Logger | None) -> str:
 
 
 def finish_logger(logger: Logger | None) -> None:
-    """End the W&B run of ``logger`` (its files are complete afterwards), if one was started."""
+    """End the W&B run of ``logger``, if one was started, and wait until its files are complete: ``finish()`` only
+    asks wandb's service to close the run's ``.wandb`` file and does not wait for it (wandb 0.31's
+    ``inform_finish``), so that a reader, or a run resumed with the same id in this process, could find the
+    folder without its file; ``wandb.teardown()`` waits for the service (the next run starts a new one)."""
     if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0 and logger._experiment is not None:
         logger.experiment.finish()  # _experiment: Lightning starts the run on first use; do not start one here
+        import wandb
+
+        wandb.teardown()
 
 
 def discard_run(logger: Logger | None) -> str:

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning_utilities.core import rank_zero
 
+from odin_pl.progress import duration
+
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"  # torch's, about Lightning's own code
 SUMMARY_PRECISION_WARNING = r"Precision .* is not supported by the model summary"  # the size estimate only
 
@@ -50,11 +52,6 @@ def one_line_warnings() -> None:
     warnings.formatwarning = _one_line
 
 
-def _seconds(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
-
-
 class ProgressLines(Callback):
     """Training progress as plain lines, for a log file or a terminal without the progress bar: one line per epoch
     (loss, accuracy, validation accuracy when validation ran, time, time left) and, inside an epoch, a line at each
@@ -88,7 +85,7 @@ class ProgressLines(Callback):
             self._next_tenth = tenth + 1
             if time.monotonic() - self._last_line >= self.quiet_seconds:
                 self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {tenth * 10}% "
-                            f"({batch_idx + 1}/{total} batches, {_seconds(time.monotonic() - self._epoch_start)})")
+                            f"({batch_idx + 1}/{total} batches, {duration(time.monotonic() - self._epoch_start)})")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validated = not trainer.sanity_checking
@@ -100,6 +97,6 @@ class ProgressLines(Callback):
         left = ""
         if trainer.max_epochs and trainer.max_epochs > 0:
             per_epoch = (now - self._start) / (epoch - self._first_epoch)
-            left = f", about {_seconds(per_epoch * (trainer.max_epochs - epoch))} left"
-        self._print(f"epoch {epoch}/{trainer.max_epochs}: {shown or 'done'} ({_seconds(now - self._epoch_start)}"
+            left = f", about {duration(per_epoch * (trainer.max_epochs - epoch))} left"
+        self._print(f"epoch {epoch}/{trainer.max_epochs}: {shown or 'done'} ({duration(now - self._epoch_start)}"
                     f"{left})")
