@@ -79,7 +79,7 @@ def test_one_pass_gives_every_fit_saved_with_its_fingerprints(tmp_path) -> None:
         saved = load_fit(tmp_path / f"{grid.name}.pt")
         assert saved.sha256 == file_sha256(tmp_path / f"{grid.name}.pt") == run.sha256[grid.name]
         assert saved.context == {"weights_sha256": "w1", "train_images_sha256": dataset_sha256(_training()),
-                                 "n_images": N, "dtype": "float64"}
+                                 "n_images": N, "seed": 0, "dtype": "float64"}
         expected = create_method(grid.name).fit(data, grid.settings)
         assert saved.tensors.keys() == expected.keys()
         assert all(torch.equal(saved.tensors[key], expected[key]) for key in expected)

@@ -151,10 +151,10 @@ def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int 
 
 
 def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
-             device: str | torch.device = "cpu", desc: str | None = None) -> FitData:
+             device: str | torch.device = "cpu", desc: str | None = None, seed: int = 0) -> FitData:
     """The :class:`FitData` of ``dataset`` (yielding (normalized image, label)): one pass of
     :func:`training_features` (sharded over a process group), features and logits in float64, and ``scan``
-    over the same images (on the calling process alone, in index order) for further passes."""
+    over the same images (on the calling process alone, in index order) for further passes; ``seed``: the run's."""
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None else None  # a model without weights takes the images as they are
     features = feature_model(model)
@@ -166,7 +166,7 @@ def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_w
         for x, targets in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
             yield Batch(model, x.to(device=device, dtype=dtype), needs=needs), torch.as_tensor(targets).long()
 
-    return FitData(passed.features.double(), passed.labels, passed.logits.double(), features.classifier, scan)
+    return FitData(passed.features.double(), passed.labels, passed.logits.double(), features.classifier, scan, seed)
 
 
 @dataclass
@@ -212,7 +212,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
                  weights_sha256: str, hashes: FileHashes | None = None, reuse: bool = False,
                  fit_missing: bool = True, batch_size: int = 256, num_workers: int = 0,
                  device: str | torch.device = "cpu", progress: bool = False,
-                 heldout: Dataset | None = None) -> RunFits:
+                 heldout: Dataset | None = None, seed: int = 0) -> RunFits:
     """The fits of the methods with ``needs_fit`` among ``methods``, saved to ``folder``: on ``train_set``, or on
     ``heldout`` (:func:`heldout_set`) for those with ``fit_split = "heldout"``.
 
@@ -220,7 +220,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
     their files are hashed through ``hashes``. ``reuse``: take a saved fit that matches (resume);
     ``fit_missing=False``: fail instead of fitting (work on a finished run). In a process group, process 0 reads,
     fits and saves, and sends the fits to the others; each process's part of the shared pass comes from its own
-    shard.
+    shard. ``seed``: the run's, for the fits that draw seeded subsets (nnguide's bank, gram's held-out images).
     """
     feature_model(model)  # refuses a model without the features first
     rank = world()[0]
@@ -236,7 +236,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
             raise UserError(f"method(s) {', '.join(grid.name for grid in fitted)} fit on the {split} split, which "
                             "this run does not have")
         context = broadcast_from_zero({"weights_sha256": weights_sha256, key: dataset_sha256(dataset, hashes),
-                                       "n_images": len(dataset),
+                                       "n_images": len(dataset), "seed": seed,
                                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
                                       if rank == 0 else None)
         found, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))
@@ -251,7 +251,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
                   "again"] if stale else []
         if missing:
             data = fit_data(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
-                            desc=f"{what} features" if progress else None)
+                            desc=f"{what} features" if progress else None, seed=seed)
             made = {grid.name: save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context,
                                         grid.method.fit(data, grid.settings))
                     for grid in missing} if rank == 0 else None
