@@ -115,7 +115,7 @@ def drop_inapplicable(method: str, settings: Sequence[tuple[float, ...]], check:
         raise UserError(f"{method}: no setting of the grid applies: {why}")
     if not reasons:
         return kept, None
-    dropped = ", ".join(str(tuple(f"{v:g}" for v in s)).replace("'", "") for s in reasons)
+    dropped = ", ".join("(" + ", ".join(f"{v:g}" for v in s) + ")" for s in reasons)
     return kept, f"{method}: setting(s) {dropped} dropped from the grid: {why}"
 
 

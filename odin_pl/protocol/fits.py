@@ -133,21 +133,21 @@ def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int 
                       device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
                       desc: str | None = None) -> Features:
     """h, the logits and labels of every image of ``dataset``, on the CPU in index order; in a process group
-    every process passes its shard and all get the gathered result."""
-    features, logits, labels = [], [], []
+    every process passes its shard and all get the gathered result. The logits are g(h) of the gathered h in one
+    call, so that they do not depend on how the images were batched or sharded (the last bits of a matrix product
+    do): fits are exact across any number of processes."""
+    features, labels = [], []
     for images, targets in tqdm(shard_loader(dataset, batch_size, num_workers), desc=desc,
                                 disable=desc is None or world()[0] > 0, leave=False):
-        h, f = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
+        h, _ = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
         features.append(h.cpu())
-        logits.append(f.cpu())
         labels.append(torch.as_tensor(targets, dtype=torch.long))
     if not features:  # an empty shard (fewer images than processes): the dimensions from one image
-        h, f = model.forward(dataset[0][0][None].to(device=device, dtype=dtype))
-        features, logits = [h.new_empty(0, h.shape[1]).cpu()], [f.new_empty(0, f.shape[1]).cpu()]
-        labels = [torch.empty(0, dtype=torch.long)]
+        h = model.features(dataset[0][0][None].to(device=device, dtype=dtype))
+        features, labels = [h.new_empty(0, h.shape[1]).cpu()], [torch.empty(0, dtype=torch.long)]
     n = len(dataset)
-    return Features(*(gather_shards(torch.cat(parts).T.contiguous(), n).T for parts in (features, logits)),
-                    gather_shards(torch.cat(labels), n))
+    h = gather_shards(torch.cat(features).T.contiguous(), n).T
+    return Features(h, model.classifier(h.to(device)).cpu(), gather_shards(torch.cat(labels), n))
 
 
 def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
