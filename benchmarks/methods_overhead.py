@@ -7,11 +7,12 @@ protocol (its fit included) against ODIN alone, and all of them in one run again
 The network is DenseNet-BC-100 with random weights, calibrated as in odin_speed.py, with dropout p = 0.1 in its
 dense layers (so that mcd can run; off in eval mode, so no other score changes). Every run scores the same random
 in-distribution and OOD images through ``run_protocol`` in paper mode, each method over its default grid (ODIN over
-a 3 x 3 (T, epsilon) grid); a fitted method's fits come from ``prepare_fits`` on --train_images random training
-images (tempscale's on the in-distribution images, its held-out split). In the run of all methods together one pass
-over each batch serves every method that needs only the logits and h, and one pass over the training images serves
-every fit (gram adds its two passes, mcd its 30 stochastic passes); goal: all together <= 0.3 of the sum. Timings
-are medians of --repeats runs after one warm-up round, the runs taking turns.
+a 3 x 3 (T, epsilon) grid; nnguide at k = 1: its bank of 1% of the training images is smaller than its k grid); a
+fitted method's fits come from ``prepare_fits`` on --train_images random training images (tempscale's on the
+in-distribution images, its held-out split). In the run of all methods together one pass over each batch serves
+every method that needs only the logits and h, and one pass over the training images serves every fit (gram adds
+its two passes, mcd its 30 stochastic passes); goal: all together <= 0.3 of the sum. Timings are medians of
+--repeats runs after one warm-up round, the runs taking turns.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from odin_pl.protocol import MethodGrid, ModelScorer, ProtocolPlan, run_protocol
 from odin_pl.protocol.fits import prepare_fits  # noqa: E402
 
 ODIN_GRID = {"temperature": (1.0, 10.0, 1000.0), "epsilon": (0.0, 0.002, 0.004)}
+NNGUIDE_GRID = {"k": (1.0,)}  # its bank is 1% of the training images: a few, below its default k of 10 and 100
 ALL = "all together"
 
 
@@ -55,7 +57,7 @@ def make_model(device: str) -> torch.nn.Module:
 
 
 def grid(name: str) -> MethodGrid:
-    return MethodGrid.of(name, ODIN_GRID if name == "odin" else None)
+    return MethodGrid.of(name, {"odin": ODIN_GRID, "nnguide": NNGUIDE_GRID}.get(name))
 
 
 def main() -> None:
