@@ -88,7 +88,7 @@ class NNGuide(Method):
         def check(setting: Setting) -> None:
             if setting[0] > size:
                 raise UserError(f"nnguide: k = {setting[0]:g} is larger than the bank ({size} training images, "
-                                f"{FIT_FRACTION:.0%} of those fitted on): give k <= {size} or fit on more images")
+                                f"{FIT_FRACTION:.0%} of those fitted on); give k <= {size} or fit on more images")
 
         return drop_inapplicable(self.name, settings, check)
 

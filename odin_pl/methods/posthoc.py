@@ -108,9 +108,9 @@ def drop_inapplicable(method: str, settings: Sequence[tuple[float, ...]], check:
         except UserError as err:
             reasons[setting] = str(err).removeprefix(f"{method}: ")
     kept = [s for s in settings if s not in reasons]
-    why = "; ".join(dict.fromkeys(reasons.values()))
     if reasons and len(settings) == 1:
-        raise UserError(f"{method}: {why}")
+        raise UserError(f"{method}: {reasons[settings[0]]}")
+    why = "; ".join(dict.fromkeys(reason.split("; ")[0] for reason in reasons.values()))  # without the hints
     if not kept:
         raise UserError(f"{method}: no setting of the grid applies: {why}")
     if not reasons:
