@@ -379,7 +379,6 @@ def test_mcd_var_bound_and_refusals() -> None:
         mcd.mcd_score(torch.zeros(1, 3, 4))
     with pytest.raises(UserError, match="at least 2 passes"):
         mcd.mcd_var_score(torch.zeros(3, 4))
-    assert mcd.pass_seed(7, 128) == mcd.pass_seed(7, 128) != mcd.pass_seed(7, 0) != mcd.pass_seed(8, 0)
 
 
 # --- tempscale ----------------------------------------------------------------------------------------------------

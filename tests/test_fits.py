@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from datamodules import CIFAR10DataModule, DigitsDataModule
 from odin_pl.deploy.detector import Detector
 from odin_pl.training.checkpoint import load_model, read_checkpoint
 from odin_pl.fingerprint import dataset_sha256, file_sha256
-from odin_pl.protocol.fits import fit_data, load_fit, prepare_fits, save_fit, training_set
+from odin_pl.protocol.fits import RunFits, fit_data, load_fit, prepare_fits, save_fit, training_set
 from odin_pl.methods import create_method
 from odin_pl.protocol.plan import MethodGrid
 from odin_pl.protocol.tuning import split_indices
@@ -79,7 +80,7 @@ def test_one_pass_gives_every_fit_saved_with_its_fingerprints(tmp_path) -> None:
         saved = load_fit(tmp_path / f"{grid.name}.pt")
         assert saved.sha256 == file_sha256(tmp_path / f"{grid.name}.pt") == run.sha256[grid.name]
         assert saved.context == {"weights_sha256": "w1", "train_images_sha256": dataset_sha256(_training()),
-                                 "n_images": N, "dtype": "float64"}
+                                 "n_images": N, "seed": 0, "dtype": "float64"}
         expected = create_method(grid.name).fit(data, grid.settings)
         assert saved.tensors.keys() == expected.keys()
         assert all(torch.equal(saved.tensors[key], expected[key]) for key in expected)
@@ -106,13 +107,14 @@ def test_saved_fits_are_reused_only_when_they_match(tmp_path) -> None:
         _prepare(tmp_path, weights="w3", reuse=True, fit_missing=False)
 
 
-def _fit_process(rank: int, port: int, out: str) -> None:
-    """One of 2 gloo processes: fits into ``out/two`` (process 0 writes) and saves the fits it got."""
+def fit_process(rank: int, port: int, out: str, prepare: Callable[[Path], RunFits] | None = None) -> None:
+    """One of 2 gloo processes: fits into ``out/two`` (process 0 writes; ``prepare(folder)``, by default this
+    module's) and saves the fits it got."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        run = _prepare(Path(out) / "two")
+        run = (prepare or _prepare)(Path(out) / "two")
         torch.save({name: dict(fit) for name, fit in run.fits.tensors.items()}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -120,7 +122,7 @@ def _fit_process(rank: int, port: int, out: str) -> None:
 
 def test_two_processes_fit_exactly_what_one_process_fits(tmp_path) -> None:
     one = _prepare(tmp_path / "one")
-    torch.multiprocessing.spawn(_fit_process, args=(free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(fit_process, args=(free_port(), str(tmp_path)), nprocs=2)
     for name in FITTED:  # the same bytes: the features were gathered in index order and fitted once
         assert file_sha256(tmp_path / "two" / f"{name}.pt") == file_sha256(tmp_path / "one" / f"{name}.pt")
     for rank in (0, 1):

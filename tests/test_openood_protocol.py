@@ -22,6 +22,7 @@ from torchvision import transforms as T
 
 import datamodules.openood_benchmarks as openood_benchmarks
 from datamodules.openood import read_image_list
+from odin_pl.evaluation.options import ProtocolConfig
 from odin_pl.errors import UserError
 from odin_pl.methods import Method, Param, create_method
 from odin_pl.metrics import ood_metrics
@@ -332,7 +333,7 @@ def test_each_openood_config_names_its_benchmark_and_fails_closed_without_its_li
     command = ["protocol", "--config", str(config), "--ckpt", quickstart_ckpt, "--data_root", str(tmp_path),
                "--output.dir", str(tmp_path / "out")]
     parser = evaluate.build_parser()[1]["protocol"]
-    options = evaluate._typed(evaluate.ProtocolConfig, parser.instantiate(parser.parse_args(command[1:])))
+    options = evaluate._typed(ProtocolConfig, parser.instantiate(parser.parse_args(command[1:])))
     assert (options.tuning.mode, options.openood.benchmark) == ("openood", benchmark)
     with pytest.raises(UserError, match=f"benchmark_imglist/{benchmark}/val_{benchmark}.txt not found"):
         evaluate.main(command)

@@ -28,7 +28,7 @@ from odin_pl.evaluation.environment import describe_environment
 from odin_pl.evaluation.options import ModelSource, ProtocolConfig
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.methods.features import Fits
-from odin_pl.protocol.fits import RunFits, prepare_fits, training_set
+from odin_pl.protocol.fits import RunFits, heldout_set, prepare_fits, training_set
 from odin_pl.protocol.openood import ID_TEST, ID_VAL, OpenOODResult, OpenOODSets, openood_intervals, run_openood, \
     test_accuracy
 from odin_pl.methods import Setting, method_with_role
@@ -36,7 +36,7 @@ from odin_pl.training.module import ImageClassifier
 from odin_pl.protocol.plan import MethodGrid, ProtocolPlan
 from odin_pl.protocol.records import ProtocolResult
 from odin_pl.protocol.run import IN_DISTRIBUTION, ModelScorer, run_protocol
-from odin_pl.protocol.tuning import Selection, split_indices, split_seed
+from odin_pl.protocol.tuning import Selection, SetSplit, split_indices, split_seed
 from odin_pl.report.openood import openood_tables
 from odin_pl.report.tables import results_tables
 from odin_pl.evaluation.score_store import Reuse, ScoreStore
@@ -231,7 +231,7 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     weights_sha256 = file_sha256(target.weights_file)
     plan = config.tuning.plan(config.seed)
     hashes = FileHashes(config.output_dir / IMAGE_HASHES)
-    fits = run_fits(config, target, plan.methods, weights_sha256, device, hashes, saved_only=saved_scores_only)
+    fits = run_fits(config, target, plan, weights_sha256, device, hashes, saved_only=saved_scores_only)
     if fits is not None:
         plan = replace(plan, methods=tuple(fits.methods))
     reuse = "required" if saved_scores_only else "matching" if config.output.resume else "never"
@@ -240,7 +240,7 @@ def evaluate_protocol(config: ProtocolConfig, target: EvaluationTarget, ood_data
     if rank == 0:
         hashes.save()
     scorer = ModelScorer(target.model, target.spec.std, runtime.batch_size, runtime.num_workers, device,
-                         fits.fits if fits is not None else None, progress=rank == 0)
+                         fits.fits if fits is not None else None, progress=rank == 0, seed=plan.seed)
     try:
         result = run_protocol(plan, target.test_set, ood_datasets, scorer, store, tuning_only=tuning_only)
     except NonFiniteScoresError as err:
@@ -264,18 +264,28 @@ def _protocol_run(config: ProtocolConfig, target: EvaluationTarget, weights_sha2
                        environment=describe_environment(device), fits=fits)
 
 
-def run_fits(config: ProtocolConfig, target: EvaluationTarget, methods: Sequence[MethodGrid], weights_sha256: str,
+def run_fits(config: ProtocolConfig, target: EvaluationTarget, plan: ProtocolPlan, weights_sha256: str,
              device: torch.device | str, hashes: FileHashes, saved_only: bool = False) -> RunFits | None:
-    """The fits of the run's feature methods (None without any) on the DataModule's training split (a seeded
-    ``--fit_images`` subset, its files hashed through ``hashes``), saved in ``<output_dir>/fits/``; with
-    ``--output.resume`` (or ``saved_only``, which fails instead of fitting) a saved fit that matches is reused."""
-    if not any(grid.method.needs_fit for grid in methods):
+    """The fits of the plan's fitted methods (None without any) on the DataModule's training split (a seeded
+    ``--fit_images`` subset, its files hashed through ``hashes``) or, for those with ``fit_split = "heldout"``, on
+    its held-out split (``heldout_set``: the validation split, else the in-distribution tuning split of the
+    protocol), saved in ``<output_dir>/fits/``; with ``--output.resume`` (or ``saved_only``, which fails instead of
+    fitting) a saved fit that matches is reused."""
+    methods = plan.methods
+    fitted = [grid.method for grid in methods if grid.method.needs_fit]
+    if not fitted:
         return None
-    train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit"))
+    train = training_set(target.datamodule, config.fit_images, split_seed(config.seed, "fit")) \
+        if any(method.fit_split == "train" for method in fitted) else None
+    heldout = None
+    if any(method.fit_split == "heldout" for method in fitted):
+        in_split = SetSplit.make(len(target.test_set), split_seed(plan.seed, "in"), plan.n_tune)
+        heldout = heldout_set(target.datamodule, Subset(target.test_set, in_split.tune.tolist()))
     return prepare_fits(target.model, list(methods), train, folder=config.output_dir / "fits",
                         weights_sha256=weights_sha256, hashes=hashes, reuse=config.output.resume or saved_only,
                         fit_missing=not saved_only, batch_size=config.runtime.batch_size,
-                        num_workers=config.runtime.num_workers, device=device, progress=world()[0] == 0)
+                        num_workers=config.runtime.num_workers, device=device, progress=world()[0] == 0,
+                        heldout=heldout, seed=plan.seed)
 
 
 def analysis_context(run: ProtocolRun, target: EvaluationTarget, ood_datasets: Mapping[str, Dataset]
@@ -312,7 +322,7 @@ def evaluate_openood(config: ProtocolConfig, target: EvaluationTarget, sets: Ope
     if rank == 0:
         hashes.save()
     scorer = ModelScorer(target.model, target.spec.std, runtime.batch_size, runtime.num_workers, device,
-                         fits.fits if fits is not None else None, progress=rank == 0)
+                         fits.fits if fits is not None else None, progress=rank == 0, seed=config.seed)
     accuracy = test_accuracy(target.model, sets.id_test, batch_size=runtime.batch_size,
                              num_workers=runtime.num_workers, device=device)
     try:
@@ -346,7 +356,7 @@ def openood_fits(config: ProtocolConfig, target: EvaluationTarget, sets: OpenOOD
         parts.append(prepare_fits(target.model, group, dataset, folder=folder, weights_sha256=weights_sha256,
                                   hashes=hashes, reuse=config.output.resume or saved_only, fit_missing=not saved_only,
                                   batch_size=config.runtime.batch_size, num_workers=config.runtime.num_workers,
-                                  device=device, progress=world()[0] == 0, heldout=sets.id_val))
+                                  device=device, progress=world()[0] == 0, heldout=sets.id_val, seed=config.seed))
     grids = {grid.name: grid for part in parts for grid in part.methods}
     return RunFits(Fits({name: t for part in parts for name, t in part.fits.tensors.items()}),
                    {name: saved for part in parts for name, saved in part.saved.items()},

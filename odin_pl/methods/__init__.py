@@ -19,6 +19,8 @@ from odin_pl.methods.registry import create_method, default_methods, list_method
 from odin_pl.methods.batch import Batch, Layers, Loss, Needs, Outputs, StdLike
 
 from odin_pl.methods import msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn  # noqa: E402,F401,I001
+from odin_pl.methods import vim, rmds, gen, ash, scale, she, klm, dice, gradnorm, fdbd  # noqa: E402,F401,I001
+from odin_pl.methods import nnguide, gram, openmax, mcd, tempscale  # noqa: E402,F401,I001
 from odin_pl.errors import UserError
 
 Plan = Mapping[str, Sequence[Setting]]  # method name -> the settings to score

@@ -19,6 +19,11 @@ import torch
 from torch import Tensor
 
 from odin_pl.methods.posthoc import kept_count, top_k_mask
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows, drop_inapplicable
 from odin_pl.errors import UserError
 
 VARIANTS = ("ash_p", "ash_b", "ash_s")
@@ -73,3 +78,56 @@ def ash_score(h: Tensor, weight: Tensor, bias: Tensor, variant: str, percentile:
     """logsumexp(g(h_hat)) [B] in float64."""
     logits = torch.nn.functional.linear(shaped(h, variant, percentile), weight.double(), bias.double())
     return torch.logsumexp(logits, dim=1)
+
+
+class _Shaping(Method):
+    """What the ASH variants and SCALE share: the p grid, the sign check of the training features (the fit) and
+    the p that keep no entry of h dropped."""
+
+    params = (Param("percentile", "p", P_GRID),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return {**fit_nonnegative(data.features, self.name),
+                "dim": torch.tensor(data.features.shape[1], dtype=torch.float64)}
+
+    def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
+        dim = int(fit["dim"])
+        return drop_inapplicable(self.name, settings, lambda s: kept_count(dim, s[0], self.name))
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        if not 0 <= setting[0] < 100:
+            raise UserError(f"{self.name}: the percentile p must lie in [0, 100) (a percent, e.g. 90), got "
+                            f"{setting[0]!r}")
+        return setting
+
+
+class _ASH(_Shaping):
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h, classifier = batch.features, batch.classifier
+        return as_rows([ash_score(h, classifier.weight, classifier.bias, self.name, p) for (p,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return ASH_RANGE
+
+
+@register_method
+class ASHP(_ASH):
+    name = "ash_p"
+
+
+@register_method
+class ASHB(_ASH):
+    name = "ash_b"
+
+
+@register_method
+class ASHS(_ASH):
+    name = "ash_s"

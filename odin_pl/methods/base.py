@@ -38,7 +38,8 @@ class FitData:
     for a method whose ``fit_split`` is ``"heldout"``), in index order, row i = image i.
 
     ``features``: h [n, D] (float64); ``labels`` [n] (int64); ``logits``: the model's [n, N] (float64);
-    ``classifier``: g with W and b; ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
+    ``classifier``: g with W and b; ``seed``: the run's seed, for a fit that draws a seeded subset (recorded in it);
+    ``scan(needs, indices)``: a further pass over the images (all, or ``indices``)
     that yields (a :class:`~odin_pl.methods.batch.Batch` providing ``needs``, the labels) per batch, for a fit that
     needs more than h and the logits (intermediate layers, a second pass over held-out images); its batches know
     no input std (input steps in normalized units) and no seed (no stochastic passes).
@@ -49,6 +50,7 @@ class FitData:
     logits: Tensor
     classifier: Classifier
     scan: Scan | None = field(default=None, repr=False)
+    seed: int = 0
 
     @property
     def predictions(self) -> Tensor:

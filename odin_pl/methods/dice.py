@@ -14,6 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 from odin_pl.errors import UserError
 
 P_GRID = (90.0,)
@@ -46,3 +51,26 @@ def dice_score(h: Tensor, bias: Tensor, fit: dict, percentile: float) -> Tensor:
                         "with p in the grid")
     logits = torch.nn.functional.linear(h.double(), fit["weights"][int(matches[0])], bias.double())
     return torch.logsumexp(logits, dim=1)
+
+
+@register_method
+class DICE(Method):
+    name = "dice"
+    params = (Param("percentile", "p", P_GRID),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return fit_dice(data.features, data.classifier.weight, sorted({p for (p,) in settings}))
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h, fit = batch.features, batch.fit(self.name)
+        return as_rows([dice_score(h, batch.classifier.bias, fit, p) for (p,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return DICE_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)

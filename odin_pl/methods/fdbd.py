@@ -15,6 +15,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 from odin_pl.errors import UserError
 
 DISTANCE, NORM = 0.0, 1.0  # the normalizer in a setting
@@ -55,3 +60,33 @@ def fdbd_score(logits: Tensor, h: Tensor, fit: dict, normalizer: float = DISTANC
     boundary = (gaps / fit["boundary_norms"][predicted]).sum(dim=1) / (logits.shape[1] - 1)
     scale = (h - fit["mean"]).norm(dim=1) if normalizer == DISTANCE else h.norm(dim=1)
     return boundary / scale.clamp_min(FLOOR)
+
+
+@register_method
+class FDBD(Method):
+    name = "fdbd"
+    params = (Param("normalizer", "normalizer (0: distance to the mean, 1: norm)", NORMALIZER_GRID),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return fit_fdbd(data.features, data.classifier.weight)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h, fit = batch.features, batch.fit(self.name)
+        return as_rows([fdbd_score(batch.logits, h, fit, normalizer) for (normalizer,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return FDBD_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        if setting[0] not in NORMALIZER_GRID:
+            raise UserError(f"fdbd: the normalizer must be {DISTANCE:g} (distance to the training mean) or {NORM:g} "
+                            f"(the feature norm), got {setting[0]!r}")
+        return setting

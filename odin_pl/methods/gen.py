@@ -13,7 +13,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.posthoc import check_positive, check_whole
+from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows, check_positive, check_whole
 
 GAMMA_GRID = (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 M_GRID = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
@@ -48,3 +51,33 @@ def gen_score(logits: Tensor, gamma: float, m: float) -> Tensor:
     p = torch.softmax(logits.double(), dim=1)
     top = torch.sort(p, dim=1, descending=True, stable=True).values[:, :m]
     return -(top.pow(gamma) * (1 - top).pow(gamma)).sum(dim=1)
+
+
+@register_method
+class GEN(Method):
+    name = "gen"
+    params = (Param("gamma", "gamma", GAMMA_GRID), Param("M", "M", M_GRID, floor=1.0))
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        """One score per distinct (gamma, min(M, N)): values M >= N share theirs."""
+        logits = batch.logits
+        n = logits.shape[1]
+        rows: dict[tuple[float, int], Tensor] = {}
+        for gamma, m in settings:
+            key = (gamma, min(int(m), n))
+            if key not in rows:
+                rows[key] = gen_score(logits, gamma, key[1])
+        return as_rows([rows[(gamma, min(int(m), n))] for gamma, m in settings], logits)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        """[-N, 0]: every setting's [-min(M, N) 4^-gamma, 0] lies in it (gamma > 0)."""
+        return -float(num_classes), 0.0
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        check_positive(setting[0], self.name, "gamma")
+        check_whole(setting[1], self.name, "M")
+        return setting

@@ -8,12 +8,19 @@ p = softmax(f / T); d/dW of sum_c -log p_c = (1/T) (N p - 1) h^T, whose L1 norm 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import math
 
 import torch
 from torch import Tensor
 
-from odin_pl.methods.posthoc import check_positive
+from odin_pl.methods.base import Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows, check_positive
+
 
 T_GRID = (1.0,)
 GRADNORM_RANGE = (0.0, math.inf)
@@ -25,3 +32,24 @@ def gradnorm_score(logits: Tensor, h: Tensor, temperature: float = 1.0) -> Tenso
     logits = logits.double()
     p = torch.softmax(logits / temperature, dim=1)
     return (logits.shape[1] * p - 1).abs().sum(dim=1) * h.double().abs().sum(dim=1) / temperature
+
+
+@register_method
+class GradNorm(Method):
+    name = "gradnorm"
+    params = (Param("temperature", "T", T_GRID),)
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h = batch.features
+        return as_rows([gradnorm_score(batch.logits, h, t) for (t,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return GRADNORM_RANGE
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        check_positive(setting[0], self.name, "the temperature T")
+        return setting

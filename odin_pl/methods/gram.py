@@ -19,9 +19,13 @@ import math
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from odin_pl.methods.posthoc import check_whole
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Layers, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
 from odin_pl.errors import UserError
 
 POLES_GRID = (10.0, 5.0)
@@ -134,3 +138,55 @@ def gram_score(logits: Tensor, grams: Sequence[Tensor], fit: dict, poles: float)
                         "them with the grid's largest P")
     dev = deviations(grams, fit, logits.argmax(dim=1))[:, :p].sum(dim=1)
     return -(dev / fit["norms"][int(matches[0])][:, None]).sum(dim=0) / max_softmax(logits)
+
+
+#: Gram's layers: every nn.Conv2d output and forward_features' output, in call order.
+GRAM_LAYERS = Layers((nn.Conv2d,), forward_features=True)
+
+
+def batch_grams(batch: Batch, poles: int) -> list[Tensor]:
+    """G_p [poles, B, C_l] of each of the batch's Gram layers."""
+    return [gram_features(layer, poles) for layer in batch.layers(GRAM_LAYERS)]
+
+
+@register_method
+class Gram(Method):
+    name = "gram"
+    params = (Param("poles", "P", POLES_GRID, floor=1.0),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(logits=True, layers=(GRAM_LAYERS,))
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """The class bounds from the images not held out (pass 1), the norms from the held-out ones (pass 2)."""
+        poles = sorted({check_whole(p, self.name, "the number of poles P") for (p,) in settings})
+        num_classes = data.logits.shape[1]
+        held = held_out_mask(data.predictions, num_classes, data.seed)
+        needs = self.needs(settings)
+        bounds = None
+        for batch, _ in data.batches(needs, (~held).nonzero().flatten().tolist()):
+            bounds = update_bounds(bounds, batch_grams(batch, max(poles)), batch.logits.argmax(dim=1), num_classes)
+        if bounds is None:
+            raise UserError("gram: every training image is held out, so no class has Gram bounds; fit on more images")
+        check_bounds(bounds)
+        sums = torch.zeros(len(poles), (len(bounds) - 1) // 2, dtype=torch.float64)  # min.l, max.l per layer
+        for batch, _ in data.batches(needs, held.nonzero().flatten().tolist()):
+            sums = update_norms(sums, batch_grams(batch, max(poles)), bounds, batch.logits, poles)
+        return {**finish_fit(bounds, poles, sums, int(held.sum())), "seed": torch.tensor(data.seed)}
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        logits, fit = batch.logits, batch.fit(self.name)
+        grams = batch_grams(batch, int(max(p for (p,) in settings)))
+        return torch.stack([gram_score(logits, grams, fit, p) for (p,) in settings]).to(logits.dtype)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return GRAM_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        check_whole(setting[0], self.name, "the number of poles P")
+        return setting

@@ -9,11 +9,17 @@ count 0, a term with d_c = 0 < p_c is +inf; range (-inf, 0]; no parameters.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import math
 
 import torch
 from torch import Tensor
 
+from odin_pl.methods.base import FitData, Method, Setting
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 from odin_pl.errors import UserError
 
 KLM_RANGE = (-math.inf, 0.0)
@@ -38,3 +44,19 @@ def klm_score(logits: Tensor, fit: dict) -> Tensor:
     kl = torch.where(p > 0, p * log_p, 0.0).sum(dim=1, keepdim=True) - cross
     impossible = (p > 0).double() @ (typical == 0).double().T > 0  # some p_c > 0 where d_kc = 0
     return -torch.where(impossible, math.inf, kl).amin(dim=1)
+
+
+@register_method
+class KLM(Method):
+    name = "klm"
+    needs_fit = True
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return fit_klm(data.logits)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        logits = batch.logits
+        return as_rows([klm_score(logits, batch.fit(self.name))] * len(settings), logits)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return KLM_RANGE

@@ -1,7 +1,8 @@
 """mcd and mcd_var: Monte Carlo dropout (Gal, Ghahramani, ICML 2016), from the softmax outputs of n stochastic passes.
 
 Passes: n = 30, the model in eval mode except its nn.Dropout* modules with p > 0 (a model without one is refused);
-the random generator seeded from the run seed and the batch's first global index (``pass_seed``).
+the random generator seeded from the run seed and the batch's first global index
+(``odin_pl.methods.batch.stochastic_seed``; the batch runs the passes, once for both methods).
 With P_t = softmax(f_t) of pass t, a stack [n, B, N]:
     mcd     = max_c mean_t P_t,c                  in [1/N, 1]
     mcd_var = -mean_c var_t P_t,c (ddof 1)        in [-n / (4 (n - 1)), 0]
@@ -10,17 +11,20 @@ No parameters.
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import Tensor
+
+from odin_pl.methods.base import Method, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 
 from odin_pl.errors import UserError
 
 PASSES = 30
-
-
-def pass_seed(run_seed: int, first_index: int) -> int:
-    """The seed of a batch's stochastic passes: a function of the run seed and the batch's first global index only,
-    below 2^63."""
-    return (int(run_seed) * 1_000_003 + int(first_index)) % (2**63)
 
 
 def _checked(probabilities: Tensor) -> Tensor:
@@ -46,3 +50,33 @@ def mcd_range(num_classes: int) -> tuple[float, float]:
 
 def mcd_var_range(passes: int = PASSES) -> tuple[float, float]:
     return -passes / (4 * (passes - 1)), 0.0
+
+
+def probabilities(batch: Batch) -> Tensor:
+    """softmax of the batch's PASSES stochastic passes [PASSES, B, N] (float64)."""
+    return torch.softmax(batch.stochastic_logits(PASSES).double(), dim=2)
+
+
+@register_method
+class MCD(Method):
+    name = "mcd"
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(passes=PASSES)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        return as_rows([mcd_score(probabilities(batch))] * len(settings), batch.x)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return mcd_range(num_classes)
+
+
+@register_method
+class MCDVar(MCD):
+    name = "mcd_var"
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        return as_rows([mcd_var_score(probabilities(batch))] * len(settings), batch.x)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return mcd_var_range()

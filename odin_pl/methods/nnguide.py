@@ -16,7 +16,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.posthoc import check_whole, directions
+from odin_pl.methods.posthoc import check_whole, directions, drop_inapplicable
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
 from odin_pl.errors import UserError
 
 FIT_FRACTION = 0.01
@@ -62,3 +66,43 @@ def nnguide_score(logits: Tensor, h: Tensor, fit: dict, ks: Sequence[float]) -> 
         top = candidates.topk(min(max(ks), candidates.shape[1]), dim=1).values
     energy = torch.logsumexp(logits.double(), dim=1)
     return torch.stack([energy * top[:, :k].mean(dim=1) for k in ks])
+
+
+@register_method
+class NNGuide(Method):
+    name = "nnguide"
+    params = (Param("k", "k", K_GRID, floor=1.0),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """The bank of the seeded 1% of the fit images (the run seed), with that seed."""
+        rows = bank_indices(len(data.features), data.seed)
+        return {**fit_nnguide(data.features[rows], data.logits[rows]), "seed": torch.tensor(data.seed)}
+
+    def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
+        size = len(fit["bank"])
+
+        def check(setting: Setting) -> None:
+            if setting[0] > size:
+                raise UserError(f"nnguide: k = {setting[0]:g} is larger than the bank ({size} training images, "
+                                f"{FIT_FRACTION:.0%} of those fitted on); give k <= {size} or fit on more images")
+
+        return drop_inapplicable(self.name, settings, check)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h = batch.features
+        return nnguide_score(batch.logits, h, batch.fit(self.name), [k for (k,) in settings]).to(h.dtype)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return NNGUIDE_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        check_whole(setting[0], self.name, "k")
+        return setting

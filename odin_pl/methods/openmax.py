@@ -23,7 +23,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.posthoc import check_whole
+from odin_pl.methods.posthoc import check_whole, drop_inapplicable
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
 from odin_pl.errors import UserError
 
 EUCLIDEAN, EUCOS = 0.0, 1.0  # the distance in a setting
@@ -139,3 +143,56 @@ def openmax_score(logits: Tensor, fit: dict, tailsize: float, alpha: float, dist
     recalibrated = torch.cat([(logits * omega * w).sum(dim=1, keepdim=True), logits * (1 - omega * w)], dim=1)
     return -torch.softmax(recalibrated, dim=1)[:, 0]
 
+
+@register_method
+class OpenMax(Method):
+    name = "openmax"
+    params = (Param("tailsize", "tail size", TAILSIZE_GRID, floor=1.0), Param("alpha", "alpha", ALPHA_GRID, floor=1.0),
+              Param("distance", "distance (0: euclidean, 1: eucos)", DISTANCE_GRID))
+    needs_fit = True
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """Weibull models for the (tail size, distance) pairs of the grid whose tail fits every class (the smallest
+        class's correctly classified training logits); the others are dropped by settings_for_fit."""
+        logits, labels = data.logits, data.labels
+        correct = labels[data.predictions == labels]
+        smallest = int(torch.bincount(correct, minlength=logits.shape[1]).min())
+        pairs = list(dict.fromkeys((t, d) for t, _, d in settings))
+        fitting = [(t, d) for t, d in pairs if t <= smallest] if len(pairs) > 1 and smallest > 0 else pairs
+        if not fitting:
+            raise UserError(f"openmax: every tail size of the grid is larger than the {smallest} correctly "
+                            "classified training images of the smallest class; give smaller tail sizes")
+        return fit_openmax(logits, labels, fitting)
+
+    def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
+        pairs = {tuple(pair) for pair in fit["pairs"].tolist()}
+        smallest, num_classes = int(fit["counts"].min()), fit["means"].shape[0]
+
+        def check(setting: Setting) -> None:
+            tailsize, alpha, distance = setting
+            if (tailsize, distance) not in pairs:
+                raise UserError(f"openmax: tail size {tailsize:g} is larger than the {smallest} correctly classified "
+                                "training images of the smallest class")
+            if alpha > num_classes:
+                raise UserError(f"openmax: alpha = {alpha:g} is larger than the {num_classes} classes")
+
+        return drop_inapplicable(self.name, settings, check)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        logits, fit = batch.logits, batch.fit(self.name)
+        return torch.stack([openmax_score(logits, fit, *setting) for setting in settings]).to(logits.dtype)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return OPENMAX_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        check_whole(setting[0], self.name, "the tail size")
+        check_whole(setting[1], self.name, "alpha")
+        if setting[2] not in DISTANCE_GRID:
+            raise UserError(f"openmax: the distance must be {EUCLIDEAN:g} (euclidean) or {EUCOS:g} (eucos), got "
+                            f"{setting[2]!r}")
+        return setting

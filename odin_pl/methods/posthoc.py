@@ -7,9 +7,13 @@
 - directions: h / ||h|| row by row (a zero norm refused).
 - energy: logsumexp of the classifier g(h) = h W^T + b.
 - check_whole, check_positive: one-line refusals of a bad parameter value.
+- drop_inapplicable: the settings a fit can score and a note on the others (the wrappers' settings_for_fit).
+- as_rows: score rows stacked into [n_settings, B] in the batch's dtype.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -91,3 +95,30 @@ def check_positive(value: float, method: str, name: str) -> float:
     if not (np.isfinite(value) and value > 0):
         raise UserError(f"{method}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def drop_inapplicable(method: str, settings: Sequence[tuple[float, ...]], check: Callable[[tuple[float, ...]], object]
+                      ) -> tuple[list[tuple[float, ...]], str | None]:
+    """The settings for which ``check`` raises no UserError and a note naming why the others were dropped; a
+    UserError when the one setting asked for (an explicit choice), or every setting of the grid, cannot apply."""
+    reasons: dict[tuple[float, ...], str] = {}
+    for setting in settings:
+        try:
+            check(setting)
+        except UserError as err:
+            reasons[setting] = str(err).removeprefix(f"{method}: ")
+    kept = [s for s in settings if s not in reasons]
+    if reasons and len(settings) == 1:
+        raise UserError(f"{method}: {reasons[settings[0]]}")
+    why = "; ".join(dict.fromkeys(reason.split("; ")[0] for reason in reasons.values()))  # without the hints
+    if not kept:
+        raise UserError(f"{method}: no setting of the grid applies: {why}")
+    if not reasons:
+        return kept, None
+    dropped = ", ".join("(" + ", ".join(f"{v:g}" for v in s) + ")" for s in reasons)
+    return kept, f"{method}: setting(s) {dropped} dropped from the grid: {why}"
+
+
+def as_rows(rows: Sequence[Tensor], like: Tensor) -> Tensor:
+    """The score rows [B] stacked into [len(rows), B] in ``like``'s dtype (the batch's)."""
+    return torch.stack(list(rows)).to(like.dtype)

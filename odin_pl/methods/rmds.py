@@ -10,9 +10,17 @@ finite value; no parameters.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import math
 
 from torch import Tensor
+
+from odin_pl.methods.base import FitData, Method, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 
 from odin_pl.methods.posthoc import class_means, tied_precision
 
@@ -41,3 +49,22 @@ def rmds_score(h: Tensor, fit: dict) -> Tensor:
         + fit["mean_terms"]
     background = ((x @ fit["background_precision"]) * x).sum(dim=1)
     return background - class_distances.amin(dim=1)
+
+
+@register_method
+class RMDS(Method):
+    name = "rmds"
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        return fit_rmds(data.features, data.labels, data.logits.shape[1])
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h = batch.features
+        return as_rows([rmds_score(h, batch.fit(self.name))] * len(settings), h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return RMDS_RANGE

@@ -16,6 +16,10 @@ from torch import Tensor
 
 from odin_pl.methods import ash
 from odin_pl.methods.ash import exp_share, top_sums
+from odin_pl.methods.base import Setting
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 
 P_GRID = ash.P_GRID
 PAPER_P = 85.0
@@ -35,3 +39,18 @@ def scale_score(logits: Tensor, h: Tensor, bias: Tensor, percentile: float) -> T
     r = exp_share(s1, s2)
     bias = bias.double()
     return torch.logsumexp(r[:, None] * (logits.double() - bias) + bias, dim=1)
+
+
+@register_method
+class SCALE(ash._Shaping):
+    name = "scale"
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        h = batch.features
+        return as_rows([scale_score(batch.logits, h, batch.classifier.bias, p) for (p,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return SCALE_RANGE
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)

@@ -14,6 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import Sequence
+
+from odin_pl.methods.base import FitData, Method, Setting
+from odin_pl.methods.batch import Batch
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows
 from odin_pl.errors import UserError
 
 BETA_LIMIT = 2.0**60
@@ -59,3 +65,26 @@ def tempscale_score(logits: Tensor, fit: dict) -> Tensor:
 
 def tempscale_range(num_classes: int) -> tuple[float, float]:
     return 1.0 / num_classes, 1.0
+
+
+@register_method
+class TempScale(Method):
+    name = "tempscale"
+    needs_fit = True
+    fit_split = "heldout"
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        """T* on the held-out split's logits and labels (a label outside the classes: no labels, refused)."""
+        labels, num_classes = data.labels, data.logits.shape[1]
+        if len(labels) and not bool(((labels >= 0) & (labels < num_classes)).all()):
+            raise UserError(f"tempscale: the held-out images have no class labels (labels {labels.min().item()} .. "
+                            f"{labels.max().item()}, not 0 .. {num_classes - 1}); fit it on a labelled "
+                            "in-distribution split (a DataModule with val_split > 0) or drop it from --methods")
+        return fit_tempscale(data.logits, labels)
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        logits = batch.logits
+        return as_rows([tempscale_score(logits, batch.fit(self.name))] * len(settings), logits)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return tempscale_range(num_classes)

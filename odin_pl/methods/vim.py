@@ -23,7 +23,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from odin_pl.methods.posthoc import check_whole
+from odin_pl.methods.base import FitData, Method, Param, Setting
+from odin_pl.methods.batch import Batch, Needs
+from odin_pl.methods.features import Fit
+from odin_pl.methods.registry import register_method
+from odin_pl.methods.posthoc import as_rows, check_whole, drop_inapplicable
 from odin_pl.errors import UserError
 
 RULE = 0.0  # d = 0 in a setting stands for the rule (a principal subspace of dimension 0 is not a setting)
@@ -118,3 +122,65 @@ def vim_score(logits: Tensor, h: Tensor, fit: dict, d: int) -> Tensor:
     """logsumexp(f) - alpha_d ||(h - u) R_d|| [B]."""
     alpha = fit["alphas"][_index(fit, d, "vim")]
     return torch.logsumexp(logits.double(), dim=1) - alpha * residual_norm(h, fit, d)
+
+
+class _Subspace(Method):
+    """What vim and residual share: the d grid, the fit's subspaces for the d that apply, the tie order."""
+
+    params = (Param("d", "d (0: the rule)", D_GRID),)
+    needs_fit = True
+
+    def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
+        return Needs(features=True)
+
+    def dims(self, settings: Sequence[Setting], dim: int) -> list[int]:
+        """The distinct principal dimensions of the settings that apply to features of dimension D."""
+        applicable, _ = drop_inapplicable(self.name, settings, lambda s: resolve_dimension(s[0], dim, self.name))
+        return sorted({resolve_dimension(d, dim, self.name) for (d,) in applicable})
+
+    def settings_for_fit(self, settings: Sequence[Setting], fit: Fit) -> tuple[list[Setting], str | None]:
+        dim = fit["basis"].shape[0]
+        return drop_inapplicable(self.name, settings, lambda s: resolve_dimension(s[0], dim, self.name))
+
+    def tie_key(self, setting: Setting) -> tuple:
+        return tie_key(setting)
+
+    def check_setting(self, setting: Sequence[float]) -> Setting:
+        setting = super().check_setting(setting)
+        if setting[0] != RULE:
+            check_whole(setting[0], self.name, "the principal dimension d")
+        return setting
+
+
+@register_method
+class ViM(_Subspace):
+    name = "vim"
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        classifier = data.classifier
+        return fit_vim(data.features, data.logits, classifier.weight, classifier.bias,
+                       self.dims(settings, data.features.shape[1]))
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        fit, h = batch.fit(self.name), batch.features
+        return as_rows([vim_score(batch.logits, h, fit, resolve_dimension(d, h.shape[1])) for (d,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return VIM_RANGE
+
+
+@register_method
+class Residual(_Subspace):
+    name = "residual"
+
+    def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
+        classifier = data.classifier
+        return fit_subspace(data.features, classifier.weight, classifier.bias,
+                            self.dims(settings, data.features.shape[1]))
+
+    def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
+        fit, h = batch.fit(self.name), batch.features
+        return as_rows([residual_score(h, fit, resolve_dimension(d, h.shape[1], self.name)) for (d,) in settings], h)
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return RESIDUAL_RANGE

@@ -133,27 +133,27 @@ def training_features(model: FeatureModel, dataset: Dataset, *, batch_size: int 
                       device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
                       desc: str | None = None) -> Features:
     """h, the logits and labels of every image of ``dataset``, on the CPU in index order; in a process group
-    every process passes its shard and all get the gathered result."""
-    features, logits, labels = [], [], []
+    every process passes its shard and all get the gathered result. The logits are g(h) of the gathered h in one
+    call, so that they do not depend on how the images were batched or sharded (the last bits of a matrix product
+    do): fits are exact across any number of processes."""
+    features, labels = [], []
     for images, targets in with_progress(shard_loader(dataset, batch_size, num_workers), desc, enabled=world()[0] == 0):
-        h, f = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
+        h, _ = model(images.to(device=device, dtype=dtype))  # the first batch checks the model
         features.append(h.cpu())
-        logits.append(f.cpu())
         labels.append(torch.as_tensor(targets, dtype=torch.long))
     if not features:  # an empty shard (fewer images than processes): the dimensions from one image
-        h, f = model.forward(dataset[0][0][None].to(device=device, dtype=dtype))
-        features, logits = [h.new_empty(0, h.shape[1]).cpu()], [f.new_empty(0, f.shape[1]).cpu()]
-        labels = [torch.empty(0, dtype=torch.long)]
+        h = model.features(dataset[0][0][None].to(device=device, dtype=dtype))
+        features, labels = [h.new_empty(0, h.shape[1]).cpu()], [torch.empty(0, dtype=torch.long)]
     n = len(dataset)
-    return Features(*(gather_shards(torch.cat(parts).T.contiguous(), n).T for parts in (features, logits)),
-                    gather_shards(torch.cat(labels), n))
+    h = gather_shards(torch.cat(features).T.contiguous(), n).T
+    return Features(h, model.classifier(h.to(device)).cpu(), gather_shards(torch.cat(labels), n))
 
 
 def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0,
-             device: str | torch.device = "cpu", desc: str | None = None) -> FitData:
+             device: str | torch.device = "cpu", desc: str | None = None, seed: int = 0) -> FitData:
     """The :class:`FitData` of ``dataset`` (yielding (normalized image, label)): one pass of
     :func:`training_features` (sharded over a process group), features and logits in float64, and ``scan``
-    over the same images (on the calling process alone, in index order) for further passes."""
+    over the same images (on the calling process alone, in index order) for further passes; ``seed``: the run's."""
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None else None  # a model without weights takes the images as they are
     features = feature_model(model)
@@ -165,7 +165,7 @@ def fit_data(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, num_w
         for x, targets in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
             yield Batch(model, x.to(device=device, dtype=dtype), needs=needs), torch.as_tensor(targets).long()
 
-    return FitData(passed.features.double(), passed.labels, passed.logits.double(), features.classifier, scan)
+    return FitData(passed.features.double(), passed.labels, passed.logits.double(), features.classifier, scan, seed)
 
 
 @dataclass
@@ -211,7 +211,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
                  weights_sha256: str, hashes: FileHashes | None = None, reuse: bool = False,
                  fit_missing: bool = True, batch_size: int = 256, num_workers: int = 0,
                  device: str | torch.device = "cpu", progress: bool = False,
-                 heldout: Dataset | None = None) -> RunFits:
+                 heldout: Dataset | None = None, seed: int = 0) -> RunFits:
     """The fits of the methods with ``needs_fit`` among ``methods``, saved to ``folder``: on ``train_set``, or on
     ``heldout`` (:func:`heldout_set`) for those with ``fit_split = "heldout"``.
 
@@ -219,7 +219,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
     their files are hashed through ``hashes``. ``reuse``: take a saved fit that matches (resume);
     ``fit_missing=False``: fail instead of fitting (work on a finished run). In a process group, process 0 reads,
     fits and saves, and sends the fits to the others; each process's part of the shared pass comes from its own
-    shard.
+    shard. ``seed``: the run's, for the fits that draw seeded subsets (nnguide's bank, gram's held-out images).
     """
     feature_model(model)  # refuses a model without the features first
     rank = world()[0]
@@ -235,7 +235,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
             raise UserError(f"method(s) {', '.join(grid.name for grid in fitted)} fit on the {split} split, which "
                             "this run does not have")
         context = broadcast_from_zero({"weights_sha256": weights_sha256, key: dataset_sha256(dataset, hashes),
-                                       "n_images": len(dataset),
+                                       "n_images": len(dataset), "seed": seed,
                                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
                                       if rank == 0 else None)
         found, stale = broadcast_from_zero(_saved_fits(folder, fitted, context) if rank == 0 and reuse else ({}, []))
@@ -250,7 +250,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
                   "again"] if stale else []
         if missing:
             data = fit_data(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
-                            desc=f"{what} features" if progress else None)
+                            desc=f"{what} features" if progress else None, seed=seed)
             made = {grid.name: save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context,
                                         grid.method.fit(data, grid.settings))
                     for grid in missing} if rank == 0 else None

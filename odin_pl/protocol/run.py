@@ -48,6 +48,7 @@ def score_plan(
     num_workers: int = 0, device: str | torch.device | None = None, forward_batch_size: int | None = None,
     desc: str | None = None, progress: bool = False, fits: Fits | None = None,
     done: Mapping[Span, Scores] | None = None, on_range: Callable[[int, int, Scores], None] | None = None,
+    seed: int = 0,
 ) -> Scores:
     """Scores [len(settings), len(dataset)] (on the CPU) per method of ``plan`` of every image of a data set
     yielding (image, label); one forward pass per batch serves all methods (``fits``: those of the fitted ones).
@@ -57,7 +58,8 @@ def score_plan(
     gathered scores, handed to ``on_range(start, stop, scores)`` as each range is done. ``done``: scores of
     disjoint ranges computed before (a resumed pass; the same on every process), used as they are. A NaN or
     infinite score stops the pass at its range with a NonFiniteScoresError naming ``desc``, on every process;
-    ``progress``: a progress bar (process 0).
+    ``progress``: a progress bar (process 0). Stochastic passes are seeded from ``seed`` (the run's) and the first
+    global index of each process's batch, so that a batch's scores do not depend on what was scored before it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -70,7 +72,7 @@ def score_plan(
         local, error = {name: torch.empty(len(settings), 0, dtype=dtype) for name, settings in plan.items()}, None
         if share:
             images = next(loader)[0].to(device=device, dtype=dtype, non_blocking=True)
-            local = score_batch(model, images, plan, input_std, forward_batch_size, fits)
+            local = score_batch(model, images, plan, input_std, forward_batch_size, fits, seed=seed, start=share[0])
             error = non_finite_error(local, desc or "scoring", plan)
         agree_on_failure(error)  # at the first range with a NaN: no later work, on any process
         parts[(start, stop)] = {name: gather_shards(scores.cpu(), stop - start) for name, scores in local.items()}
@@ -104,7 +106,8 @@ class Scorer(Protocol):
 @dataclass(frozen=True)
 class ModelScorer:
     """The :class:`Scorer` of one eval-mode model (checked once): :func:`score_plan` with its input std, batch size,
-    workers, device and fits (those of the methods with ``needs_fit``, ``odin_pl.protocol.fits.prepare_fits``)."""
+    workers, device, fits (those of the methods with ``needs_fit``, ``odin_pl.protocol.fits.prepare_fits``) and
+    the run seed of the stochastic passes."""
 
     model: nn.Module
     input_std: StdLike = None
@@ -113,6 +116,7 @@ class ModelScorer:
     device: str | torch.device | None = None
     fits: Fits | None = None
     progress: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_model_in_eval(self.model)
@@ -123,7 +127,7 @@ class ModelScorer:
                  on_range: Callable[[int, int, Scores], None] | None = None) -> Scores:
         return score_plan(self.model, dataset, plan, input_std=self.input_std, batch_size=self.batch_size,
                           num_workers=self.num_workers, device=self.device, desc=desc, progress=self.progress,
-                          fits=self.fits, done=done, on_range=on_range)
+                          fits=self.fits, done=done, on_range=on_range, seed=self.seed)
 
 
 class ScoreCache(Protocol):
