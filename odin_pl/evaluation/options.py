@@ -33,7 +33,7 @@ from lightning.pytorch import LightningDataModule
 from odin_pl.analyses import check_analyses, parse_analyses
 from odin_pl.protocol.bootstrap import DEFAULT_RESAMPLES
 from odin_pl.tracking.loggers import LoggerOptions
-from odin_pl.methods import default_methods, list_methods, method_with_role
+from odin_pl.methods import create_method, default_methods, list_methods, method_with_role
 from odin_pl.protocol.openood import OPENOOD, openood_plan
 from odin_pl.protocol.plan import MODES, MethodGrid, ProtocolPlan
 from odin_pl.protocol.tuning import PAPER_TUNING_SIZE, parse_floats
@@ -95,8 +95,8 @@ class TuningOptions:
             One of the paper's modes and ``openood`` together (``paper,openood``) run both on the model.
         tune_on: the set to tune on in ``transfer`` mode: an evaluated OOD set, or ``noise`` (500 Gaussian + 500
             Uniform images drawn apart from the noise test sets).
-        methods: detection methods (msp, odin, energy, maxlogit, entropy, mahalanobis, react, knn; default: the
-            baseline, MSP, and the paper's method, ODIN).
+        methods: detection methods by name (27 are registered; the README's methods table lists them; default:
+            the baseline, MSP, and the paper's method, ODIN).
         params: fixed parameter values, ``method.name=value`` (e.g. ``energy.temperature=1``): in fixed mode the
             values used, in the other modes the one value of that parameter's grid.
         grids: per method, per parameter, the grid's values (a YAML mapping of lists, e.g. ``{energy:
@@ -408,8 +408,8 @@ class ProtocolConfig(ModelSource):
     """A protocol run: what to evaluate (a checkpoint, or a model, its weights and data) and how.
 
     Args:
-        fit_images: the feature methods (mahalanobis, react, knn) fit on a seeded subset of this many
-            in-distribution training images (default: all of them).
+        fit_images: the methods fitted on training images (mahalanobis, react, knn, vim, ...) fit on a seeded
+            subset of this many in-distribution training images (default: all of them).
     """
 
     fit_images: int | None = None
@@ -429,8 +429,9 @@ class ProtocolConfig(ModelSource):
                 raise UserError(f"--fit_images must be at least 1 (training images to fit the feature methods on), "
                                 f"got {self.fit_images}; leave it out to fit on all of them")
             if not any(grid.method.needs_fit for grid in self.tuning.method_grids):
-                raise UserError("--fit_images sets the training images of the feature methods (mahalanobis, react, "
-                                f"knn), and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
+                fitted = [name for name in list_methods() if create_method(name).needs_fit]
+                raise UserError(f"--fit_images sets the training images of the feature methods ({', '.join(fitted)}), "
+                                f"and --tuning.methods ({', '.join(self.tuning.methods)}) has none of them: "
                                 "drop it or add such a method")
         if self.tuning.openood != (self.openood.benchmark is not None):
             raise UserError("--openood.benchmark NAME goes with --tuning.mode openood (or paper,openood), and only "
