@@ -133,7 +133,7 @@ def evaluate(model: nn.Module | str | Path, data: LightningDataModule | Dataset 
                         "spec, data_root, seed)} of datamodules.ood)")
     workspace = tempfile.TemporaryDirectory(prefix="odin_pl_") if output_dir is None else None
     out = Path(workspace.name if workspace is not None else output_dir)
-    datamodule = data if isinstance(data, LightningDataModule) or data is None else DatasetData(data, fit_data)
+    datamodule = data if isinstance(data, LightningDataModule) or data is None else _DatasetData(data, fit_data)
     config = _config(model, datamodule, out, methods, protocol, options)
     config.check_output_dir()
     if dist.is_available() and dist.is_initialized():
@@ -188,7 +188,7 @@ def _module_target(model: nn.Module, datamodule: LightningDataModule, spec: Imag
     return replace(probe, num_classes=logits.shape[1])
 
 
-class DatasetData(LightningDataModule):
+class _DatasetData(LightningDataModule):  # private: jsonargparse lists no "_" class among --data's choices
     """An in-distribution test ``Dataset`` (and, for the fitted methods, a training one) as a DataModule."""
 
     def __init__(self, test_set: Dataset, train_set: Dataset | None = None) -> None:
