@@ -4,7 +4,10 @@ and the evaluation's reference to the checkpoint it measured. The only test with
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,24 @@ from odin_pl.fingerprint import file_sha256
 from odin_pl.metrics import METRIC_NAMES
 
 SETS = ("gaussian", "uniform", "photos")
+CHILD = "ODIN_PL_WANDB_TEST_CHILD"  # set in the fresh interpreter that runs the checks
+
+
+def fresh_environment() -> dict[str, str]:
+    """This process's environment without what W&B left in it (e.g. the address of its service)."""
+    return {key: value for key, value in os.environ.items() if not key.lstrip("_").upper().startswith("WANDB")}
+
+
+def test_the_runs_are_checked_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """W&B keeps one service and its settings per process (``wandb.setup``); after the other tests' runs with W&B
+    disabled in this process, a new offline run could end before writing its ``.wandb`` file (seen after
+    tests/test_train.py). A user's train.py and evaluate.py are fresh processes, so the checks below run in one,
+    without the W&B variables this process holds."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                             str(tmp_path / "child"), f"{__file__}::test_quickstart_runs_are_named_grouped_and_linked"],
+                            env={**fresh_environment(), CHILD: "1"}, cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 @pytest.fixture
@@ -29,6 +50,7 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.skipif(not os.environ.get(CHILD), reason="run by test_the_runs_are_checked_in_a_fresh_interpreter")
 def test_quickstart_runs_are_named_grouped_and_linked(offline_wandb: Path) -> None:
     ckpt = train.main(["--trainer.max_epochs", "2", "--trainer.callbacks.every_n_epochs=2",
                        "--trainer.callbacks.num_images=200"])
