@@ -16,7 +16,8 @@ benchmark       ID train / val / test       OOD val                   near-OOD; 
 The ID val and test lists split the official test (CIFAR) or validation (ILSVRC2012) images; each list's line count
 is checked against OpenOOD v1.5's where it is known. A data root in OpenOOD's layout has
 ``benchmark_imglist/<benchmark>/<list>.txt`` and the images under ``images_classic/`` and ``images_largescale/``.
-Any folder of images can join a suite's near- or far-OOD group (:meth:`OpenOODSuite.add_folder`).
+Any folder of images can join a suite's near- or far-OOD group, or stand in for its OOD validation set where
+OpenOOD's is not at hand (:meth:`OpenOODSuite.add_folder`; the results then say the search differs from OpenOOD's).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from odin_pl.spec import ImageSpec
 CLASSIC, LARGESCALE = "images_classic", "images_largescale"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OOD_GROUPS = ("near", "far")
+OOD_VAL = "val"  # add_folder's group for a folder in place of the benchmark's OOD validation list
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,9 @@ def get_benchmark(benchmark: str | Benchmark) -> Benchmark:
 class OpenOODSuite:
     """The data sets of one OpenOOD evaluation, each yielding ``(normalized image, label)`` in ``spec``.
 
-    ``id``: the ID splits by name (``val``, ``test``; ``train`` when asked); ``ood_val``: the OOD validation set;
-    ``near``, ``far``: OOD test sets (label -1) by name; ``csid``: covariate-shifted ID sets (class labels);
+    ``id``: the ID splits by name (``val``, ``test``; ``train`` when asked); ``ood_val``: the OOD validation set,
+    named ``ood_val_name`` (the benchmark's list, or a folder standing in for it); ``near``, ``far``: OOD test
+    sets (label -1) by name; ``csid``: covariate-shifted ID sets (class labels);
     ``sources``: each set's list file or folder; ``skipped``: test sets that are not here, with what to download.
     """
 
@@ -150,6 +153,7 @@ class OpenOODSuite:
     spec: ImageSpec
     id: dict[str, Dataset] = field(default_factory=dict)
     ood_val: Dataset | None = None
+    ood_val_name: str = ""
     near: dict[str, Dataset] = field(default_factory=dict)
     far: dict[str, Dataset] = field(default_factory=dict)
     csid: dict[str, Dataset] = field(default_factory=dict)
@@ -160,30 +164,38 @@ class OpenOODSuite:
                    exclude: Sequence[str | os.PathLike] = ()) -> None:
         """Every decodable image under ``folder`` (any depth, sorted; nothing under ``exclude``) as the OOD set
         ``name`` of the ``near`` or ``far`` group, with the benchmark's preprocessing; it replaces a list's set
-        of that name (and its skipped entry)."""
-        if group not in OOD_GROUPS:
-            raise UserError(f"a folder joins the near or far group, not {group!r}")
+        of that name (and its skipped entry). Group ``val``: the set replaces the OOD validation set (its name must
+        not be a test set's: the search would see test images)."""
+        if group not in (*OOD_GROUPS, OOD_VAL):
+            raise UserError(f"a folder joins the near or far group or replaces the OOD validation set (val), "
+                            f"not {group!r}")
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise UserError(f"OOD folder {folder} (for {group}/{name}) does not exist")
         paths = find_images(folder, [Path(e).expanduser().resolve() for e in exclude])
         if not paths:
             raise UserError(f"no decodable images under {folder} (for {group}/{name})")
-        other = "far" if group == "near" else "near"
-        if name in getattr(self, other):
-            raise UserError(f"{name!r} is already a {other}-OOD set of this suite: give the folder another name")
-        getattr(self, group)[name] = ImageListDataset([(path, OOD_LABEL) for path in paths],
-                                                      self.benchmark.preprocessing.transform(self.spec),
-                                                      self.spec.size)
+        taken = {"near": self.near, "far": self.far, OOD_VAL: {self.ood_val_name: self.ood_val}}
+        for other in taken:
+            if other != group and name in taken[other]:
+                raise UserError(f"{name!r} is already a{'n' if other == OOD_VAL else ''} {other}-OOD set of this "
+                                "suite: give the folder another name")
+        dataset = ImageListDataset([(path, OOD_LABEL) for path in paths],
+                                   self.benchmark.preprocessing.transform(self.spec), self.spec.size)
+        if group == OOD_VAL:
+            self.sources.pop(self.ood_val_name, None)
+            self.ood_val, self.ood_val_name = dataset, name
+        else:
+            getattr(self, group)[name] = dataset
         self.sources[name] = str(folder)
         self.skipped.pop(name, None)
 
     def sets(self) -> OpenOODSets:
         """The protocol's view of the suite (``odin_pl.protocol.openood``)."""
-        return OpenOODSets(self.benchmark.name, self.id["val"], self.id["test"], self.benchmark.ood_val.name,
+        listed = {group: tuple(e.name for e in self.benchmark.group(group)) for group in OOD_GROUPS}
+        return OpenOODSets(self.benchmark.name, self.id["val"], self.id["test"], self.ood_val_name,
                            self.ood_val, dict(self.near), dict(self.far), self.id.get("train"), dict(self.sources),
-                           dict(self.skipped), {group: tuple(e.name for e in self.benchmark.group(group))
-                                                for group in OOD_GROUPS})
+                           dict(self.skipped), {**listed, OOD_VAL: (self.benchmark.ood_val.name,)})
 
 
 def _list_dataset(benchmark: Benchmark, entry: ListSet, data_root: Path, spec: ImageSpec, ood: bool,
@@ -211,7 +223,8 @@ def build_openood_suite(benchmark: str | Benchmark, data_root: str | os.PathLike
     The ID val and test lists and the OOD val list must be there (and the ID train list with ``train``), else
     :class:`~datamodules.download.DatasetNotFoundError`; a missing near/far/csID set is skipped, with what to
     download. ``download`` fetches what is missing with gdown. ``folders`` maps ``"<near|far>/<name>"`` to a
-    folder of images joining the suite (:meth:`OpenOODSuite.add_folder`). ``image_roots`` reads a set's listed
+    folder of images joining the suite, and ``"val/<name>"`` to one replacing the OOD validation list (which then
+    need not be there) (:meth:`OpenOODSuite.add_folder`). ``image_roots`` reads a set's listed
     images from another folder (an :class:`~datamodules.openood_download.ImageRoot`, or a folder), such as
     ``{"cifar10": ImageRoot("cifar10-jpeg", ".jpg")}`` for a JPEG copy with the same file names.
     """
@@ -229,17 +242,19 @@ def build_openood_suite(benchmark: str | Benchmark, data_root: str | os.PathLike
 
     splits = {"val": bench.val, "test": bench.test, **({"train": bench.train} if train else {})}
     suite.id = {split: load(entry, ood=False) for split, entry in splits.items()}
-    suite.ood_val = load(bench.ood_val, ood=True)
+    folders = dict(folders or {})
+    if not any(str(key).startswith(f"{OOD_VAL}/") for key in folders):
+        suite.ood_val, suite.ood_val_name = load(bench.ood_val, ood=True), bench.ood_val.name
     for group in (*OOD_GROUPS, *(("csid",) if csid else ())):
         for entry in bench.group(group):
             try:
                 getattr(suite, group)[entry.name] = load(entry, ood=group != "csid")
             except DatasetNotFoundError as err:
                 suite.skipped[entry.name] = str(err)
-    for key, folder in (folders or {}).items():
+    for key, folder in folders.items():
         group, _, name = str(key).partition("/")
         if not name:
-            raise UserError(f"folder key {key!r}: write it as '<near|far>/<name>'")
+            raise UserError(f"folder key {key!r}: write it as '<near|far|val>/<name>'")
         suite.add_folder(group, name, folder)
     return suite
 

@@ -348,8 +348,31 @@ def test_a_folder_of_images_joins_a_suite(tmp_path):
     assert list(suite.near)[-1] == "digits" and suite.sources["digits"] == str(folder)
     with pytest.raises(UserError, match="near or far"):
         suite.add_folder("csid", "x", folder)
-    with pytest.raises(UserError, match="<near|far>/<name>"):
+    with pytest.raises(UserError, match="<near|far|val>/<name>"):
         build_openood_suite(SMALL_CIFAR10, tmp_path, folders={"mnist": folder})
+
+
+def test_a_folder_can_stand_in_for_the_ood_validation_list(tmp_path):
+    """Without OpenOOD's val_tin (list and images gone), a folder replaces it under its own name, and the
+    protocol's view names the benchmark's list as the one it stands in for."""
+    make_openood_layout(tmp_path)
+    (tmp_path / "benchmark_imglist" / "cifar10" / "val_tin.txt").unlink()
+    with pytest.raises(DatasetNotFoundError, match="val_tin"):
+        build_openood_suite(SMALL_CIFAR10, tmp_path)
+    folder = tmp_path / "tin_test_part"
+    for i in range(4):
+        _write_image(folder / f"{i}.png", seed=40 + i, size=(64, 64), mode="RGB")
+    suite = build_openood_suite(SMALL_CIFAR10, tmp_path, folders={"val/tin_test_part": folder})
+    assert suite.ood_val_name == "tin_test_part" and len(suite.ood_val) == 4
+    image, label = suite.ood_val[3]
+    pre = CIFAR10.preprocessing
+    want = reference_preprocess(folder / "3.png", 32, 32, pre.mean, pre.std)
+    assert label == -1 and np.abs(image.numpy() - want).max() <= PIXEL_TOL
+    sets = suite.sets()
+    assert sets.ood_val_name == "tin_test_part" and sets.listed["val"] == ("val_tin",)
+    assert sets.sources["tin_test_part"] == str(folder) and "val_tin" not in sets.sources
+    with pytest.raises(UserError, match="'tin' is already a near-OOD set"):
+        suite.add_folder("val", "tin", folder)
 
 
 def test_a_sets_listed_images_can_come_from_another_folder(tmp_path, monkeypatch):

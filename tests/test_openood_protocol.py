@@ -114,11 +114,13 @@ def test_per_set_metrics_group_means_and_their_intervals():
     sets = OpenOODSets("toy", id_val=_tensor_set(rng, 40, 2.0), id_test=_tensor_set(rng, 70, 2.0, tied=True),
                        ood_val_name="val_ood", ood_val=_tensor_set(rng, 30, 0.0),
                        near={"a": _tensor_set(rng, 45, 1.0, tied=True), "b": _tensor_set(rng, 35, 1.5)},
-                       far={"c": _tensor_set(rng, 50, -1.0)}, listed={"near": ("a", "b"), "far": ("c", "d")})
+                       far={"c": _tensor_set(rng, 50, -1.0)},
+                       listed={"near": ("a", "b"), "far": ("c", "d"), "val": ("val_tin",)})
     plan = openood_plan(["msp", "odin"], seed=3)
     result = run_openood(plan, sets, FakeScorer(), accuracy=0.5)
     assert result.groups == {"near": ["a", "b"], "far": ["c"]}
     assert any("far-OOD mean is over c only (d missing)" in note for note in result.notes)
+    assert any("used val_ood (a folder) in place of OpenOOD's val_tin" in note for note in result.notes)
     per_set = {}
     for record in result.records:
         s_in = result.in_test_scores[record.key].numpy()

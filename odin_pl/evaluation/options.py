@@ -240,7 +240,8 @@ class OpenOODOptions:
     Args:
         benchmark: ``cifar10``, ``cifar100``, ``imagenet200`` or ``imagenet``.
         download: fetch missing lists and sets from OpenOOD's Google Drive archives (gdown).
-        folders: more OOD test sets, ``{"<near|far>/<name>": folder of images}``.
+        folders: more OOD test sets, ``{"<near|far>/<name>": folder of images}``; ``{"val/<name>": folder}``
+            replaces the OOD validation set where OpenOOD's is not at hand (the results say so).
         image_roots: per set, another folder holding its listed images with the same file names (e.g.
             ``{cifar10: /data/cifar10-jpeg}``).
     """

@@ -113,7 +113,8 @@ def _nested(values: Mapping[Setting, float], axes: list[list[float]], prefix: Se
 class OpenOODSets:
     """The data sets of one OpenOOD evaluation: ID val and test (and train for fits), the OOD val set, and the
     near/far-OOD test sets by name; ``skipped``: test sets that are not here, with what to download; ``listed``:
-    the benchmark's own members of each group (a group mean over fewer is noted)."""
+    the benchmark's own members of each group (a group mean over fewer is noted) and its OOD val set (``val``; a
+    stand-in is noted)."""
 
     benchmark: str
     id_val: Dataset
@@ -241,6 +242,10 @@ def run_openood(plan: ProtocolPlan, sets: OpenOODSets, scorer: Scorer, cache: Sc
             result.group_records.append(GroupRecord(group, m.name, tuple(members), _prefixed(means, accuracy)))
     for name in sets.skipped:
         result.notes.append(f"OpenOOD {sets.benchmark}: {name} skipped (not here): {sets.skipped[name]}")
+    if sets.listed.get("val") and sets.ood_val_name not in sets.listed["val"]:
+        result.notes.append(f"the search used {sets.ood_val_name} ({sets.sources.get(sets.ood_val_name, 'a folder')}) "
+                            f"in place of OpenOOD's {', '.join(sets.listed['val'])}: its settings may differ from "
+                            "OpenOOD's")
     for group, members in result.groups.items():
         missing = [name for name in sets.listed.get(group, ()) if name not in members]
         if missing:
