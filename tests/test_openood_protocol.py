@@ -24,7 +24,7 @@ import datamodules.openood_benchmarks as openood_benchmarks
 from datamodules.openood import read_image_list
 from odin_pl.evaluation.options import ProtocolConfig
 from odin_pl.errors import UserError
-from odin_pl.methods import Method, Param, create_method
+from odin_pl.methods import Method, Param, create_method, list_methods
 from odin_pl.metrics import ood_metrics
 from odin_pl.protocol.bootstrap import bootstrap_seed, resample_indices
 from odin_pl.protocol.openood import (OpenOODSets, openood_intervals, openood_plan, openood_settings, run_openood,
@@ -63,6 +63,30 @@ def test_search_space_in_openoods_order_first_key_fastest():
 
     with pytest.raises(UserError, match="declares no OpenOOD search space"):
         openood_settings(Undeclared())
+
+
+# DESIGN, "OpenOOD v1.5 protocol": the sweeps OpenOOD lists; the methods it runs without a search keep their fixed
+# default (dice p 90, gradnorm T 1, nnguide K 100), those it has no sweep for their own tie default.
+OPENOOD_SWEEPS = {
+    "vim": [(256.0,), (1000.0,)], "residual": [(256.0,), (1000.0,)],
+    "gen": [(g, m) for m in (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0) for g in (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)],
+    **{name: [(p,) for p in (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)]
+       for name in ("ash_p", "ash_b", "ash_s", "scale")},
+    "dice": [(90.0,)], "gradnorm": [(1.0,)], "nnguide": [(100.0,)], "fdbd": [(0.0,)], "gram": [(10.0,)],
+    "openmax": [(20.0, 10.0, 0.0)],
+    **{name: [()] for name in ("rmds", "she", "klm", "mcd", "mcd_var", "tempscale")},
+}
+OPENOOD_VAL_FITS = {"react", "klm", "tempscale"}  # OpenOOD's fits on the ID val list; the rest fit on ID train
+
+
+def test_every_method_runs_under_openoods_protocol_with_its_sweep():
+    for name in list_methods():
+        method = create_method(name)
+        settings = list(openood_settings(method))  # raises for a method with parameters and no declared sweep
+        if name in OPENOOD_SWEEPS:
+            assert settings == OPENOOD_SWEEPS[name], name
+        assert method.openood_fit_split == ("val" if name in OPENOOD_VAL_FITS else "train"), name
+        assert all(method.check_setting(s) == s for s in settings), name
 
 
 def test_search_takes_the_first_maximum_of_auroc():

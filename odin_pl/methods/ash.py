@@ -85,6 +85,7 @@ class _Shaping(Method):
     the p that keep no entry of h dropped."""
 
     params = (Param("percentile", "p", P_GRID),)
+    openood_grid = {"percentile": P_GRID}  # OpenOOD's ash and scale sweeps
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

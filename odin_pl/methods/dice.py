@@ -57,6 +57,7 @@ def dice_score(h: Tensor, bias: Tensor, fit: dict, percentile: float) -> Tensor:
 class DICE(Method):
     name = "dice"
     params = (Param("percentile", "p", P_GRID),)
+    openood_grid = {"percentile": (90.0,)}  # OpenOOD's dice: no search, p 90
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

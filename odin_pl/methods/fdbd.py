@@ -66,6 +66,7 @@ def fdbd_score(logits: Tensor, h: Tensor, fit: dict, normalizer: float = DISTANC
 class FDBD(Method):
     name = "fdbd"
     params = (Param("normalizer", "normalizer (0: distance to the mean, 1: norm)", NORMALIZER_GRID),)
+    openood_grid = {"normalizer": (DISTANCE,)}  # OpenOOD's fdbd: the paper's distance to the mean, no search
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

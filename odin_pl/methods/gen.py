@@ -57,6 +57,7 @@ def gen_score(logits: Tensor, gamma: float, m: float) -> Tensor:
 class GEN(Method):
     name = "gen"
     params = (Param("gamma", "gamma", GAMMA_GRID), Param("M", "M", M_GRID, floor=1.0))
+    openood_grid = {"gamma": GAMMA_GRID, "M": M_GRID}  # OpenOOD's gen sweep, gamma varying fastest
 
     def score(self, batch: Batch, settings: Sequence[Setting]) -> Tensor:
         """One score per distinct (gamma, min(M, N)): values M >= N share theirs."""

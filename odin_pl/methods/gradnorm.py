@@ -38,6 +38,7 @@ def gradnorm_score(logits: Tensor, h: Tensor, temperature: float = 1.0) -> Tenso
 class GradNorm(Method):
     name = "gradnorm"
     params = (Param("temperature", "T", T_GRID),)
+    openood_grid = {"temperature": (1.0,)}  # OpenOOD's gradnorm: no search
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
         return Needs(features=True)

@@ -153,6 +153,7 @@ def batch_grams(batch: Batch, poles: int) -> list[Tensor]:
 class Gram(Method):
     name = "gram"
     params = (Param("poles", "P", POLES_GRID, floor=1.0),)
+    openood_grid = {"poles": (10.0,)}  # OpenOOD's gram sets no sweep: the paper's P 10
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

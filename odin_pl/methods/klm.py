@@ -50,6 +50,7 @@ def klm_score(logits: Tensor, fit: dict) -> Tensor:
 class KLM(Method):
     name = "klm"
     needs_fit = True
+    openood_fit_split = "val"  # OpenOOD fits klm on its ID val list
 
     def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
         return fit_klm(data.logits)

@@ -72,6 +72,7 @@ def nnguide_score(logits: Tensor, h: Tensor, fit: dict, ks: Sequence[float]) -> 
 class NNGuide(Method):
     name = "nnguide"
     params = (Param("k", "k", K_GRID, floor=1.0),)
+    openood_grid = {"k": (100.0,)}  # OpenOOD's nnguide: no search, K 100 (on a 1% bank, as here)
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:

@@ -149,6 +149,8 @@ class OpenMax(Method):
     name = "openmax"
     params = (Param("tailsize", "tail size", TAILSIZE_GRID, floor=1.0), Param("alpha", "alpha", ALPHA_GRID, floor=1.0),
               Param("distance", "distance (0: euclidean, 1: eucos)", DISTANCE_GRID))
+    #: OpenOOD sets no openmax sweep: the grid's tie default (tail size 20, alpha 10, euclidean)
+    openood_grid = {"tailsize": (20.0,), "alpha": (10.0,), "distance": (EUCLIDEAN,)}
     needs_fit = True
 
     def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:

@@ -72,6 +72,7 @@ class TempScale(Method):
     name = "tempscale"
     needs_fit = True
     fit_split = "heldout"
+    openood_fit_split = "val"  # OpenOOD fits temp_scaling on its ID val list
 
     def fit(self, data: FitData, settings: Sequence[Setting]) -> dict[str, Tensor]:
         """T* on the held-out split's logits and labels (a label outside the classes: no labels, refused)."""

@@ -128,6 +128,7 @@ class _Subspace(Method):
     """What vim and residual share: the d grid, the fit's subspaces for the d that apply, the tie order."""
 
     params = (Param("d", "d (0: the rule)", D_GRID),)
+    openood_grid = {"d": (256.0, 1000.0)}  # OpenOOD's vim (and residual) dim sweep
     needs_fit = True
 
     def needs(self, settings: Sequence[Setting], fit: Fit | None = None) -> Needs:
