@@ -411,20 +411,19 @@ def main(argv: list[str] | None = None) -> ProtocolRun | Path | dict[str, Analys
 def run_command_line() -> int:
     """``main()`` for the shell: a user error (``odin_pl.errors.UserError``) ends in one line on stderr and
     exit status 2 (its traceback with ``--debug``); any other exception is a bug and keeps its traceback. In a run
-    of several processes, a process whose peer stopped ends with one line and status 1."""
+    of several processes, a process whose collective failed because a peer stopped (``PeerFailedError``) ends
+    with one line and status 1; a process's own RuntimeError is its own error."""
     try:
         main()
     except Exception as err:
-        from odin_pl.distributed import world
-        from odin_pl.errors import UserError, report_user_error
+        from odin_pl.errors import PeerFailedError, UserError, report_user_error
 
         if isinstance(err, UserError):
             return report_user_error("evaluate.py", err, sys.argv[1:], process=_process_label())
-        if not isinstance(err, RuntimeError) or world()[1] == 1:
+        if not isinstance(err, PeerFailedError):
             raise
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"evaluate.py: error{_process_label()}: stopped because another process of the run failed (see its "
-              f"message): {first_line}", file=sys.stderr)
+              f"message): {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,14 +10,15 @@ torchrun or SLURM set up; see ``odin_pl.evaluation.runtime``) and work in a plai
 
 from __future__ import annotations
 
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.errors import UserError
+from odin_pl.errors import PeerFailedError, UserError
 
 T = TypeVar("T")
 
@@ -52,7 +53,8 @@ def gather_shards(local: Tensor, n: int) -> Tensor:
     padded = torch.zeros(*local.shape[:-1], longest, dtype=local.dtype, device=device)
     padded[..., :local.shape[-1]] = local.to(device)
     parts = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(parts, padded)
+    with _collective():
+        dist.all_gather(parts, padded)
     full = local.new_empty(*local.shape[:-1], n)
     for r, part in enumerate(parts):
         count = len(range(r, n, world_size))
@@ -65,7 +67,8 @@ def broadcast_from_zero(obj: T) -> T:
     if world()[1] == 1:
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
+    with _collective():
+        dist.broadcast_object_list(holder, src=0)
     return holder[0]
 
 
@@ -76,7 +79,8 @@ def agree_on_failure(error: Exception | None) -> None:
     failed = error is not None
     if world()[1] > 1:
         flag = torch.tensor([int(failed)], device=_collective_device(torch.device("cpu")))
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        with _collective():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         failed = bool(flag.item())
     if error is not None:
         raise error
@@ -87,3 +91,13 @@ def agree_on_failure(error: Exception | None) -> None:
 def _collective_device(default: torch.device) -> torch.device:
     """Where tensors for collectives must live: this process's GPU with NCCL, else ``default``."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else default
+
+
+@contextmanager
+def _collective() -> Iterator[None]:
+    """A collective of the run: a RuntimeError inside it (gloo's or NCCL's when a peer has gone) becomes
+    :class:`~odin_pl.errors.PeerFailedError`, chained to the original."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise PeerFailedError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err

@@ -25,6 +25,12 @@ class NonFiniteScoresError(UserError):
     """A model gave NaN or infinite scores (corrupt weights, an overflow): no metric or decision is made from them."""
 
 
+class PeerFailedError(RuntimeError):
+    """A collective of a run of several processes failed because another process stopped (that process's own
+    message says why); raised only by the collectives of ``odin_pl.distributed``, so that a process's own
+    RuntimeError is never mistaken for it."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed at (or that a data set needs) does not exist."""
 

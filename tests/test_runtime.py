@@ -8,6 +8,7 @@ float64 with a small grid and 200 images per OOD set; the reference is one in-pr
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -20,8 +21,8 @@ import torch
 from conftest import REPO, free_port
 
 import evaluate
-from odin_pl.distributed import agree_on_failure
-from odin_pl.errors import NonFiniteScoresError, UserError
+from odin_pl.distributed import agree_on_failure, gather_shards
+from odin_pl.errors import NonFiniteScoresError, PeerFailedError, UserError
 from odin_pl.evaluation.options import RuntimeOptions
 from odin_pl.evaluation.runtime import create_fabric, launcher_processes
 
@@ -205,3 +206,47 @@ def test_one_process_failure_stops_every_process(tmp_path: Path) -> None:
     assert (tmp_path / "rank0.txt").read_text() == "NonFiniteScoresError: rank 0 saw a NaN"
     assert (tmp_path / "rank1.txt").read_text() == ("UserError: another process of the run stopped with an error "
                                                     "(see its message)")
+
+
+def _own_error_process(rank: int, port: int, out: str) -> None:
+    """Process 1 of 2 fails with a RuntimeError of its own, outside any collective, and exits; process 0 waits in
+    a gather, which fails when process 1's connection closes."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        if rank == 1:
+            raise RuntimeError("process 1's own failure")
+        gather_shards(torch.zeros(1), 2)
+    except RuntimeError as err:
+        Path(out, f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}".splitlines()[0])
+
+
+def test_a_process_own_runtime_error_is_not_blamed_on_another_process(tmp_path: Path) -> None:
+    """Before: gloo's error in a collective and a process's own error were both a plain RuntimeError, and the
+    command line told them apart by type alone, so the failing process itself said "stopped because another
+    process of the run failed"."""
+    torch.multiprocessing.spawn(_own_error_process, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank1.txt").read_text() == "RuntimeError: process 1's own failure"
+    assert (tmp_path / "rank0.txt").read_text().startswith("PeerFailedError: ")
+
+
+def test_the_command_line_names_only_a_failed_collective_as_another_process_failure(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Before: in a run of several processes any RuntimeError printed "stopped because another process of the run
+    failed", the process's own bug included."""
+    monkeypatch.setattr(evaluate, "_process_label", lambda: " (process 1 of 2)")
+
+    def own_bug() -> None:
+        raise RuntimeError("an own bug")
+
+    monkeypatch.setattr(evaluate, "main", own_bug)
+    with pytest.raises(RuntimeError, match="an own bug"):
+        evaluate.run_command_line()
+
+    def peer_gone() -> None:
+        raise PeerFailedError("Connection closed by peer")
+
+    monkeypatch.setattr(evaluate, "main", peer_gone)
+    assert evaluate.run_command_line() == 1
+    assert capsys.readouterr().err.strip() == ("evaluate.py: error (process 1 of 2): stopped because another process "
+                                               "of the run failed (see its message): Connection closed by peer")
