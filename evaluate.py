@@ -350,6 +350,7 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     from odin_pl.errors import NonFiniteScoresError
     from odin_pl.evaluation.run import load_target
     from odin_pl.evaluation.runtime import start_processes
+    from odin_pl.files import named_file
     from odin_pl.fingerprint import file_sha256
 
     fabric = start_processes(config.runtime, may_start_processes=may_start_processes)
@@ -360,12 +361,12 @@ def predict(config: PredictConfig, *, may_start_processes: bool = False) -> Path
     spec = target.spec
     dataset = build_ood_dataset(config.images, spec, target.datamodule.data_root, config.seed, config.num_images,
                                 exclude=[config.output_folder])
+    csv_path = named_file(config.output_folder / "predictions", f"{ood_set_name(config.images)}.csv")
     try:
         detections = detect_dataset(detector, dataset, batch_size=config.runtime.batch_size,
                                     num_workers=config.runtime.num_workers)
     except NonFiniteScoresError as err:
         raise NonFiniteScoresError(f"{target.weights_file}: {err}") from err
-    csv_path = config.output_folder / "predictions" / f"{ood_set_name(config.images)}.csv"
     if fabric.global_rank == 0:
         paths = [str(p) for p, _ in dataset.samples] if isinstance(dataset, ImageFolderDataset) else None
         write_detections(csv_path, detections, detector.method.name, paths, spec.class_names)

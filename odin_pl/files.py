@@ -1,4 +1,5 @@
-"""Files that are never seen half-written: a temporary file beside the target, flushed, then renamed over it."""
+"""Files that are never seen half-written (a temporary file beside the target, flushed, then renamed over it), and
+the one check of every output file name made from a name (a method, a set, an analysis)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,29 @@ from typing import IO, Any, Iterator
 
 import torch
 
-from odin_pl.errors import OutputError
+from odin_pl.errors import OutputError, UserError
 
 #: errno values a user fixes (free space, permissions, a read-only mount), reported as an OutputError.
 _USER_FIXABLE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                  errno.EROFS: "the file system is read-only"}
+
+#: The longest file name (bytes) of common file systems; the temporary file beside a target adds a few.
+MAX_FILE_NAME_BYTES = 240
+
+
+def named_file(folder: str | Path, name: str) -> Path:
+    """``folder / name`` for an output file whose ``name`` was made from a method, set or analysis name: a
+    UserError unless ``name`` is one plain path component (not empty, ``.`` or ``..``, no separator or NUL) of at
+    most :data:`MAX_FILE_NAME_BYTES` bytes, so that no name can write outside ``folder`` or fail after the work."""
+    separators = {os.sep, *([os.altsep] if os.altsep else []), "\0"}
+    if name in ("", ".", "..") or any(sep in name for sep in separators):
+        raise UserError(f"the output file name {name!r} (made from a method, set or analysis name) is not a plain "
+                        "file name; rename the method, set or folder it comes from")
+    if len(os.fsencode(name)) > MAX_FILE_NAME_BYTES:
+        raise UserError(f"the output file name {name[:40]!r}... has {len(os.fsencode(name))} bytes, more than "
+                        f"{MAX_FILE_NAME_BYTES}; give the method, set or folder it comes from a shorter name")
+    return Path(folder) / name
 
 
 def replace_atomically(staging: str | Path, path: str | Path) -> None:

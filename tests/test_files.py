@@ -100,3 +100,48 @@ def test_stale_files_of_an_earlier_run_are_removed(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["uniform.json", "uniform.knn.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.json", "gaussian.json", "notes.txt"]
     assert remove_stale(tmp_path / "absent", [], "*.png") == []
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../escape.pt", "sub/dir.pt", "nul\0.pt", "x" * 241])
+def test_an_output_file_name_made_from_a_name_is_one_plain_short_component(tmp_path: Path, name: str) -> None:
+    """Before: fit files, score files, figures and detector files were ``folder / f"{name}..."`` with no check, so
+    a method or set name with a separator wrote outside the run folder, and a long one failed after the work."""
+    with pytest.raises(UserError, match="output file name"):
+        files.named_file(tmp_path, name)
+    assert files.named_file(tmp_path, "tin_crop__test.pt") == tmp_path / "tin_crop__test.pt"
+    assert files.named_file(tmp_path, "é" * 120) == tmp_path / ("é" * 120)  # 240 bytes in UTF-8
+
+
+def test_a_fitted_method_whose_name_is_no_file_name_is_refused_before_any_pass(tmp_path: Path) -> None:
+    from feature_nets import tiny_net
+
+    from odin_pl.methods import create_method
+    from odin_pl.protocol.fits import prepare_fits
+    from odin_pl.protocol.plan import MethodGrid
+
+    method = create_method("she")
+    method.name = "../she"  # a third-party method registered under a name with a separator
+    grid = MethodGrid(method, ((),))
+    with pytest.raises(UserError, match="not a plain file name"):
+        prepare_fits(tiny_net(), [grid], None, folder=tmp_path / "fits", weights_sha256="0" * 64)
+    assert not any(tmp_path.iterdir())
+
+
+def test_aggregate_writes_its_files_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: aggregate.json and aggregate.md were written with ``Path.write_text``, so a full disk left them
+    truncated."""
+    from odin_pl.evaluation import aggregate
+
+    runs = [tmp_path / "run0", tmp_path / "run1"]
+    for run in runs:
+        run.mkdir()
+        (run / "results.json").write_text("{}")
+    monkeypatch.setattr(aggregate, "aggregate_results", lambda results, dirs: {"rows": [], "n_runs": len(dirs)})
+    monkeypatch.setattr(aggregate, "aggregate_table", lambda agg: "| table |")
+    out = tmp_path / "agg"
+    out.mkdir()
+    (out / "aggregate.json").write_text("old")
+    monkeypatch.setattr(files.os, "fsync", _disk_full)
+    with pytest.raises(OutputError, match="the disk is full"):
+        aggregate.aggregate_runs(runs, out)
+    assert sorted(p.name for p in out.iterdir()) == ["aggregate.json"] and (out / "aggregate.json").read_text() == "old"

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from odin_pl.files import atomic_write
+from odin_pl.files import atomic_write, named_file
 from odin_pl.methods.features import Fits
 from odin_pl.report.plots import save_figure
 from odin_pl.protocol.records import ProtocolResult
@@ -107,8 +107,8 @@ class AnalysisContext:
         """``<name>.json`` and, when there is a figure, ``<name>.png`` in the output folder."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         numbers = {"analysis": name, **data}
-        json_path = self.output_dir / f"{name}.json"
+        json_path = named_file(self.output_dir, f"{name}.json")
         with atomic_write(json_path) as handle:
             handle.write(json.dumps(numbers, indent=1))
-        figure_path = None if figure is None else save_figure(figure, self.output_dir / f"{name}.png")
+        figure_path = None if figure is None else save_figure(figure, named_file(self.output_dir, f"{name}.png"))
         return AnalysisOutput(name, numbers, json_path, figure_path)

@@ -20,6 +20,7 @@ from odin_pl.metrics import METRIC_NAMES
 from odin_pl.openood_metrics import OPENOOD_METRIC_NAMES, seed_mean_std
 from odin_pl.report.tables import TABLE_METRICS
 from odin_pl.errors import MissingFileError, UserError
+from odin_pl.files import atomic_write
 
 SHARED = ("dataset", "seed", "splits", "mode", "tune_on", "methods", "grids", "grid", "protocol")  # equal in all runs
 OPENOOD_FIELDS = tuple(f"openood_{metric}" for metric in (*OPENOOD_METRIC_NAMES, "acc"))
@@ -95,7 +96,7 @@ def aggregate_table(aggregate: dict[str, Any]) -> str:
 
 def aggregate_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> dict[str, Any]:
     """Aggregate the results.json of finished evaluation folders; writes aggregate.json and aggregate.md to
-    ``output_dir`` and returns the aggregate."""
+    ``output_dir`` (atomically: never half-written) and returns the aggregate."""
     results = []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "results.json"
@@ -105,6 +106,8 @@ def aggregate_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> di
     aggregate = aggregate_results(results, [str(d) for d in run_dirs])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "aggregate.json").write_text(json.dumps(aggregate, indent=2))
-    (out / "aggregate.md").write_text(aggregate_table(aggregate) + "\n")
+    with atomic_write(out / "aggregate.json") as handle:
+        handle.write(json.dumps(aggregate, indent=2))
+    with atomic_write(out / "aggregate.md") as handle:
+        handle.write(aggregate_table(aggregate) + "\n")
     return aggregate

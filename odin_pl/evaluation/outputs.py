@@ -9,7 +9,7 @@ from typing import Sequence
 from odin_pl.deploy.detector import Detector
 from odin_pl.evaluation.options import SAVED_CONFIG
 from odin_pl.evaluation.run import ProtocolRun
-from odin_pl.files import atomic_write
+from odin_pl.files import atomic_write, named_file
 from odin_pl.methods import method_with_role
 from odin_pl.protocol.run import IN_DISTRIBUTION
 from odin_pl.training.module import ImageClassifier
@@ -60,13 +60,13 @@ def write_figures(run: ProtocolRun, folder: Path) -> list[Path]:
     (its two parameters) per tuning set."""
     figures = []
     for name, scores in run.result.test_scores.items():
-        figures.append(plot_roc(scores, f"ROC: {name}", folder / f"roc_{name}.png"))
-        figures.append(plot_histograms(scores, name, folder / f"scores_{name}.png"))
+        figures.append(plot_roc(scores, f"ROC: {name}", named_file(folder, f"roc_{name}.png")))
+        figures.append(plot_histograms(scores, name, named_file(folder, f"scores_{name}.png")))
     paper = run.result.plan.method(method_with_role("paper"))
     for name, selection in run.result.selections.get(paper.name, {}).items() if paper else ():
         rows, columns = paper.axes().values()
         figures.append(plot_grid(selection.fpr_grid, rows, columns, selection.setting, f"tuning on {name}",
-                                 folder / f"grid_{name}.png"))
+                                 named_file(folder, f"grid_{name}.png")))
     return figures
 
 
@@ -85,5 +85,5 @@ def write_detectors(run: ProtocolRun, model: ImageClassifier, folder: Path) -> l
         tuned_on = {**info, "ood_set": ood_set, "n_threshold_images": len(in_scores)}
         detector = Detector.from_scores(model, method, setting, run.spec, in_scores, tuned_on=tuned_on,
                                 fit=saved_fits.get(method))
-        paths.append(detector.save(folder / f"{stem}.json"))
+        paths.append(detector.save(named_file(folder, f"{stem}.json")))
     return paths

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from odin_pl.errors import UserError
-from odin_pl.files import save_atomically
+from odin_pl.files import named_file, save_atomically
 from odin_pl.fingerprint import tensors_sha256
 
 Plan = Mapping[str, Sequence[Sequence[float]]]
@@ -96,10 +96,10 @@ class ScoreStore:
         self._pending: dict[tuple[str, str], tuple[float, int, int, dict[str, list[Tensor]]]] = {}
 
     def path(self, name: str, split: str) -> Path:
-        return self.folder / f"{name}__{split}.pt"
+        return named_file(self.folder, f"{name}__{split}.pt")
 
     def chunk_path(self, name: str, split: str, span: Span) -> Path:
-        return self.folder / f"{name}__{split}.{span[0]}-{span[1]}.pt"
+        return named_file(self.folder, f"{name}__{split}.{span[0]}-{span[1]}.pt")
 
     def chunks(self, name: str, split: str) -> dict[Span, Path]:
         """The chunk files of (set, split) by their range, as their names say."""

@@ -30,7 +30,7 @@ from odin_pl.methods.features import FeatureModel, Fits, feature_model
 from odin_pl.fingerprint import FileHashes, dataset_sha256, file_sha256
 from odin_pl.methods import Batch, FitData, Needs, Setting
 from odin_pl.protocol.plan import MethodGrid
-from odin_pl.files import save_atomically
+from odin_pl.files import named_file, save_atomically
 from odin_pl.protocol.tuning import split_indices
 from odin_pl.errors import MissingFileError, UserError
 from odin_pl.progress import with_progress
@@ -186,13 +186,18 @@ class RunFits:
         return {name: saved.sha256 for name, saved in self.saved.items()}
 
 
+def fit_file(folder: Path, method: str) -> Path:
+    """``<folder>/<method>.pt``, the method's fit file (its name checked by :func:`odin_pl.files.named_file`)."""
+    return named_file(folder, f"{method}.pt")
+
+
 def _saved_fits(folder: Path, grids: Sequence[MethodGrid], context: Mapping[str, Any]
                 ) -> tuple[dict[str, SavedFit], list[str]]:
     """The fits saved in ``folder`` that were made for their method's settings and this context, and the names
     of the files that were not (stale or unreadable)."""
     found, stale = {}, []
     for grid in grids:
-        path = folder / f"{grid.name}.pt"
+        path = fit_file(folder, grid.name)
         if not path.is_file():
             continue
         try:
@@ -222,6 +227,9 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
     shard. ``seed``: the run's, for the fits that draw seeded subsets (nnguide's bank, gram's held-out images).
     """
     feature_model(model)  # refuses a model without the features first
+    for grid in methods:
+        if grid.method.needs_fit:
+            fit_file(folder, grid.name)  # a name that cannot be a file name is refused before any pass
     rank = world()[0]
     splits = {"train": ("train_images_sha256", train_set, "training"),
               "heldout": ("heldout_images_sha256", heldout, "held-out")}
@@ -243,7 +251,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
         reused += list(found)
         missing = [grid for grid in fitted if grid.name not in found]
         if missing and not fit_missing:
-            files = ", ".join(str(folder / f"{grid.name}.pt") for grid in missing)
+            files = ", ".join(str(fit_file(folder, grid.name)) for grid in missing)
             raise UserError(f"{files}: missing, or made with other weights, training images or settings; run the "
                             "protocol (again) into this folder with --output.resume true first")
         notes += [f"{', '.join(stale)} in {folder}: made with other weights, training images or settings; fitted "
@@ -251,7 +259,7 @@ def prepare_fits(model: nn.Module, methods: Sequence[MethodGrid], train_set: Dat
         if missing:
             data = fit_data(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
                             desc=f"{what} features" if progress else None, seed=seed)
-            made = {grid.name: save_fit(folder / f"{grid.name}.pt", grid.name, grid.settings, context,
+            made = {grid.name: save_fit(fit_file(folder, grid.name), grid.name, grid.settings, context,
                                         grid.method.fit(data, grid.settings))
                     for grid in missing} if rank == 0 else None
             saved.update(broadcast_from_zero(made))
